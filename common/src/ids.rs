@@ -1,0 +1,162 @@
+//! Validation of the names users choose: domains, app names and versions, certificate and node names.
+//!
+//! Every name that ends up inside a store key is validated here, so a key can never contain `/`
+//! or any character outside a small ASCII set.
+
+use std::fmt;
+
+/// A name that failed validation; `field` is the request field it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidName {
+    pub field: String,
+    pub reason: String,
+}
+
+impl InvalidName {
+    pub fn new(field: impl Into<String>, reason: impl fmt::Display) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Normalises and validates a DNS name: lowercased, one trailing dot dropped, LDH labels of 1 to 63
+/// characters, 253 characters at most, no wildcard. Internationalised names must be given in
+/// punycode (`xn--`).
+pub fn domain(field: &str, raw: &str) -> Result<String, InvalidName> {
+    let name = raw.trim().strip_suffix('.').unwrap_or(raw.trim()).to_ascii_lowercase();
+    let bad = |reason: String| Err(InvalidName::new(field, format!("invalid domain {raw:?}: {reason}")));
+    if name.is_empty() {
+        return bad("empty".into());
+    }
+    if name.len() > 253 {
+        return bad("longer than 253 characters".into());
+    }
+    if name == "_default" {
+        return bad("reserved name".into());
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return bad("empty label".into());
+        }
+        if label.len() > 63 {
+            return bad(format!("label {label:?} is longer than 63 characters"));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        {
+            return bad(format!("character {c:?} is not allowed"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return bad(format!("label {label:?} starts or ends with '-'"));
+        }
+    }
+    if name.rsplit('.').next().is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit())) {
+        return bad("an IP address is not a domain".into());
+    }
+    Ok(name)
+}
+
+/// App and certificate names: `^[a-z][a-z0-9.-]{0,62}$` (as in the original Statiko).
+pub fn name(field: &str, raw: &str) -> Result<String, InvalidName> {
+    let bad = |reason: &str| Err(InvalidName::new(field, format!("invalid name {raw:?}: {reason}")));
+    let mut chars = raw.chars();
+    match chars.next() {
+        None => return bad("empty"),
+        Some(c) if !c.is_ascii_lowercase() => return bad("must start with a lowercase letter"),
+        Some(_) => {}
+    }
+    if raw.len() > 63 {
+        return bad("longer than 63 characters");
+    }
+    if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.') {
+        return bad("only a-z, 0-9, '.' and '-' are allowed");
+    }
+    Ok(raw.to_owned())
+}
+
+/// App versions: `^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$` (semver fits).
+pub fn version(field: &str, raw: &str) -> Result<String, InvalidName> {
+    let bad = |reason: &str| Err(InvalidName::new(field, format!("invalid version {raw:?}: {reason}")));
+    let mut chars = raw.chars();
+    match chars.next() {
+        None => return bad("empty"),
+        Some(c) if !c.is_ascii_alphanumeric() => return bad("must start with a letter or digit"),
+        Some(_) => {}
+    }
+    if raw.len() > 64 {
+        return bad("longer than 64 characters");
+    }
+    if !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '_' | '-')) {
+        return bad("only letters, digits, '.', '+', '_' and '-' are allowed");
+    }
+    Ok(raw.to_owned())
+}
+
+/// Node names: like domains without the IP rule (`edge-1`, `host01.dc1`).
+pub fn node_name(field: &str, raw: &str) -> Result<String, InvalidName> {
+    let bad = |reason: &str| Err(InvalidName::new(field, format!("invalid node name {raw:?}: {reason}")));
+    if raw.is_empty() {
+        return bad("empty");
+    }
+    if raw.len() > 253 {
+        return bad("longer than 253 characters");
+    }
+    if !raw
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        return bad("only letters, digits, '.', '-' and '_' are allowed");
+    }
+    Ok(raw.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check_domain(raw: &str, expected: Option<&str>) {
+        assert_eq!(domain("f", raw).ok().as_deref(), expected, "{raw}");
+    }
+
+    #[test]
+    fn domains() {
+        check_domain("Example.COM", Some("example.com"));
+        check_domain("www.example.com.", Some("www.example.com"));
+        check_domain("xn--bcher-kva.example", Some("xn--bcher-kva.example"));
+        check_domain("localhost", Some("localhost"));
+        check_domain("", None);
+        check_domain("a..b", None);
+        check_domain("-a.com", None);
+        check_domain("a-.com", None);
+        check_domain("*.example.com", None);
+        check_domain("exa mple.com", None);
+        check_domain("a/b.com", None);
+        check_domain("_default", None);
+        check_domain("10.0.0.1", None);
+        check_domain(&format!("{}.com", "a".repeat(64)), None);
+        check_domain(&format!("{}.com", "a.".repeat(130)), None);
+    }
+
+    #[test]
+    fn names_and_versions() {
+        assert!(name("n", "web").is_ok());
+        assert!(name("n", "my-app.v2").is_ok());
+        assert!(name("n", "Web").is_err());
+        assert!(name("n", "1web").is_err());
+        assert!(name("n", "we/b").is_err());
+        assert!(name("n", "").is_err());
+        assert!(version("v", "1.4.0").is_ok());
+        assert!(version("v", "1.4.0-rc.1+build_7").is_ok());
+        assert!(version("v", "../1").is_err());
+        assert!(version("v", "1/2").is_err());
+        assert!(version("v", "").is_err());
+        let err = domain("aliases[1]", "a..b").unwrap_err();
+        assert_eq!(err.field, "aliases[1]");
+        assert!(err.to_string().starts_with("aliases[1]: invalid domain"));
+    }
+}

@@ -1,0 +1,156 @@
+//! The store key schema: the only place key strings are built or parsed.
+//!
+//! ```text
+//! {root}/v1/sites/{domain}              SiteRecord
+//! {root}/v1/domains/{domain}            DomainRecord: owner of a primary domain or alias
+//! {root}/v1/apps/{name}/{version}       AppRecord
+//! {root}/v1/certificates/{name}         CertificateRecord (private key sealed)
+//! {root}/v1/nodes/{node}                NodeStatusRecord, on the node's lease
+//! {root}/v1/election/edge-leader/       leader election (etcd manages the keys under it)
+//! {root}/v1/meta/schema                 schema marker
+//! ```
+//!
+//! Every name in a key is validated by `ids.rs`, so names never contain `/`, and every prefix ends
+//! in `/`, so `sites/a/` never matches `sites/ab`.
+
+/// Builds and parses keys under one root prefix (default `/statiko`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySchema {
+    root: String,
+}
+
+/// Kinds of desired-state records, for the parser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    Site(String),
+    Domain(String),
+    App { name: String, version: String },
+    Certificate(String),
+    Node(String),
+    Other(String),
+}
+
+impl KeySchema {
+    /// `root` is `state.etcd.keyPrefix`; a trailing `/` is ignored.
+    pub fn new(root: &str) -> Self {
+        let root = root.trim_end_matches('/');
+        Self {
+            root: format!("{root}/v1/"),
+        }
+    }
+
+    /// Every key Statiko writes starts with this (it ends in `/`).
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    pub fn sites(&self) -> String {
+        format!("{}sites/", self.root)
+    }
+    pub fn site(&self, domain: &str) -> String {
+        format!("{}sites/{domain}", self.root)
+    }
+    pub fn domains(&self) -> String {
+        format!("{}domains/", self.root)
+    }
+    pub fn domain(&self, domain: &str) -> String {
+        format!("{}domains/{domain}", self.root)
+    }
+    pub fn apps(&self) -> String {
+        format!("{}apps/", self.root)
+    }
+    pub fn app_versions(&self, name: &str) -> String {
+        format!("{}apps/{name}/", self.root)
+    }
+    pub fn app(&self, name: &str, version: &str) -> String {
+        format!("{}apps/{name}/{version}", self.root)
+    }
+    pub fn certificates(&self) -> String {
+        format!("{}certificates/", self.root)
+    }
+    pub fn certificate(&self, name: &str) -> String {
+        format!("{}certificates/{name}", self.root)
+    }
+    pub fn nodes(&self) -> String {
+        format!("{}nodes/", self.root)
+    }
+    pub fn node(&self, name: &str) -> String {
+        format!("{}nodes/{name}", self.root)
+    }
+    pub fn election(&self) -> String {
+        format!("{}election/edge-leader/", self.root)
+    }
+    pub fn meta_schema(&self) -> String {
+        format!("{}meta/schema", self.root)
+    }
+
+    /// The prefixes that hold desired state (what export/import covers).
+    pub fn desired_state_prefixes(&self) -> [String; 4] {
+        [self.sites(), self.domains(), self.apps(), self.certificates()]
+    }
+
+    /// Parses a key written under this schema.
+    pub fn parse(&self, key: &str) -> Option<Key> {
+        let rest = key.strip_prefix(&self.root)?;
+        let (collection, id) = rest.split_once('/')?;
+        let single = |id: &str| (!id.is_empty() && !id.contains('/')).then(|| id.to_owned());
+        Some(match collection {
+            "sites" => Key::Site(single(id)?),
+            "domains" => Key::Domain(single(id)?),
+            "certificates" => Key::Certificate(single(id)?),
+            "nodes" => Key::Node(single(id)?),
+            "apps" => {
+                let (name, version) = id.split_once('/')?;
+                Key::App {
+                    name: single(name)?,
+                    version: single(version)?,
+                }
+            }
+            _ => Key::Other(rest.to_owned()),
+        })
+    }
+}
+
+/// The end of the range that holds every key starting with `prefix` (etcd's `GetPrefix` rule).
+pub fn prefix_end(prefix: &str) -> String {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0xff {
+            bytes.push(last + 1);
+            return String::from_utf8_lossy(&bytes).into_owned();
+        }
+    }
+    "\0".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let keys = KeySchema::new("/statiko/");
+        assert_eq!(keys.site("example.com"), "/statiko/v1/sites/example.com");
+        assert_eq!(keys.parse(&keys.site("example.com")), Some(Key::Site("example.com".into())));
+        assert_eq!(keys.parse(&keys.domain("www.a.b")), Some(Key::Domain("www.a.b".into())));
+        assert_eq!(
+            keys.parse(&keys.app("web", "1.0.0")),
+            Some(Key::App {
+                name: "web".into(),
+                version: "1.0.0".into()
+            })
+        );
+        assert_eq!(keys.parse(&keys.certificate("c")), Some(Key::Certificate("c".into())));
+        assert_eq!(keys.parse(&keys.node("edge-1")), Some(Key::Node("edge-1".into())));
+        assert_eq!(keys.parse("/other/v1/sites/x"), None);
+        assert_eq!(keys.parse("/statiko/v1/sites/a/b"), None);
+        assert_eq!(keys.parse("/statiko/v1/sites/"), None);
+        assert!(keys.sites().ends_with('/'));
+    }
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end("/statiko/v1/sites/"), "/statiko/v1/sites0");
+        assert_eq!(prefix_end("a"), "b");
+    }
+}

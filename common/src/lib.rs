@@ -1,0 +1,19 @@
+//! Shared pieces of Statiko, used by both the control plane and the edge.
+//!
+//! # Layout
+//!
+//! - `ids`: validation of user-chosen names (domains, app names, versions).
+//! - `model`: the desired-state records, one per store key, and their JSON codec.
+//! - `keys`: the store key schema, the only place key strings are built.
+//! - `store`: one store interface, two backends (`etcd`, `file`).
+//! - `config`: the shared YAML configuration with environment overrides.
+//! - `crypto`: AES-256-GCM sealing of secrets, Ed25519 bundle signatures, certificate parsing.
+//! - `repo`: the bundle repository (local directory, S3, Azure Blob, GCS) via `object_store`.
+//! - `telemetry`: tracing subscriber set-up.
+//! - `shutdown`: signals to a cancellation token.
+
+pub mod config;
+pub mod ids;
+pub mod keys;
+pub mod model;
+pub mod store;

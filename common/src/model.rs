@@ -1,0 +1,249 @@
+//! The desired-state records kept in the store, one record per key (see `keys.rs`).
+//!
+//! Records are serde JSON. Unknown fields are ignored on read, so an older edge can read records
+//! written by a newer control plane during a rolling upgrade. Times are Unix milliseconds.
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// How a site gets its certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum TlsChoice {
+    #[default]
+    SelfSigned,
+    Acme,
+    Imported { certificate: String },
+}
+
+/// One immutable app version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AppRef {
+    pub name: String,
+    pub version: String,
+}
+
+impl std::fmt::Display for AppRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.name, self.version)
+    }
+}
+
+/// `{root}/v1/sites/{domain}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteRecord {
+    pub domain: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub tls: TlsChoice,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppRef>,
+    #[serde(default)]
+    pub created_at: i64,
+    #[serde(default)]
+    pub updated_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed_at: Option<i64>,
+}
+
+impl SiteRecord {
+    /// The primary domain followed by every alias.
+    pub fn all_domains(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.domain.as_str()).chain(self.aliases.iter().map(String::as_str))
+    }
+}
+
+/// `{root}/v1/domains/{domain}`: which site owns a domain or alias. Created in the same
+/// transaction as the site, with `create_revision == 0`, so a name can belong to one site only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainRecord {
+    pub site: String,
+}
+
+/// Archive format of a bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BundleFormat {
+    TarGz,
+    TarZst,
+    Zip,
+}
+
+impl BundleFormat {
+    /// Recognises the format from the first bytes of an archive.
+    pub fn sniff(head: &[u8]) -> Option<Self> {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Some(Self::TarGz)
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Some(Self::TarZst)
+        } else if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+            Some(Self::Zip)
+        } else {
+            None
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::TarGz => "tar.gz",
+            Self::TarZst => "tar.zst",
+            Self::Zip => "zip",
+        }
+    }
+}
+
+/// `{root}/v1/apps/{name}/{version}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppRecord {
+    pub name: String,
+    pub version: String,
+    /// `sha256:<hex>` of the archive; the bundle's object key is derived from it.
+    pub digest: String,
+    pub size: u64,
+    pub format: BundleFormat,
+    /// Base64 Ed25519 signature over the raw SHA-256 digest, when one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    #[serde(default)]
+    pub created_at: i64,
+}
+
+impl AppRecord {
+    pub fn app_ref(&self) -> AppRef {
+        AppRef {
+            name: self.name.clone(),
+            version: self.version.clone(),
+        }
+    }
+}
+
+/// Where a certificate came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertificateKind {
+    Imported,
+    SelfSigned,
+    Acme,
+}
+
+/// `{root}/v1/certificates/{name}`. The private key is sealed (`crypto::SecretBox`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateRecord {
+    pub name: String,
+    pub kind: CertificateKind,
+    /// Leaf first, then the chain.
+    pub certificate_pem: String,
+    /// Sealed PKCS#8/SEC1/PKCS#1 PEM private key.
+    pub key: String,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub fingerprint: String,
+    #[serde(default)]
+    pub created_at: i64,
+}
+
+/// What one edge serves for one site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSiteStatus {
+    pub domain: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppRef>,
+    #[serde(default)]
+    pub healthy: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Expiry of one certificate an edge holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCertificateStatus {
+    pub name: String,
+    pub not_after: i64,
+}
+
+/// `{root}/v1/nodes/{node}`, attached to the node's lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatusRecord {
+    pub name: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub leader: bool,
+    #[serde(default)]
+    pub disallow_leadership: bool,
+    #[serde(default)]
+    pub applied_revision: i64,
+    #[serde(default)]
+    pub updated_at: i64,
+    #[serde(default)]
+    pub sites: Vec<NodeSiteStatus>,
+    #[serde(default)]
+    pub certificates: Vec<NodeCertificateStatus>,
+}
+
+/// Encodes a record as its stored bytes.
+pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    serde_json::to_vec(record).expect("records serialize to JSON")
+}
+
+/// Decodes stored bytes; unknown fields are ignored.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn site_round_trip_and_unknown_fields() {
+        let site = SiteRecord {
+            domain: "example.com".into(),
+            aliases: vec!["www.example.com".into()],
+            tls: TlsChoice::Imported {
+                certificate: "wild".into(),
+            },
+            app: Some(AppRef {
+                name: "web".into(),
+                version: "1.0.0".into(),
+            }),
+            created_at: 1,
+            updated_at: 2,
+            deployed_at: Some(3),
+        };
+        let bytes = encode(&site);
+        assert_eq!(decode::<SiteRecord>(&bytes).unwrap(), site);
+        let mut value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        value["fieldFromTheFuture"] = serde_json::json!(42);
+        let decoded: SiteRecord = serde_json::from_value(value).unwrap();
+        assert_eq!(decoded, site);
+        assert_eq!(
+            decoded.all_domains().collect::<Vec<_>>(),
+            ["example.com", "www.example.com"]
+        );
+    }
+
+    #[test]
+    fn sniffs_formats() {
+        assert_eq!(BundleFormat::sniff(&[0x1f, 0x8b, 8]), Some(BundleFormat::TarGz));
+        assert_eq!(BundleFormat::sniff(&[0x28, 0xb5, 0x2f, 0xfd, 0]), Some(BundleFormat::TarZst));
+        assert_eq!(BundleFormat::sniff(b"PK\x03\x04rest"), Some(BundleFormat::Zip));
+        assert_eq!(BundleFormat::sniff(b"<html>"), None);
+    }
+}
