@@ -3,14 +3,52 @@
 //!
 //! Precedence, lowest first: built-in defaults, the YAML file, `STATIKO_*` environment variables,
 //! CLI flags. Unknown keys are errors; values stored in the state are the opposite (see `model.rs`).
+//!
+//! # Loading
+//!
+//! [`Config::load`] reads the file named by its `path` argument (the binaries' `--config`), else
+//! by `STATIKO_CONFIG`, else `/etc/statiko/node-config.yaml` when it exists, else uses the
+//! defaults only. The YAML is merged key by key over the serialized defaults, then environment
+//! overrides are applied, then the result is deserialized with `deny_unknown_fields`, so a typo
+//! fails with the key path in the config's own spelling (`state.etcd: unknown field ...`).
+//!
+//! # Environment overrides
+//!
+//! Every key, leaf or section, can be set with `STATIKO_` plus its path in upper snake case:
+//! camelCase is split at case changes and path segments are joined with `_`, so
+//! `state.etcd.tlsConfiguration.clientKey` is `STATIKO_STATE_ETCD_TLS_CONFIGURATION_CLIENT_KEY`
+//! and `repo.type` is `STATIKO_REPO_TYPE`. For keys whose default is a string (or unset, like the
+//! `*File` paths) the value is taken verbatim; other values are parsed as a YAML scalar or flow
+//! value, e.g. `true`, `10000` or `[{name: ops, token: ..., role: admin}]`. A section variable
+//! (`STATIKO_STATE_ETCD='{timeout: 500}'`) is merged over that section; a more specific variable
+//! wins over a section variable.
+//!
+//! `STATIKO_*` variables that name no key are ignored, because other tools share the prefix:
+//! `STATIKO_CONFIG` (the file path), `STATIKO_ENDPOINT` and `STATIKO_TOKEN` (the `stk` CLI), and
+//! the binaries' own flag variables.
+//!
+//! # Secrets
+//!
+//! `secretsEncryptionKey`, `auth.tokens[].token`, `repo.s3.secretAccessKey`, `repo.azure.accessKey`
+//! and `codesign.publicKey` can instead be read from the `*File` key next to them (trailing
+//! whitespace trimmed); giving both is an error. [`Config::redacted`] hides them for printing.
+//!
+//! CLI flags are applied by the binaries after [`Config::load`]; they then call
+//! [`Config::validate`] again.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// The whole configuration, after defaults, file, environment and `*File` secrets are merged.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Config {
     /// Unique per node; empty means the hostname.
@@ -385,23 +423,628 @@ impl Default for LogConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            node_name: String::new(),
-            disallow_leadership: false,
-            secrets_encryption_key: String::new(),
-            secrets_encryption_key_file: None,
-            state: StateConfig::default(),
-            control: ControlConfig::default(),
-            auth: AuthConfig::default(),
-            repo: RepoConfig::default(),
-            edge: EdgeConfig::default(),
-            acme: AcmeConfig::default(),
-            codesign: CodesignConfig::default(),
-            limits: LimitsConfig::default(),
-            notifications: NotificationsConfig::default(),
-            log: LogConfig::default(),
+/// The file read when neither `--config` nor `STATIKO_CONFIG` names one (only if it exists).
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/statiko/node-config.yaml";
+
+/// The environment variable naming the config file; it is not a config key.
+pub const CONFIG_PATH_ENV: &str = "STATIKO_CONFIG";
+
+/// The prefix of every environment override.
+pub const ENV_PREFIX: &str = "STATIKO_";
+
+/// What [`Config::redacted`] puts in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// Why the configuration could not be loaded; every variant names the file, variable or key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("read config file {}: {error}", path.display())]
+    Read { path: PathBuf, error: io::Error },
+    /// The config file is not valid YAML, or its top level is not a mapping.
+    #[error("config file {}: invalid yaml{}: {message}", path.display(), Position(*line, *column))]
+    Syntax {
+        path: PathBuf,
+        line: Option<u64>,
+        column: Option<u64>,
+        message: String,
+    },
+    /// An environment override is not a valid YAML value.
+    #[error("environment variable {var} ({key}): invalid yaml: {message}")]
+    Env {
+        var: String,
+        key: String,
+        message: String,
+    },
+    /// A key is unknown, or its value has the wrong type or an unknown variant.
+    #[error("{key}: {message}")]
+    Value { key: String, message: String },
+    /// A value is well-typed but not acceptable.
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+    /// A `*File` secret could not be read.
+    #[error("{key}: read secret file {}: {error}", path.display())]
+    SecretFile {
+        key: String,
+        path: PathBuf,
+        error: io::Error,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The key the error is about, if it is about one key.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Env { key, .. }
+            | Self::Value { key, .. }
+            | Self::Invalid { key, .. }
+            | Self::SecretFile { key, .. } => Some(key),
+            Self::Read { .. } | Self::Syntax { .. } => None,
         }
     }
 }
+
+/// Formats ` at line L, column C` when known.
+struct Position(Option<u64>, Option<u64>);
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.0, self.1) {
+            (Some(line), Some(column)) => write!(f, " at line {line}, column {column}"),
+            (Some(line), None) => write!(f, " at line {line}"),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then the YAML file (`path`, else `STATIKO_CONFIG` from
+    /// `env`, else [`DEFAULT_CONFIG_PATH`] if it exists), then `STATIKO_*` overrides from `env`,
+    /// then `*File` secrets; resolves an empty `nodeName` to the hostname and validates.
+    ///
+    /// Pass `std::env::vars().collect()` as `env` in binaries and a literal map in tests.
+    pub fn load(path: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        Self::load_with_default_path(path, env, Path::new(DEFAULT_CONFIG_PATH))
+    }
+
+    fn load_with_default_path(
+        path: Option<&Path>,
+        env: &HashMap<String, String>,
+        default_path: &Path,
+    ) -> Result<Config, ConfigError> {
+        let file = match (path, env.get(CONFIG_PATH_ENV).filter(|p| !p.is_empty())) {
+            (Some(path), _) => Some(path.to_path_buf()),
+            (None, Some(path)) => Some(PathBuf::from(path)),
+            (None, None) => default_path.exists().then(|| default_path.to_path_buf()),
+        };
+        let defaults = serde_json::to_value(Config::default())
+            .map_err(|err| ConfigError::invalid("config", format!("serialize defaults: {err}")))?;
+        let mut merged = defaults.clone();
+        if let Some(file) = file {
+            merge(&mut merged, read_yaml_file(&file)?);
+        }
+        apply_env(&mut merged, &defaults, env)?;
+        let mut config: Config = serde_path_to_error::deserialize(merged).map_err(value_error)?;
+        config.read_secret_files()?;
+        if config.node_name.is_empty() {
+            config.node_name = hostname().ok_or_else(|| {
+                ConfigError::invalid("nodeName", "empty and the hostname could not be read")
+            })?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every environment variable that maps to a key, with the key path (`state.etcd.address`).
+    pub fn env_keys() -> Vec<(String, String)> {
+        let defaults = serde_json::to_value(Config::default()).unwrap_or(Value::Null);
+        let mut out: Vec<(String, String)> = env_paths(&defaults)
+            .into_iter()
+            .map(|path| (env_name(&path), path.join(".")))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Reads every `*File` secret into its inline key; both given is an error.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        read_secret(
+            "secretsEncryptionKey",
+            &mut self.secrets_encryption_key,
+            self.secrets_encryption_key_file.as_deref(),
+        )?;
+        for (i, token) in self.auth.tokens.iter_mut().enumerate() {
+            read_secret(
+                &format!("auth.tokens[{i}].token"),
+                &mut token.token,
+                token.token_file.as_deref(),
+            )?;
+        }
+        read_secret(
+            "repo.s3.secretAccessKey",
+            &mut self.repo.s3.secret_access_key,
+            self.repo.s3.secret_access_key_file.as_deref(),
+        )?;
+        read_secret(
+            "repo.azure.accessKey",
+            &mut self.repo.azure.access_key,
+            self.repo.azure.access_key_file.as_deref(),
+        )?;
+        read_secret(
+            "codesign.publicKey",
+            &mut self.codesign.public_key,
+            self.codesign.public_key_file.as_deref(),
+        )?;
+        Ok(())
+    }
+
+    /// Checks every value; the error names the key and never prints a secret.
+    ///
+    /// An empty `nodeName` passes here: [`Config::load`] resolves it to the hostname first.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: &str| Err(ConfigError::invalid(key, reason));
+
+        if !self.node_name.is_empty() {
+            crate::ids::node_name("nodeName", &self.node_name)
+                .map_err(|err| ConfigError::invalid("nodeName", err.reason))?;
+        }
+
+        // state
+        let etcd = &self.state.etcd;
+        let endpoints = etcd.endpoints();
+        if self.state.store == StoreKind::Etcd && endpoints.is_empty() {
+            return bad("state.etcd.address", "required when state.store is etcd");
+        }
+        for endpoint in &endpoints {
+            let rest = endpoint
+                .strip_prefix("http://")
+                .or_else(|| endpoint.strip_prefix("https://"));
+            match rest {
+                Some(host) if !host.is_empty() => {}
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "state.etcd.address",
+                        format!("endpoint {endpoint:?} must start with http:// or https://"),
+                    ));
+                }
+            }
+        }
+        if etcd.timeout == 0 {
+            return bad("state.etcd.timeout", "must be greater than 0");
+        }
+        if self.state.store == StoreKind::File && self.state.file.path.as_os_str().is_empty() {
+            return bad("state.file.path", "required when state.store is file");
+        }
+
+        // secrets key
+        if !self.secrets_encryption_key.is_empty() && self.secrets_key().is_none() {
+            return bad(
+                "secretsEncryptionKey",
+                "must be the base64 encoding of exactly 32 bytes",
+            );
+        }
+
+        // control
+        check_listen_addr("control.listen", &self.control.listen)?;
+        let tls = &self.control.tls;
+        if tls.enabled {
+            match (tls.certificate.is_empty(), tls.key.is_empty()) {
+                (false, true) => {
+                    return bad("control.tls.key", "required with control.tls.certificate");
+                }
+                (true, false) => {
+                    return bad("control.tls.certificate", "required with control.tls.key");
+                }
+                (true, true) if tls.self_signed_dir.as_os_str().is_empty() => {
+                    return bad(
+                        "control.tls.selfSignedDir",
+                        "required when control.tls is enabled without a certificate",
+                    );
+                }
+                _ => {}
+            }
+        }
+
+        // auth
+        let mut names = std::collections::HashSet::new();
+        for (i, token) in self.auth.tokens.iter().enumerate() {
+            if token.name.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("auth.tokens[{i}].name"),
+                    "required",
+                ));
+            }
+            if !names.insert(token.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("auth.tokens[{i}].name"),
+                    format!("duplicate token name {:?}", token.name),
+                ));
+            }
+            if token.token.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("auth.tokens[{i}].token"),
+                    "required: set token or tokenFile",
+                ));
+            }
+            if token.token.chars().count() < MIN_TOKEN_LEN {
+                return Err(ConfigError::invalid(
+                    format!("auth.tokens[{i}].token"),
+                    format!("must be at least {MIN_TOKEN_LEN} characters"),
+                ));
+            }
+        }
+
+        // repo
+        match self.repo.kind {
+            RepoKind::Local if self.repo.local.path.as_os_str().is_empty() => {
+                return bad("repo.local.path", "required when repo.type is local");
+            }
+            RepoKind::S3 if self.repo.s3.bucket.is_empty() => {
+                return bad("repo.s3.bucket", "required when repo.type is s3");
+            }
+            RepoKind::Azure if self.repo.azure.account.is_empty() => {
+                return bad("repo.azure.account", "required when repo.type is azure");
+            }
+            RepoKind::Azure if self.repo.azure.container.is_empty() => {
+                return bad("repo.azure.container", "required when repo.type is azure");
+            }
+            RepoKind::Gcs if self.repo.gcs.bucket.is_empty() => {
+                return bad("repo.gcs.bucket", "required when repo.type is gcs");
+            }
+            _ => {}
+        }
+
+        // edge
+        if self.edge.data_dir.as_os_str().is_empty() {
+            return bad("edge.dataDir", "required");
+        }
+        check_listen_addr("edge.http", &self.edge.http)?;
+        check_listen_addr("edge.https", &self.edge.https)?;
+        check_listen_addr("edge.admin", &self.edge.admin)?;
+        if !(MIN_LEASE_TTL..=MAX_LEASE_TTL).contains(&self.edge.lease_ttl) {
+            return Err(ConfigError::invalid(
+                "edge.leaseTtl",
+                format!("must be between {MIN_LEASE_TTL} and {MAX_LEASE_TTL} seconds"),
+            ));
+        }
+
+        // acme and notifications
+        if !is_http_url(&self.acme.directory) {
+            return bad("acme.directory", "must be an http:// or https:// URL");
+        }
+        if !self.notifications.webhook.url.is_empty()
+            && !is_http_url(&self.notifications.webhook.url)
+        {
+            return bad(
+                "notifications.webhook.url",
+                "must be an http:// or https:// URL",
+            );
+        }
+        if self.notifications.webhook.payload_key.is_empty() {
+            return bad("notifications.webhook.payloadKey", "required");
+        }
+
+        // limits
+        let limits = [
+            ("limits.maxBundleSize", self.limits.max_bundle_size),
+            ("limits.maxUnpackedSize", self.limits.max_unpacked_size),
+            ("limits.maxBundleEntries", self.limits.max_bundle_entries),
+        ];
+        for (key, value) in limits {
+            if value == 0 {
+                return bad(key, "must be greater than 0");
+            }
+        }
+
+        // log
+        if self.log.level.trim().is_empty() {
+            return bad("log.level", "required");
+        }
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError::invalid(
+                "log.level",
+                format!("invalid filter directive: {err}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A copy with every non-empty secret replaced by `<redacted>`, for printing.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        redact(&mut c.secrets_encryption_key);
+        for token in &mut c.auth.tokens {
+            redact(&mut token.token);
+        }
+        redact(&mut c.repo.s3.secret_access_key);
+        redact(&mut c.repo.azure.access_key);
+        // Webhook URLs (Slack, Teams) carry their credential in the path and query.
+        let url = &mut c.notifications.webhook.url;
+        if let Some((scheme, rest)) = url.split_once("://") {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            if host.len() < rest.len() {
+                *url = format!("{scheme}://{host}/{REDACTED}");
+            }
+        } else {
+            redact(url);
+        }
+        c
+    }
+
+    /// The configuration as YAML, for `--check-config`; call it on [`Config::redacted`].
+    pub fn to_yaml_string(&self) -> String {
+        match serde_saphyr::to_string(self) {
+            Ok(yaml) => yaml,
+            Err(_) => serde_json::to_string_pretty(self).unwrap_or_default(),
+        }
+    }
+
+    /// The decoded `secretsEncryptionKey`, if it is set and valid.
+    pub fn secrets_key(&self) -> Option<[u8; 32]> {
+        if self.secrets_encryption_key.is_empty() {
+            return None;
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(self.secrets_encryption_key.trim())
+            .ok()?;
+        bytes.try_into().ok()
+    }
+}
+
+/// Shortest accepted bearer token.
+pub const MIN_TOKEN_LEN: usize = 16;
+/// Bounds of `edge.leaseTtl`, in seconds.
+pub const MIN_LEASE_TTL: u64 = 2;
+pub const MAX_LEASE_TTL: u64 = 60;
+
+fn redact(secret: &mut String) {
+    if !secret.is_empty() {
+        *secret = REDACTED.into();
+    }
+}
+
+fn is_http_url(url: &str) -> bool {
+    ["http://", "https://"].iter().any(|scheme| {
+        url.strip_prefix(scheme)
+            .is_some_and(|rest| !rest.is_empty())
+    })
+}
+
+/// Accepts `ip:port`, `[ipv6]:port` and `host:port`; port 0 is allowed.
+fn check_listen_addr(key: &str, addr: &str) -> Result<(), ConfigError> {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let valid_host = |host: &str| {
+        !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    };
+    match addr.rsplit_once(':') {
+        Some((host, port)) if valid_host(host) && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(ConfigError::invalid(
+            key,
+            format!("invalid socket address {addr:?}: expected host:port"),
+        )),
+    }
+}
+
+/// Names the key in the config's spelling (`auth.tokens[0].role`); an unknown field is reported
+/// on the section that does not know it (`state.etcd: unknown field ...`), the top level as
+/// `config`.
+fn value_error(err: serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
+    use serde_path_to_error::Segment;
+
+    let message = err.inner().to_string();
+    let mut segments: Vec<&Segment> = err.path().iter().collect();
+    if message.starts_with("unknown field") {
+        segments.pop();
+    }
+    let mut key = String::new();
+    for segment in segments {
+        match segment {
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Map { key: name } | Segment::Enum { variant: name } => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(name);
+            }
+            Segment::Unknown => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push('?');
+            }
+        }
+    }
+    if key.is_empty() {
+        key = "config".into();
+    }
+    ConfigError::Value { key, message }
+}
+
+/// Reads a `*File` secret into `inline`, trimming trailing whitespace.
+fn read_secret(key: &str, inline: &mut String, file: Option<&Path>) -> Result<(), ConfigError> {
+    let Some(file) = file.filter(|f| !f.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if !inline.is_empty() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("set either {key} or {key}File, not both"),
+        ));
+    }
+    let text = std::fs::read_to_string(file).map_err(|error| ConfigError::SecretFile {
+        key: format!("{key}File"),
+        path: file.to_path_buf(),
+        error,
+    })?;
+    *inline = text.trim_end().to_owned();
+    Ok(())
+}
+
+/// The hostname from procfs, else `/etc/hostname`.
+fn hostname() -> Option<String> {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .map(|name| name.trim().to_owned())
+        .find(|name| !name.is_empty())
+}
+
+fn read_yaml_file(path: &Path) -> Result<Value, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let syntax = |line, column, message: String| ConfigError::Syntax {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message,
+    };
+    let value: Value =
+        parse_yaml(&text).map_err(|(line, column, message)| syntax(line, column, message))?;
+    match value {
+        Value::Null => Ok(Value::Object(serde_json::Map::new())),
+        Value::Object(_) => Ok(value),
+        _ => Err(syntax(None, None, "the top level must be a mapping".into())),
+    }
+}
+
+/// Parses YAML into JSON values; the error carries line, column and a one-line message.
+fn parse_yaml(text: &str) -> Result<Value, (Option<u64>, Option<u64>, String)> {
+    serde_saphyr::from_str::<Value>(text).map_err(|err| {
+        let location = err.location();
+        let line = location.map(|l| l.line()).filter(|&l| l > 0);
+        let column = location.map(|l| l.column()).filter(|&c| c > 0);
+        let message = err.without_snippet().to_string();
+        let mut message = message.lines().next().unwrap_or_default().to_owned();
+        if let (Some(line), Some(column)) = (line, column) {
+            let suffix = format!(" at line {line}, column {column}");
+            if let Some(stripped) = message.strip_suffix(&suffix) {
+                message = stripped.to_owned();
+            }
+        }
+        (line, column, message)
+    })
+}
+
+/// Merges `overlay` into `base`: mappings key by key, anything else replaces, except that a
+/// null never replaces a section (`state:` with nothing under it keeps the defaults).
+fn merge(base: &mut Value, overlay: Value) {
+    match (base, overlay) {
+        (Value::Object(base), Value::Object(overlay)) => {
+            for (key, value) in overlay {
+                match base.get_mut(&key) {
+                    Some(slot) => merge(slot, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (Value::Object(_), Value::Null) => {}
+        (base, overlay) => *base = overlay,
+    }
+}
+
+/// Every object and leaf path of the defaults (arrays are leaves).
+fn env_paths(defaults: &Value) -> Vec<Vec<String>> {
+    fn walk(value: &Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        if !path.is_empty() {
+            out.push(path.clone());
+        }
+        if let Value::Object(map) = value {
+            for (key, child) in map {
+                path.push(key.clone());
+                walk(child, path, out);
+                path.pop();
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(defaults, &mut Vec::new(), &mut out);
+    out
+}
+
+/// `["state", "etcd", "tlsSkipVerify"]` -> `STATIKO_STATE_ETCD_TLS_SKIP_VERIFY`.
+fn env_name(path: &[String]) -> String {
+    let mut name = ENV_PREFIX.to_owned();
+    for (i, segment) in path.iter().enumerate() {
+        if i > 0 {
+            name.push('_');
+        }
+        let mut prev_lower = false;
+        for c in segment.chars() {
+            if c.is_ascii_uppercase() && prev_lower {
+                name.push('_');
+            }
+            prev_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
+            name.push(c.to_ascii_uppercase());
+        }
+    }
+    name
+}
+
+fn pointer(path: &[String]) -> String {
+    path.iter().fold(String::new(), |mut acc, segment| {
+        acc.push('/');
+        acc.push_str(segment);
+        acc
+    })
+}
+
+/// Applies `STATIKO_*` overrides, sections before the keys inside them.
+fn apply_env(
+    merged: &mut Value,
+    defaults: &Value,
+    env: &HashMap<String, String>,
+) -> Result<(), ConfigError> {
+    let mut paths = env_paths(defaults);
+    paths.sort_by_key(Vec::len);
+    for path in paths {
+        let var = env_name(&path);
+        let Some(raw) = env.get(&var) else { continue };
+        let default = defaults.pointer(&pointer(&path)).unwrap_or(&Value::Null);
+        let value = match default {
+            Value::String(_) | Value::Null => Value::String(raw.clone()),
+            _ => parse_yaml(raw).map_err(|(_, _, message)| ConfigError::Env {
+                var: var.clone(),
+                key: path.join("."),
+                message,
+            })?,
+        };
+        set_path(merged, &path, value);
+    }
+    Ok(())
+}
+
+/// Sets (merging sections) the value at `path`, creating mappings on the way.
+fn set_path(root: &mut Value, path: &[String], value: Value) {
+    let mut slot = root;
+    for segment in path {
+        if !slot.is_object() {
+            *slot = Value::Object(serde_json::Map::new());
+        }
+        let Value::Object(map) = slot else { return };
+        slot = map.entry(segment.clone()).or_insert(Value::Null);
+    }
+    if slot.is_object() && value.is_object() {
+        merge(slot, value);
+    } else {
+        *slot = value;
+    }
+}
+
+#[cfg(test)]
+mod tests;

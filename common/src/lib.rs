@@ -13,7 +13,11 @@
 //! - `shutdown`: signals to a cancellation token.
 
 pub mod config;
+pub mod crypto;
 pub mod ids;
 pub mod keys;
 pub mod model;
+pub mod repo;
+pub mod shutdown;
 pub mod store;
+pub mod telemetry;

@@ -1,1 +1,101 @@
-//! Statiko control plane.
+//! Statiko control plane: a stateless tonic gRPC service that validates management calls and
+//! writes the desired state to the store in transactions.
+//!
+//! # Layout
+//!
+//! - `server`: tonic server, TLS, health and reflection.
+//! - `auth`: bearer tokens and roles, as a tower layer.
+//! - `api`: one file per `statiko.v1` service.
+//! - `state`: typed desired-state reads and transactional writes over the store.
+//! - `convert`: proto <-> model conversions; proto types stop there.
+//! - `error`: `ControlError` and its mapping to gRPC codes.
+//! - `tls`: the control plane's own certificate.
+
+mod api;
+mod auth;
+mod convert;
+mod error;
+mod server;
+mod state;
+mod tls;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use statiko_common::config::Config;
+use statiko_common::crypto::{self, SecretBox};
+use statiko_common::keys::KeySchema;
+use statiko_common::repo::BundleRepo;
+use statiko_common::store::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::api::Api;
+pub use crate::auth::AuthLayer;
+pub use crate::error::ControlError;
+
+/// Settings derived from the config that can fail; checked by `--check-config` too.
+#[derive(Debug)]
+pub struct Prepared {
+    secrets: Option<SecretBox>,
+    codesign_key: Option<[u8; 32]>,
+}
+
+/// Validates the control-specific parts of the config.
+pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
+    let secrets = config.secrets_key().map(SecretBox::new);
+    let codesign_key = if config.codesign.public_key.is_empty() {
+        None
+    } else {
+        Some(
+            crypto::parse_ed25519_public_key(&config.codesign.public_key)
+                .context("codesign.publicKey")?,
+        )
+    };
+    if config.codesign.required && codesign_key.is_none() {
+        anyhow::bail!("codesign.required: needs codesign.publicKey");
+    }
+    if config.auth.tokens.is_empty() {
+        tracing::warn!("auth.tokens is empty: every management call will be refused");
+    }
+    Ok(Prepared {
+        secrets,
+        codesign_key,
+    })
+}
+
+/// Runs the control plane on a bound listener until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    prepared: Prepared,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let store = Store::open(&config.state)
+        .await
+        .context("open the state store")?;
+    let repo = BundleRepo::from_config(&config.repo).context("open the bundle repository")?;
+    let local = listener.local_addr().context("listener address")?;
+    let identity = tls::identity(&config, local)?;
+    let api = Api::new(api::Context {
+        state: state::DesiredState::new(store, KeySchema::new(&config.state.etcd.key_prefix)),
+        repo,
+        secrets: prepared.secrets,
+        codesign_key: prepared.codesign_key,
+        codesign_required: config.codesign.required,
+        limits: config.limits.clone(),
+        upload_dir: upload_dir(),
+    });
+    server::serve(
+        api,
+        AuthLayer::new(&config.auth.tokens),
+        identity,
+        listener,
+        shutdown,
+    )
+    .await
+}
+
+fn upload_dir() -> PathBuf {
+    std::env::temp_dir().join("statiko-uploads")
+}

@@ -1,1 +1,61 @@
-//! Test harness.
+//! Process-level test harness for Statiko: real `etcd`, `statiko-control`, `stk` and helper
+//! servers (moto for S3) started as child processes on loopback, each in its own temp dir.
+//!
+//! # Layout
+//!
+//! - [`bins`]: where the workspace binaries and external tools are, and skipping without them.
+//! - [`process`]: a child process with its output in a log file, SIGTERM, readiness polling.
+//! - [`wait`]: [`wait_until`] and the `STATIKO_TEST_PATIENCE_MS` scale for every deadline.
+//! - [`certs`]: a throwaway PKI ([`Pki`]) written as PEM files.
+//! - [`etcd`]: one etcd per test, plain or TLS with client-certificate auth ([`Etcd`]).
+//! - [`control`]: a `statiko-control` process with a generated config ([`Control`]).
+//! - [`client`]: tonic channels and the `statiko.v1` clients with a bearer token ([`Api`]).
+//! - [`cmd`]: one-shot runs of a binary such as `stk` ([`run_stk`]).
+//! - [`moto`]: an S3-compatible server from PyPI `moto[server]` ([`Moto`]).
+//! - [`net`]: free ports and a tiny HTTP(S)/1.1 client for probing servers.
+//!
+//! Every test calls [`init`] first.
+
+pub mod bins;
+pub mod certs;
+pub mod client;
+pub mod cmd;
+pub mod control;
+pub mod etcd;
+pub mod moto;
+pub mod net;
+pub mod process;
+pub mod wait;
+
+use std::time::Duration;
+
+pub use crate::bins::{bin_path, require_tool, tool_path};
+pub use crate::certs::{CertFiles, CertUsage, Pki};
+pub use crate::client::{Api, AuthChannel, BearerToken, channel, plain_channel};
+pub use crate::cmd::{OutputExt, run_bin, run_stk};
+pub use crate::control::{
+    ADMIN_TOKEN, Control, ControlOptions, EtcdStore, READONLY_TOKEN, Role, StateStore,
+    TEST_SECRETS_ENCRYPTION_KEY, TokenSpec,
+};
+pub use crate::etcd::{Etcd, EtcdTls};
+pub use crate::moto::Moto;
+pub use crate::net::{HttpResponse, TlsTarget, free_port, http_get, http_request};
+pub use crate::process::ChildProcess;
+pub use crate::wait::{patience, wait_until};
+
+/// Once-per-test setup: installs aws-lc-rs as the process-wide rustls crypto provider.
+///
+/// Installing twice is harmless; the second attempt's error is ignored on purpose.
+pub fn init() {
+    let _already_installed = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// `Duration::from_secs`, short enough for test bodies.
+pub const fn secs(seconds: u64) -> Duration {
+    Duration::from_secs(seconds)
+}
+
+/// `Duration::from_millis`, short enough for test bodies.
+pub const fn millis(milliseconds: u64) -> Duration {
+    Duration::from_millis(milliseconds)
+}

@@ -1,0 +1,1036 @@
+//! Cryptography used across Statiko, all on aws-lc-rs (the one rustls crypto provider).
+//!
+//! - [`SecretBox`]: AES-256-GCM sealing of secrets (private keys) before they go into the store,
+//!   as `v1:<key id>:<base64(nonce || ciphertext+tag)>`.
+//! - Ed25519 bundle signatures over the raw 32-byte SHA-256 digest of a bundle.
+//! - SHA-256 helpers and the `sha256:<hex>` digest format.
+//! - TLS certificate parsing/validation and self-signed certificate generation.
+//!
+//! Nothing secret ever appears in `Debug` output or in error messages.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
+use aws_lc_rs::digest;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{
+    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer,
+};
+use x509_parser::prelude::{FromDer, GeneralName, SubjectPublicKeyInfo, X509Certificate};
+
+/// Errors from this module. Messages are lowercase and never include secret material.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("invalid encryption key: {0}")]
+    InvalidKey(&'static str),
+    #[error("sealed with key {sealed}, configured key is {configured}")]
+    WrongKey { sealed: String, configured: String },
+    #[error("malformed sealed value: {0}")]
+    BadSealedFormat(&'static str),
+    #[error("sealed value failed authentication (corrupted, tampered with, or a different key)")]
+    Decrypt,
+    #[error("encryption failed")]
+    Encrypt,
+    #[error("invalid public key: {0}")]
+    InvalidPublicKey(String),
+    #[error("invalid signing key: {0}")]
+    InvalidSigningKey(String),
+    #[error("bundle signature does not verify with the configured public key")]
+    BadSignature,
+    #[error("invalid digest {0:?}: expected sha256:<64 hex characters>")]
+    InvalidDigest(String),
+    #[error("invalid hex: {0}")]
+    InvalidHex(&'static str),
+    #[error("no certificate in pem")]
+    NoCertificate,
+    #[error("invalid certificate pem: {0}")]
+    InvalidCertificatePem(String),
+    #[error("unparseable certificate{}: {reason}", position_suffix(*.index))]
+    UnparseableCertificate { index: usize, reason: String },
+    #[error("no private key in pem")]
+    NoPrivateKey,
+    #[error("invalid private key pem")]
+    InvalidPrivateKeyPem,
+    #[error("unsupported private key: {0}")]
+    UnsupportedKey(String),
+    #[error("private key does not match the certificate")]
+    KeyMismatch,
+    #[error("certificate expired at {not_after} (unix ms {not_after_ms})")]
+    Expired {
+        not_after: String,
+        not_after_ms: i64,
+    },
+    #[error("cannot generate certificate: {0}")]
+    Generate(String),
+}
+
+fn position_suffix(index: usize) -> String {
+    if index == 0 {
+        String::new()
+    } else {
+        format!(" #{} in chain", index + 1)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SecretBox
+// ---------------------------------------------------------------------------------------------
+
+const SEAL_VERSION: &str = "v1";
+const TAG_LEN: usize = 16;
+
+/// AES-256-GCM sealing with a fresh random 96-bit nonce per value.
+///
+/// Sealed form: `v1:<key_id>:<base64(nonce || ciphertext+tag)>`, where `key_id` is the first
+/// 8 hex characters of sha256(key), so a value sealed with another key is reported as such.
+pub struct SecretBox {
+    key: RandomizedNonceKey,
+    key_id: String,
+}
+
+impl SecretBox {
+    /// A box for this 256-bit key.
+    pub fn new(key: [u8; 32]) -> Self {
+        let key_id = hex(&sha256(&key)[..4]);
+        // AES-256-GCM accepts every 32-byte key; failure here would be a broken library.
+        #[allow(clippy::expect_used)]
+        let key = RandomizedNonceKey::new(&AES_256_GCM, &key)
+            .expect("aes-256-gcm accepts any 32-byte key");
+        Self { key, key_id }
+    }
+
+    /// A box for the base64 of 32 bytes (the `secretsEncryptionKey` configuration format).
+    pub fn from_base64(text: &str) -> Result<Self, CryptoError> {
+        let bytes = BASE64
+            .decode(text.trim())
+            .map_err(|_| CryptoError::InvalidKey("not valid base64"))?;
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| CryptoError::InvalidKey("must be exactly 32 bytes"))?;
+        Ok(Self::new(key))
+    }
+
+    /// First 8 hex characters of sha256(key).
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// Seals `plaintext` as `v1:<key_id>:<base64(nonce || ciphertext+tag)>`.
+    pub fn seal(&self, plaintext: &[u8]) -> String {
+        let mut in_out = Vec::with_capacity(plaintext.len() + TAG_LEN);
+        in_out.extend_from_slice(plaintext);
+        // Sealing with a valid key only fails for inputs beyond GCM's ~64 GiB limit.
+        #[allow(clippy::expect_used)]
+        let nonce = self
+            .key
+            .seal_in_place_append_tag(Aad::empty(), &mut in_out)
+            .expect("aes-256-gcm sealing of an in-memory value");
+        let mut payload = Vec::with_capacity(NONCE_LEN + in_out.len());
+        payload.extend_from_slice(nonce.as_ref());
+        payload.extend_from_slice(&in_out);
+        format!("{SEAL_VERSION}:{}:{}", self.key_id, BASE64.encode(payload))
+    }
+
+    /// Opens a value made by [`SecretBox::seal`] with the same key.
+    pub fn open(&self, sealed: &str) -> Result<Vec<u8>, CryptoError> {
+        let mut parts = sealed.trim().splitn(3, ':');
+        let (Some(version), Some(key_id), Some(body)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(CryptoError::BadSealedFormat(
+                "expected v1:<key id>:<base64 payload>",
+            ));
+        };
+        if version != SEAL_VERSION {
+            return Err(CryptoError::BadSealedFormat(
+                "unknown version (expected v1)",
+            ));
+        }
+        if key_id.len() != 8 || !key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(CryptoError::BadSealedFormat(
+                "key id must be 8 hex characters",
+            ));
+        }
+        if !key_id.eq_ignore_ascii_case(&self.key_id) {
+            return Err(CryptoError::WrongKey {
+                sealed: key_id.to_owned(),
+                configured: self.key_id.clone(),
+            });
+        }
+        let payload = BASE64
+            .decode(body)
+            .map_err(|_| CryptoError::BadSealedFormat("payload is not valid base64"))?;
+        if payload.len() < NONCE_LEN + TAG_LEN {
+            return Err(CryptoError::BadSealedFormat("payload too short"));
+        }
+        let (nonce, ciphertext) = payload.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce)
+            .map_err(|_| CryptoError::BadSealedFormat("bad nonce"))?;
+        let mut in_out = ciphertext.to_vec();
+        let plaintext_len = self
+            .key
+            .open_in_place(nonce, Aad::empty(), &mut in_out)
+            .map_err(|_| CryptoError::Decrypt)?
+            .len();
+        in_out.truncate(plaintext_len);
+        Ok(in_out)
+    }
+}
+
+impl fmt::Debug for SecretBox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretBox")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key id of a sealed value (`v1:<key_id>:...`), if it looks like one.
+pub fn sealed_key_id(sealed: &str) -> Option<&str> {
+    let mut parts = sealed.trim().splitn(3, ':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(SEAL_VERSION), Some(id), Some(_))
+            if id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            Some(id)
+        }
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ed25519 bundle signatures
+// ---------------------------------------------------------------------------------------------
+
+/// DER prefix of an Ed25519 SubjectPublicKeyInfo; the 32 key bytes follow.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+fn ed25519_from_spki_der(der: &[u8]) -> Result<[u8; 32], CryptoError> {
+    match der.strip_prefix(&ED25519_SPKI_PREFIX[..]) {
+        Some(raw) if raw.len() == 32 => raw
+            .try_into()
+            .map_err(|_| CryptoError::InvalidPublicKey("wrong length".into())),
+        _ => Err(CryptoError::InvalidPublicKey(
+            "not an ed25519 public key (only ed25519 is supported)".into(),
+        )),
+    }
+}
+
+/// Parses an Ed25519 public key from PEM `PUBLIC KEY` (SPKI), or from base64 of the 32 raw
+/// bytes (base64 of the 44-byte SPKI DER is accepted too).
+pub fn parse_ed25519_public_key(text: &str) -> Result<[u8; 32], CryptoError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(CryptoError::InvalidPublicKey("empty".into()));
+    }
+    if text.contains("-----BEGIN") {
+        let spki =
+            SubjectPublicKeyInfoDer::from_pem_slice(text.as_bytes()).map_err(|e| match e {
+                pem::Error::NoItemsFound => {
+                    CryptoError::InvalidPublicKey("no PUBLIC KEY block in pem".into())
+                }
+                other => CryptoError::InvalidPublicKey(format!("bad pem: {other}")),
+            })?;
+        return ed25519_from_spki_der(spki.as_ref());
+    }
+    let bytes = BASE64
+        .decode(text)
+        .map_err(|_| CryptoError::InvalidPublicKey("neither pem nor base64".into()))?;
+    match bytes.len() {
+        32 => bytes
+            .try_into()
+            .map_err(|_| CryptoError::InvalidPublicKey("wrong length".into())),
+        44 => ed25519_from_spki_der(&bytes),
+        n => Err(CryptoError::InvalidPublicKey(format!(
+            "base64 decodes to {n} bytes, expected 32"
+        ))),
+    }
+}
+
+/// PEM `PUBLIC KEY` (SPKI) of a raw Ed25519 public key.
+pub fn ed25519_public_key_pem(public_key: &[u8; 32]) -> String {
+    let mut der = Vec::with_capacity(44);
+    der.extend_from_slice(&ED25519_SPKI_PREFIX);
+    der.extend_from_slice(public_key);
+    der_to_pem("PUBLIC KEY", &der)
+}
+
+/// Verifies an Ed25519 signature over the raw 32-byte SHA-256 digest of a bundle.
+pub fn verify_bundle_signature(
+    public_key: &[u8; 32],
+    sha256_digest: &[u8; 32],
+    signature: &[u8],
+) -> Result<(), CryptoError> {
+    UnparsedPublicKey::new(&ED25519, public_key)
+        .verify(sha256_digest, signature)
+        .map_err(|_| CryptoError::BadSignature)
+}
+
+fn ed25519_key_pair(pkcs8_pem: &str) -> Result<Ed25519KeyPair, CryptoError> {
+    let der = PrivatePkcs8KeyDer::from_pem_slice(pkcs8_pem.as_bytes()).map_err(|e| match e {
+        pem::Error::NoItemsFound => {
+            CryptoError::InvalidSigningKey("no PRIVATE KEY block in pem".into())
+        }
+        _ => CryptoError::InvalidSigningKey("malformed pem".into()),
+    })?;
+    Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
+        .map_err(|_| CryptoError::InvalidSigningKey("not an ed25519 pkcs#8 key".into()))
+}
+
+/// Signs a bundle digest with an Ed25519 PKCS#8 PEM private key (for tests and tools).
+pub fn sign_bundle_digest(pkcs8_pem: &str, digest: &[u8; 32]) -> Result<Vec<u8>, CryptoError> {
+    Ok(ed25519_key_pair(pkcs8_pem)?.sign(digest).as_ref().to_vec())
+}
+
+/// A new Ed25519 key: (PKCS#8 PEM private key, raw public key). For tests and tools.
+pub fn generate_ed25519_key() -> Result<(String, [u8; 32]), CryptoError> {
+    let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+        .map_err(|_| CryptoError::Generate("ed25519 key generation failed".into()))?;
+    let pem = der_to_pem("PRIVATE KEY", doc.as_ref());
+    let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(doc.as_ref())
+        .map_err(|_| CryptoError::Generate("ed25519 key generation failed".into()))?;
+    let public: [u8; 32] = pair
+        .public_key()
+        .as_ref()
+        .try_into()
+        .map_err(|_| CryptoError::Generate("unexpected ed25519 public key length".into()))?;
+    Ok((pem, public))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hashing
+// ---------------------------------------------------------------------------------------------
+
+/// Incremental SHA-256.
+#[derive(Clone)]
+pub struct Sha256Hasher {
+    ctx: digest::Context,
+}
+
+impl Sha256Hasher {
+    pub fn new() -> Self {
+        Self {
+            ctx: digest::Context::new(&digest::SHA256),
+        }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.ctx.update(data);
+    }
+
+    pub fn finish(self) -> [u8; 32] {
+        let out = self.ctx.finish();
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(out.as_ref());
+        digest
+    }
+}
+
+impl Default for Sha256Hasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Sha256Hasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Sha256Hasher")
+    }
+}
+
+/// SHA-256 of `data` in one call.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut h = Sha256Hasher::new();
+    h.update(data);
+    h.finish()
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Parses exactly 64 hex characters (either case) into 32 bytes.
+pub fn parse_hex32(s: &str) -> Result<[u8; 32], CryptoError> {
+    let bytes = s.as_bytes();
+    if bytes.len() != 64 {
+        return Err(CryptoError::InvalidHex("expected 64 hex characters"));
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        let (Some(hi), Some(lo)) = (hex_val(pair[0]), hex_val(pair[1])) else {
+            return Err(CryptoError::InvalidHex("non-hex character"));
+        };
+        out[i] = (hi << 4) | lo;
+    }
+    Ok(out)
+}
+
+/// Parses `sha256:<64 hex>`.
+pub fn parse_digest(s: &str) -> Result<[u8; 32], CryptoError> {
+    s.strip_prefix("sha256:")
+        .and_then(|h| parse_hex32(h).ok())
+        .ok_or_else(|| {
+            let shown: String = s.chars().take(80).collect();
+            CryptoError::InvalidDigest(shown)
+        })
+}
+
+/// Formats `sha256:<64 lowercase hex>`.
+pub fn format_digest(digest: &[u8; 32]) -> String {
+    format!("sha256:{}", hex(digest))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificates
+// ---------------------------------------------------------------------------------------------
+
+/// A validated certificate and key pair, as stored for a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedCertificate {
+    /// DNS subject alternative names, lowercased (the subject CN when there is no DNS SAN).
+    pub domains: Vec<String>,
+    /// Unix milliseconds.
+    pub not_before: i64,
+    /// Unix milliseconds.
+    pub not_after: i64,
+    /// `sha256:<hex>` of the leaf certificate DER.
+    pub fingerprint: String,
+    /// Normalised PEM of the leaf followed by the chain.
+    pub chain_pem: String,
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn der_to_pem(label: &str, der: &[u8]) -> String {
+    let b64 = BASE64.encode(der);
+    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 64);
+    out.push_str("-----BEGIN ");
+    out.push_str(label);
+    out.push_str("-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        // Base64 output is ASCII.
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END ");
+    out.push_str(label);
+    out.push_str("-----\n");
+    out
+}
+
+fn cert_domains(cert: &X509Certificate<'_>) -> Vec<String> {
+    let mut domains: Vec<String> = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::DNSName(dns) = name {
+                let d = dns.trim().to_ascii_lowercase();
+                if !d.is_empty() && !domains.contains(&d) {
+                    domains.push(d);
+                }
+            }
+        }
+    }
+    if domains.is_empty()
+        && let Some(cn) = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+    {
+        let cn = cn.trim().to_ascii_lowercase();
+        if !cn.is_empty() {
+            domains.push(cn);
+        }
+    }
+    domains
+}
+
+fn key_matches_certificate(
+    key_spki: &[u8],
+    cert: &X509Certificate<'_>,
+) -> Result<bool, CryptoError> {
+    let cert_spki = cert.tbs_certificate.subject_pki.raw;
+    if key_spki == cert_spki {
+        return Ok(true);
+    }
+    // Same key bits with a differently encoded algorithm identifier still match.
+    match SubjectPublicKeyInfo::from_der(key_spki) {
+        Ok((_, parsed)) => Ok(parsed.subject_public_key.data
+            == cert.tbs_certificate.subject_pki.subject_public_key.data),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Parses and checks a PEM certificate chain (leaf first) and its PEM private key.
+///
+/// Errors name what is wrong: no certificate, unparseable certificate, no private key,
+/// unsupported key, key does not match the certificate, or expired. "Not yet valid" and
+/// "expires soon" are left to the caller, who gets the dates.
+pub fn parse_certificate_and_key(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<ParsedCertificate, CryptoError> {
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CryptoError::InvalidCertificatePem(e.to_string()))?;
+    let Some(leaf_der) = certs.first() else {
+        return Err(CryptoError::NoCertificate);
+    };
+    for (index, der) in certs.iter().enumerate().skip(1) {
+        X509Certificate::from_der(der.as_ref()).map_err(|e| {
+            CryptoError::UnparseableCertificate {
+                index,
+                reason: e.to_string(),
+            }
+        })?;
+    }
+    let (_, leaf) = X509Certificate::from_der(leaf_der.as_ref()).map_err(|e| {
+        CryptoError::UnparseableCertificate {
+            index: 0,
+            reason: e.to_string(),
+        }
+    })?;
+
+    // Key errors deliberately carry no detail from the key text.
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| match e {
+        pem::Error::NoItemsFound => CryptoError::NoPrivateKey,
+        _ => CryptoError::InvalidPrivateKeyPem,
+    })?;
+    let signing_key = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
+        .map_err(|e| CryptoError::UnsupportedKey(e.to_string()))?;
+    let Some(key_spki) = signing_key.public_key() else {
+        return Err(CryptoError::UnsupportedKey(
+            "cannot derive the public key of this key type to check it against the certificate"
+                .into(),
+        ));
+    };
+    if !key_matches_certificate(key_spki.as_ref(), &leaf)? {
+        return Err(CryptoError::KeyMismatch);
+    }
+
+    let validity = leaf.validity();
+    let not_before = validity.not_before.timestamp().saturating_mul(1000);
+    let not_after = validity.not_after.timestamp().saturating_mul(1000);
+    if not_after < now_unix_ms() {
+        return Err(CryptoError::Expired {
+            not_after: validity.not_after.to_string(),
+            not_after_ms: not_after,
+        });
+    }
+
+    let chain_pem = certs
+        .iter()
+        .map(|c| der_to_pem("CERTIFICATE", c.as_ref()))
+        .collect::<String>();
+    Ok(ParsedCertificate {
+        domains: cert_domains(&leaf),
+        not_before,
+        not_after,
+        fingerprint: format_digest(&sha256(leaf_der.as_ref())),
+        chain_pem,
+    })
+}
+
+fn asn1_time(unix_secs: i64) -> Result<x509_parser::time::ASN1Time, CryptoError> {
+    x509_parser::time::ASN1Time::from_timestamp(unix_secs)
+        .map_err(|_| CryptoError::Generate("date out of range".into()))
+}
+
+/// A self-signed ECDSA P-256 certificate for `domains` (entries that parse as IP addresses
+/// become IP SANs), valid from one hour ago for `valid_for_days` days.
+/// Returns `(certificate PEM, PKCS#8 private key PEM)`.
+pub fn self_signed(
+    domains: &[String],
+    valid_for_days: u32,
+) -> Result<(String, String), CryptoError> {
+    self_signed_between(
+        domains,
+        now_unix_ms() / 1000 - 3600,
+        now_unix_ms() / 1000 + i64::from(valid_for_days) * 86_400,
+    )
+}
+
+fn self_signed_between(
+    domains: &[String],
+    not_before_secs: i64,
+    not_after_secs: i64,
+) -> Result<(String, String), CryptoError> {
+    let names: Vec<String> = domains
+        .iter()
+        .map(|d| d.trim().to_owned())
+        .filter(|d| !d.is_empty())
+        .collect();
+    let Some(first) = names.first().cloned() else {
+        return Err(CryptoError::Generate(
+            "a self-signed certificate needs at least one name".into(),
+        ));
+    };
+    let mut params =
+        rcgen::CertificateParams::new(names).map_err(|e| CryptoError::Generate(e.to_string()))?;
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, first);
+    params.distinguished_name = dn;
+    params.not_before = asn1_time(not_before_secs)?.to_datetime();
+    params.not_after = asn1_time(not_after_secs)?.to_datetime();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| CryptoError::Generate(e.to_string()))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| CryptoError::Generate(e.to_string()))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn test_box(byte: u8) -> SecretBox {
+        SecretBox::new([byte; 32])
+    }
+
+    #[test]
+    fn seal_open_round_trip() {
+        let b = test_box(7);
+        let sealed = b.seal(b"-----BEGIN PRIVATE KEY----- secret");
+        assert!(sealed.starts_with(&format!("v1:{}:", b.key_id())));
+        assert_eq!(
+            b.open(&sealed).unwrap(),
+            b"-----BEGIN PRIVATE KEY----- secret"
+        );
+        assert_eq!(b.open(&b.seal(b"")).unwrap(), b"");
+    }
+
+    #[test]
+    fn key_id_is_sha256_prefix() {
+        let b = test_box(0);
+        assert_eq!(b.key_id(), &hex(&sha256(&[0u8; 32]))[..8]);
+        assert_eq!(b.key_id().len(), 8);
+    }
+
+    #[test]
+    fn two_seals_differ() {
+        let b = test_box(1);
+        let a1 = b.seal(b"same");
+        let a2 = b.seal(b"same");
+        assert_ne!(a1, a2);
+        assert_eq!(b.open(&a1).unwrap(), b.open(&a2).unwrap());
+    }
+
+    #[test]
+    fn wrong_key_is_named() {
+        let sealed = test_box(1).seal(b"x");
+        let other = test_box(2);
+        let err = other.open(&sealed).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, CryptoError::WrongKey { .. }), "{msg}");
+        assert_eq!(
+            msg,
+            format!(
+                "sealed with key {}, configured key is {}",
+                test_box(1).key_id(),
+                other.key_id()
+            )
+        );
+        assert_eq!(sealed_key_id(&sealed), Some(test_box(1).key_id()));
+    }
+
+    #[test]
+    fn tampered_ciphertext_fails_authentication() {
+        let b = test_box(3);
+        let sealed = b.seal(b"attack at dawn");
+        let (head, body) = sealed.rsplit_once(':').unwrap();
+        let mut raw = BASE64.decode(body).unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 0x01;
+        let tampered = format!("{head}:{}", BASE64.encode(&raw));
+        assert!(matches!(b.open(&tampered), Err(CryptoError::Decrypt)));
+        // Same key id but a different key (collision of the id is what this simulates).
+        raw[last] ^= 0x01;
+        raw[NONCE_LEN] ^= 0x80;
+        let tampered = format!("{head}:{}", BASE64.encode(&raw));
+        assert!(matches!(b.open(&tampered), Err(CryptoError::Decrypt)));
+    }
+
+    #[test]
+    fn bad_formats() {
+        let b = test_box(4);
+        let id = b.key_id().to_owned();
+        for bad in [
+            String::new(),
+            "garbage".into(),
+            format!("v2:{id}:AAAA"),
+            "v1:xyz:AAAA".into(),
+            format!("v1:{id}:not base64!!"),
+            format!("v1:{id}:AAAA"),
+            format!("v1:{id}"),
+        ] {
+            let err = b.open(&bad).unwrap_err();
+            assert!(
+                matches!(err, CryptoError::BadSealedFormat(_)),
+                "{bad:?}: {err}"
+            );
+        }
+        assert_eq!(sealed_key_id("garbage"), None);
+        assert_eq!(sealed_key_id("v1:zzzzzzzz:x"), None);
+    }
+
+    #[test]
+    fn no_secret_in_debug_or_errors() {
+        let b = SecretBox::new(*b"0123456789abcdef0123456789abcdef");
+        let dbg = format!("{b:?}");
+        assert!(dbg.contains(b.key_id()));
+        assert!(!dbg.contains("0123456789abcdef"));
+        let sealed = b.seal(b"topsecret");
+        let err = test_box(9).open(&sealed).unwrap_err();
+        assert!(!err.to_string().contains("topsecret"));
+        assert!(!format!("{err:?}").contains("topsecret"));
+    }
+
+    #[test]
+    fn from_base64_key() {
+        let b = SecretBox::from_base64(&BASE64.encode([5u8; 32])).unwrap();
+        assert_eq!(b.key_id(), test_box(5).key_id());
+        assert!(matches!(
+            SecretBox::from_base64(&BASE64.encode([5u8; 16])),
+            Err(CryptoError::InvalidKey(_))
+        ));
+        assert!(matches!(
+            SecretBox::from_base64("%%%"),
+            Err(CryptoError::InvalidKey(_))
+        ));
+    }
+
+    // --- Ed25519 ---
+
+    fn spki_pem_by_prefix(public: &[u8]) -> String {
+        let mut der = ED25519_SPKI_PREFIX.to_vec();
+        der.extend_from_slice(public);
+        der_to_pem("PUBLIC KEY", &der)
+    }
+
+    fn new_pkcs8() -> (String, Vec<u8>) {
+        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(doc.as_ref()).unwrap();
+        (
+            der_to_pem("PRIVATE KEY", doc.as_ref()),
+            pair.public_key().as_ref().to_vec(),
+        )
+    }
+
+    #[test]
+    fn ed25519_sign_verify() {
+        let (pkcs8, public) = new_pkcs8();
+        let key = parse_ed25519_public_key(&spki_pem_by_prefix(&public)).unwrap();
+        assert_eq!(key.as_slice(), public.as_slice());
+        assert_eq!(ed25519_public_key_pem(&key), spki_pem_by_prefix(&public));
+        let digest = sha256(b"bundle bytes");
+        let sig = sign_bundle_digest(&pkcs8, &digest).unwrap();
+        assert_eq!(sig.len(), 64);
+        verify_bundle_signature(&key, &digest, &sig).unwrap();
+        // Another digest does not verify.
+        let other = sha256(b"other bundle");
+        assert!(matches!(
+            verify_bundle_signature(&key, &other, &sig),
+            Err(CryptoError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn ed25519_wrong_key_and_bad_signature() {
+        let (pkcs8, _) = new_pkcs8();
+        let (_, other_public) = new_pkcs8();
+        let other: [u8; 32] = other_public.try_into().unwrap();
+        let digest = sha256(b"bundle");
+        let sig = sign_bundle_digest(&pkcs8, &digest).unwrap();
+        assert!(matches!(
+            verify_bundle_signature(&other, &digest, &sig),
+            Err(CryptoError::BadSignature)
+        ));
+        let (gen_pem, gen_public) = generate_ed25519_key().unwrap();
+        let mut sig = sign_bundle_digest(&gen_pem, &digest).unwrap();
+        verify_bundle_signature(&gen_public, &digest, &sig).unwrap();
+        sig[10] ^= 0xff;
+        assert!(verify_bundle_signature(&gen_public, &digest, &sig).is_err());
+        assert!(verify_bundle_signature(&gen_public, &digest, &sig[..63]).is_err());
+        assert!(verify_bundle_signature(&gen_public, &digest, b"").is_err());
+    }
+
+    #[test]
+    fn ed25519_public_key_formats() {
+        let (_, public) = new_pkcs8();
+        // Base64 of the raw 32 bytes, with surrounding whitespace.
+        let b64 = format!("  {}\n", BASE64.encode(&public));
+        assert_eq!(
+            parse_ed25519_public_key(&b64).unwrap().as_slice(),
+            &public[..]
+        );
+        // Base64 of the SPKI DER.
+        let mut der = ED25519_SPKI_PREFIX.to_vec();
+        der.extend_from_slice(&public);
+        assert_eq!(
+            parse_ed25519_public_key(&BASE64.encode(&der))
+                .unwrap()
+                .as_slice(),
+            &public[..]
+        );
+        // Wrong lengths, garbage, empty.
+        for bad in [
+            BASE64.encode([1u8; 31]),
+            "not base64 at all!".into(),
+            String::new(),
+        ] {
+            assert!(matches!(
+                parse_ed25519_public_key(&bad),
+                Err(CryptoError::InvalidPublicKey(_))
+            ));
+        }
+        // A P-256 public key in PEM is rejected as "not ed25519".
+        let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let err = parse_ed25519_public_key(&ec.public_key_pem()).unwrap_err();
+        assert!(err.to_string().contains("not an ed25519"), "{err}");
+        // A PEM without a PUBLIC KEY block.
+        let err = parse_ed25519_public_key(
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap_err();
+        assert!(matches!(err, CryptoError::InvalidPublicKey(_)), "{err}");
+    }
+
+    #[test]
+    fn signing_key_errors() {
+        let digest = [0u8; 32];
+        assert!(matches!(
+            sign_bundle_digest("nothing here", &digest),
+            Err(CryptoError::InvalidSigningKey(_))
+        ));
+        let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        assert!(matches!(
+            sign_bundle_digest(&ec.serialize_pem(), &digest),
+            Err(CryptoError::InvalidSigningKey(_))
+        ));
+    }
+
+    // --- hashing ---
+
+    #[test]
+    fn sha256_and_hex() {
+        assert_eq!(
+            hex(&sha256(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let mut h = Sha256Hasher::new();
+        h.update(b"a");
+        h.update(b"bc");
+        assert_eq!(h.finish(), sha256(b"abc"));
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
+    }
+
+    #[test]
+    fn digest_format_round_trip() {
+        let d = sha256(b"x");
+        let s = format_digest(&d);
+        assert!(s.starts_with("sha256:"));
+        assert_eq!(s.len(), 7 + 64);
+        assert_eq!(parse_digest(&s).unwrap(), d);
+        assert_eq!(
+            parse_digest(&s.to_uppercase().replace("SHA256", "sha256")).unwrap(),
+            d
+        );
+        for bad in [
+            "",
+            "sha256:",
+            "sha512:00",
+            &s[7..],
+            &s[..s.len() - 1],
+            &format!("{s}0"),
+            &s.replace('a', "g"),
+        ] {
+            if bad == s {
+                continue;
+            }
+            assert!(
+                matches!(parse_digest(bad), Err(CryptoError::InvalidDigest(_))),
+                "{bad}"
+            );
+        }
+        assert!(parse_hex32(&"zz".repeat(32)).is_err());
+    }
+
+    // --- certificates ---
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn certificate_parse_ok() {
+        let (cert, key) =
+            self_signed(&names(&["Example.COM", "www.example.com", "127.0.0.1"]), 30).unwrap();
+        let parsed = parse_certificate_and_key(&cert, &key).unwrap();
+        assert_eq!(parsed.domains, names(&["example.com", "www.example.com"]));
+        let now = now_unix_ms();
+        assert!(parsed.not_before <= now);
+        assert!(parsed.not_after > now + 29 * 86_400_000);
+        assert!(parsed.not_after <= now + 31 * 86_400_000);
+        let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        assert_eq!(parsed.fingerprint, format_digest(&sha256(der.as_ref())));
+        assert_eq!(
+            CertificateDer::from_pem_slice(parsed.chain_pem.as_bytes()).unwrap(),
+            der
+        );
+        assert!(
+            parsed
+                .chain_pem
+                .starts_with("-----BEGIN CERTIFICATE-----\n")
+        );
+    }
+
+    #[test]
+    fn certificate_chain_is_kept_in_order() {
+        let (leaf, key) = self_signed(&names(&["a.example"]), 5).unwrap();
+        let (other, _) = self_signed(&names(&["ca.example"]), 5).unwrap();
+        // Windows line endings and leading junk are tolerated; output is normalised.
+        let input = format!("junk\r\n{}{}", leaf.replace('\n', "\r\n"), other);
+        let parsed = parse_certificate_and_key(&input, &key).unwrap();
+        let ders: Vec<_> = CertificateDer::pem_slice_iter(parsed.chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(ders.len(), 2);
+        assert_eq!(
+            ders[0],
+            CertificateDer::from_pem_slice(leaf.as_bytes()).unwrap()
+        );
+        assert_eq!(
+            ders[1],
+            CertificateDer::from_pem_slice(other.as_bytes()).unwrap()
+        );
+        assert!(!parsed.chain_pem.contains('\r'));
+    }
+
+    #[test]
+    fn certificate_cn_fallback() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "CN.Example.org");
+        let cert = params.self_signed(&key).unwrap();
+        let parsed = parse_certificate_and_key(&cert.pem(), &key.serialize_pem()).unwrap();
+        assert_eq!(parsed.domains, names(&["cn.example.org"]));
+    }
+
+    #[test]
+    fn certificate_key_mismatch() {
+        let (cert_a, _) = self_signed(&names(&["a.example"]), 5).unwrap();
+        let (_, key_b) = self_signed(&names(&["b.example"]), 5).unwrap();
+        let err = parse_certificate_and_key(&cert_a, &key_b).unwrap_err();
+        assert!(matches!(err, CryptoError::KeyMismatch), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "private key does not match the certificate"
+        );
+    }
+
+    #[test]
+    fn certificate_expired() {
+        let now = now_unix_ms() / 1000;
+        let (cert, key) =
+            self_signed_between(&names(&["old.example"]), now - 10 * 86_400, now - 86_400).unwrap();
+        let err = parse_certificate_and_key(&cert, &key).unwrap_err();
+        assert!(matches!(err, CryptoError::Expired { .. }), "{err}");
+        assert!(
+            err.to_string().starts_with("certificate expired at "),
+            "{err}"
+        );
+        // Not yet valid is reported through the dates, not as an error.
+        let (cert, key) =
+            self_signed_between(&names(&["new.example"]), now + 86_400, now + 10 * 86_400).unwrap();
+        let parsed = parse_certificate_and_key(&cert, &key).unwrap();
+        assert!(parsed.not_before > now_unix_ms());
+    }
+
+    #[test]
+    fn certificate_garbage_and_missing_parts() {
+        let (cert, key) = self_signed(&names(&["a.example"]), 5).unwrap();
+        assert!(matches!(
+            parse_certificate_and_key("garbage", &key),
+            Err(CryptoError::NoCertificate)
+        ));
+        assert!(matches!(
+            parse_certificate_and_key(&key, &key),
+            Err(CryptoError::NoCertificate)
+        ));
+        let bad_der = der_to_pem("CERTIFICATE", b"this is not der");
+        let err = parse_certificate_and_key(&bad_der, &key).unwrap_err();
+        assert!(
+            matches!(err, CryptoError::UnparseableCertificate { index: 0, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().starts_with("unparseable certificate: "),
+            "{err}"
+        );
+        let err = parse_certificate_and_key(&format!("{cert}{bad_der}"), &key).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("unparseable certificate #2 in chain"),
+            "{err}"
+        );
+        let broken = "-----BEGIN CERTIFICATE-----\n@@@@\n-----END CERTIFICATE-----\n";
+        assert!(matches!(
+            parse_certificate_and_key(broken, &key),
+            Err(CryptoError::InvalidCertificatePem(_))
+        ));
+        assert!(matches!(
+            parse_certificate_and_key(&cert, "garbage"),
+            Err(CryptoError::NoPrivateKey)
+        ));
+        assert!(matches!(
+            parse_certificate_and_key(&cert, &cert),
+            Err(CryptoError::NoPrivateKey)
+        ));
+        let bad_key = der_to_pem("PRIVATE KEY", b"secret-looking junk");
+        let err = parse_certificate_and_key(&cert, &bad_key).unwrap_err();
+        assert!(matches!(err, CryptoError::UnsupportedKey(_)), "{err}");
+        assert!(!err.to_string().contains("secret-looking"));
+        assert!(matches!(self_signed(&[], 1), Err(CryptoError::Generate(_))));
+    }
+
+    #[test]
+    fn ed25519_key_certificates_work() {
+        // Ed25519 TLS keys go through the same SPKI comparison.
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let params = rcgen::CertificateParams::new(names(&["ed.example"])).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let parsed = parse_certificate_and_key(&cert.pem(), &key.serialize_pem()).unwrap();
+        assert_eq!(parsed.domains, names(&["ed.example"]));
+    }
+}

@@ -1,0 +1,530 @@
+//! The bundle repository: content-addressed bundle archives in a local directory, S3 (or any
+//! S3-compatible server), Azure Blob Storage or Google Cloud Storage, through `object_store`.
+//!
+//! Object keys are `<prefix>/bundles/sha256/<64 lowercase hex>`. Since the key is the content's
+//! digest, writing the same key twice writes the same bytes, which makes uploads idempotent.
+//!
+//! Errors are [`RepoError`]: `NotFound`, `Unavailable` (network or server-side trouble: retry
+//! later) and the rest. Error messages never include credentials.
+
+use std::fmt;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use futures::StreamExt as _;
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload, RetryConfig, WriteMultipart};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::config::{RepoConfig, RepoKind};
+use crate::crypto::{Sha256Hasher, hex, parse_hex32};
+
+/// Files larger than this are uploaded with a multipart upload.
+pub const MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
+/// Part size of multipart uploads (S3 requires at least 5 MiB for all but the last part).
+const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts uploaded concurrently during a multipart upload.
+const MULTIPART_CONCURRENCY: usize = 4;
+/// Retries of a failed cloud request: 5, with exponential backoff from 100 ms, at most 60 s in
+/// all, so an unreachable repository is reported in seconds rather than minutes.
+fn retry_config() -> RetryConfig {
+    RetryConfig {
+        max_retries: 5,
+        retry_timeout: std::time::Duration::from_secs(60),
+        ..RetryConfig::default()
+    }
+}
+/// Read buffer for streaming a local file into a multipart upload.
+const READ_CHUNK: usize = 1024 * 1024;
+
+/// Errors of the bundle repository. Messages never include credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("invalid bundle repository configuration: {0}")]
+    Config(String),
+    #[error("invalid bundle digest {0:?}: expected 64 hex characters")]
+    InvalidDigest(String),
+    #[error("bundle sha256:{digest} not found in the repository")]
+    NotFound { digest: String },
+    #[error("bundle repository unavailable: {0}")]
+    Unavailable(String),
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bundle repository error: {0}")]
+    Other(String),
+}
+
+impl RepoError {
+    /// Worth retrying later (network trouble, server errors, throttling).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::NotFound { .. })
+    }
+}
+
+fn io_err(action: &'static str, path: &FsPath) -> impl FnOnce(std::io::Error) -> RepoError {
+    let path = path.to_path_buf();
+    move |source| RepoError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// The bundle repository. Cheap to clone.
+#[derive(Clone)]
+pub struct BundleRepo {
+    store: Arc<dyn ObjectStore>,
+    /// `<prefix>/bundles/sha256`.
+    base: Path,
+    kind: RepoKind,
+    /// Where, for logs and `Debug` (no credentials).
+    location: String,
+    /// Credential strings scrubbed from every error message.
+    secrets: Arc<Vec<String>>,
+}
+
+impl fmt::Debug for BundleRepo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BundleRepo")
+            .field("kind", &self.kind)
+            .field("location", &self.location)
+            .field("base", &self.base.as_ref())
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_secret(
+    value: &str,
+    file: Option<&PathBuf>,
+    what: &str,
+) -> Result<Option<String>, RepoError> {
+    if !value.is_empty() {
+        return Ok(Some(value.to_owned()));
+    }
+    match file {
+        Some(path) if !path.as_os_str().is_empty() => std::fs::read_to_string(path)
+            .map(|s| Some(s.trim().to_owned()))
+            .map_err(|e| RepoError::Config(format!("reading {what} from {}: {e}", path.display()))),
+        _ => Ok(None),
+    }
+}
+
+fn base_path(prefix: &str) -> Result<Path, RepoError> {
+    let trimmed = prefix.trim().trim_matches('/');
+    let prefix = Path::parse(trimmed)
+        .map_err(|e| RepoError::Config(format!("invalid prefix {trimmed:?}: {e}")))?;
+    Ok(prefix.join("bundles").join("sha256"))
+}
+
+fn required<'a>(value: &'a str, what: &str) -> Result<&'a str, RepoError> {
+    let v = value.trim();
+    if v.is_empty() {
+        Err(RepoError::Config(format!("{what} is required")))
+    } else {
+        Ok(v)
+    }
+}
+
+impl BundleRepo {
+    /// Builds the repository described by `config.kind`. The local directory is created if
+    /// missing; cloud backends are not contacted until the first request.
+    pub fn from_config(config: &RepoConfig) -> Result<Self, RepoError> {
+        let mut secrets = Vec::new();
+        let (store, base, location): (Arc<dyn ObjectStore>, Path, String) = match config.kind {
+            RepoKind::Local => {
+                let dir = &config.local.path;
+                if dir.as_os_str().is_empty() {
+                    return Err(RepoError::Config("repo.local.path is required".into()));
+                }
+                std::fs::create_dir_all(dir).map_err(io_err("creating directory", dir))?;
+                let fs = LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| RepoError::Config(format!("{}: {e}", dir.display())))?;
+                (
+                    Arc::new(fs),
+                    base_path("")?,
+                    format!("local:{}", dir.display()),
+                )
+            }
+            RepoKind::S3 => {
+                let c = &config.s3;
+                let bucket = required(&c.bucket, "repo.s3.bucket")?;
+                let region = if c.region.trim().is_empty() {
+                    "us-east-1"
+                } else {
+                    c.region.trim()
+                };
+                let mut b = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_region(region)
+                    .with_retry(retry_config());
+                let endpoint = c.endpoint.trim().trim_end_matches('/');
+                if !endpoint.is_empty() {
+                    b = b
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"))
+                        .with_virtual_hosted_style_request(false);
+                }
+                let secret = read_secret(
+                    &c.secret_access_key,
+                    c.secret_access_key_file.as_ref(),
+                    "repo.s3.secretAccessKey",
+                )?;
+                if !c.access_key_id.is_empty() {
+                    let Some(secret) = secret else {
+                        return Err(RepoError::Config(
+                            "repo.s3.accessKeyId is set but repo.s3.secretAccessKey(File) is not"
+                                .into(),
+                        ));
+                    };
+                    b = b
+                        .with_access_key_id(&c.access_key_id)
+                        .with_secret_access_key(&secret);
+                    secrets.push(secret);
+                    secrets.push(c.access_key_id.clone());
+                }
+                let store = b
+                    .build()
+                    .map_err(|e| RepoError::Config(scrub(&e.to_string(), &secrets)))?;
+                let location = if endpoint.is_empty() {
+                    format!("s3://{bucket}")
+                } else {
+                    format!("s3://{bucket} at {endpoint}")
+                };
+                (Arc::new(store), base_path(&c.prefix)?, location)
+            }
+            RepoKind::Azure => {
+                let c = &config.azure;
+                let account = required(&c.account, "repo.azure.account")?;
+                let container = required(&c.container, "repo.azure.container")?;
+                let mut b = MicrosoftAzureBuilder::from_env()
+                    .with_account(account)
+                    .with_container_name(container)
+                    .with_retry(retry_config());
+                let endpoint = c.endpoint.trim().trim_end_matches('/');
+                if !endpoint.is_empty() {
+                    b = b
+                        .with_endpoint(endpoint.to_owned())
+                        .with_allow_http(endpoint.starts_with("http://"));
+                }
+                if let Some(key) = read_secret(
+                    &c.access_key,
+                    c.access_key_file.as_ref(),
+                    "repo.azure.accessKey",
+                )? {
+                    b = b.with_access_key(&key);
+                    secrets.push(key);
+                }
+                let store = b
+                    .build()
+                    .map_err(|e| RepoError::Config(scrub(&e.to_string(), &secrets)))?;
+                let location = if endpoint.is_empty() {
+                    format!("azure://{account}/{container}")
+                } else {
+                    format!("azure://{account}/{container} at {endpoint}")
+                };
+                (Arc::new(store), base_path(&c.prefix)?, location)
+            }
+            RepoKind::Gcs => {
+                let c = &config.gcs;
+                let bucket = required(&c.bucket, "repo.gcs.bucket")?;
+                let mut b = GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry_config());
+                if !c.service_account_path.trim().is_empty() {
+                    b = b.with_service_account_path(c.service_account_path.trim());
+                }
+                let store = b
+                    .build()
+                    .map_err(|e| RepoError::Config(scrub(&e.to_string(), &secrets)))?;
+                (
+                    Arc::new(store),
+                    base_path(&c.prefix)?,
+                    format!("gs://{bucket}"),
+                )
+            }
+        };
+        secrets.retain(|s| !s.is_empty());
+        Ok(Self {
+            store,
+            base,
+            kind: config.kind,
+            location,
+            secrets: Arc::new(secrets),
+        })
+    }
+
+    /// Wraps an existing store (tests, in-memory repositories).
+    pub fn from_store(store: Arc<dyn ObjectStore>, prefix: &str) -> Result<Self, RepoError> {
+        Ok(Self {
+            location: store.to_string(),
+            store,
+            base: base_path(prefix)?,
+            kind: RepoKind::Local,
+            secrets: Arc::new(Vec::new()),
+        })
+    }
+
+    /// The backend kind.
+    pub fn kind(&self) -> RepoKind {
+        self.kind
+    }
+
+    /// Human-readable location (no credentials), e.g. `s3://bucket at http://host:9000`.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Object key of a bundle, `<prefix>/bundles/sha256/<hex>`.
+    pub fn object_key(&self, digest_hex: &str) -> Result<String, RepoError> {
+        Ok(self.path_for(digest_hex)?.1.to_string())
+    }
+
+    /// Validated lowercase hex and object path.
+    fn path_for(&self, digest_hex: &str) -> Result<(String, Path), RepoError> {
+        let hex_digest = digest_hex.strip_prefix("sha256:").unwrap_or(digest_hex);
+        let bytes = parse_hex32(hex_digest).map_err(|_| {
+            RepoError::InvalidDigest(digest_hex.chars().take(80).collect::<String>())
+        })?;
+        let hex_digest = hex(&bytes);
+        let path = self.base.clone().join(hex_digest.as_str());
+        Ok((hex_digest, path))
+    }
+
+    fn map_err(&self, digest: &str, err: object_store::Error) -> RepoError {
+        if let object_store::Error::NotFound { .. } = err {
+            return RepoError::NotFound {
+                digest: digest.to_owned(),
+            };
+        }
+        let message = scrub(&err.to_string(), &self.secrets);
+        if is_unavailable(&err) {
+            RepoError::Unavailable(format!("{}: {message}", self.location))
+        } else {
+            RepoError::Other(format!("{}: {message}", self.location))
+        }
+    }
+
+    /// Uploads a finished local file as the bundle `digest_hex`. Skipped when an object of the
+    /// same size already exists under that digest. Files over 8 MiB use a multipart upload.
+    /// The caller is responsible for `digest_hex` being the file's SHA-256.
+    pub async fn put_file(&self, digest_hex: &str, path: &FsPath) -> Result<(), RepoError> {
+        let (digest, location) = self.path_for(digest_hex)?;
+        let size = tokio::fs::metadata(path)
+            .await
+            .map_err(io_err("reading", path))?
+            .len();
+        match self.store.head(&location).await {
+            Ok(meta) if meta.size == size => {
+                tracing::debug!(digest, size, "bundle already in the repository");
+                return Ok(());
+            }
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.map_err(&digest, e)),
+        }
+        if size <= MULTIPART_THRESHOLD {
+            let data = tokio::fs::read(path)
+                .await
+                .map_err(io_err("reading", path))?;
+            self.store
+                .put(&location, PutPayload::from(data))
+                .await
+                .map_err(|e| self.map_err(&digest, e))?;
+        } else {
+            self.put_multipart(&digest, &location, path).await?;
+        }
+        tracing::debug!(digest, size, repo = %self.location, "bundle uploaded");
+        Ok(())
+    }
+
+    async fn put_multipart(
+        &self,
+        digest: &str,
+        location: &Path,
+        path: &FsPath,
+    ) -> Result<(), RepoError> {
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(io_err("opening", path))?;
+        let upload = self
+            .store
+            .put_multipart(location)
+            .await
+            .map_err(|e| self.map_err(digest, e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let n = match file.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    // Best effort: the upload is abandoned either way.
+                    let _ = writer.abort().await;
+                    return Err(io_err("reading", path)(e));
+                }
+            };
+            if let Err(e) = writer.wait_for_capacity(MULTIPART_CONCURRENCY).await {
+                let _ = writer.abort().await;
+                return Err(self.map_err(digest, e));
+            }
+            writer.write(&buf[..n]);
+        }
+        writer.finish().await.map_err(|e| self.map_err(digest, e))?;
+        Ok(())
+    }
+
+    /// Whether the bundle exists.
+    pub async fn exists(&self, digest_hex: &str) -> Result<bool, RepoError> {
+        let (digest, location) = self.path_for(digest_hex)?;
+        match self.store.head(&location).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.map_err(&digest, e)),
+        }
+    }
+
+    /// Deletes the bundle; a missing bundle is not an error.
+    pub async fn delete(&self, digest_hex: &str) -> Result<(), RepoError> {
+        let (digest, location) = self.path_for(digest_hex)?;
+        match self.store.delete(&location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.map_err(&digest, e)),
+        }
+    }
+
+    /// Streams the bundle to `dest` (written as `<dest>.partial`, renamed when complete) while
+    /// hashing it, and returns the SHA-256 of what was written. The caller compares it with
+    /// the expected digest.
+    pub async fn download_to(
+        &self,
+        digest_hex: &str,
+        dest: &FsPath,
+    ) -> Result<[u8; 32], RepoError> {
+        let (digest, location) = self.path_for(digest_hex)?;
+        let result = self
+            .store
+            .get(&location)
+            .await
+            .map_err(|e| self.map_err(&digest, e))?;
+        let partial = partial_path(dest);
+        let outcome = self.stream_to(&digest, result, &partial).await;
+        match outcome {
+            Ok(hash) => {
+                tokio::fs::rename(&partial, dest)
+                    .await
+                    .map_err(io_err("renaming into", dest))?;
+                Ok(hash)
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn stream_to(
+        &self,
+        digest: &str,
+        result: object_store::GetResult,
+        partial: &FsPath,
+    ) -> Result<[u8; 32], RepoError> {
+        let mut file = tokio::fs::File::create(partial)
+            .await
+            .map_err(io_err("creating", partial))?;
+        let mut hasher = Sha256Hasher::new();
+        let mut stream = result.into_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.map_err(digest, e))?;
+            hasher.update(&chunk);
+            file.write_all(&chunk)
+                .await
+                .map_err(io_err("writing", partial))?;
+        }
+        file.flush().await.map_err(io_err("writing", partial))?;
+        file.sync_all().await.map_err(io_err("syncing", partial))?;
+        Ok(hasher.finish())
+    }
+
+    /// Digests (lowercase hex) of every bundle in the repository, sorted. Objects under the
+    /// bundle prefix whose name is not a digest are ignored.
+    pub async fn list_digests(&self) -> Result<Vec<String>, RepoError> {
+        let mut stream = self.store.list(Some(&self.base));
+        let mut digests = Vec::new();
+        while let Some(meta) = stream.next().await {
+            let meta = match meta {
+                Ok(meta) => meta,
+                // A prefix that does not exist yet lists as empty.
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(self.map_err("*", e)),
+            };
+            let mut parts = meta.location.prefix_match(&self.base).into_iter().flatten();
+            let (Some(name), None) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            if let Ok(bytes) = parse_hex32(name.as_ref()) {
+                digests.push(hex(&bytes));
+            }
+        }
+        digests.sort();
+        digests.dedup();
+        Ok(digests)
+    }
+}
+
+fn partial_path(dest: &FsPath) -> PathBuf {
+    let mut name = dest
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".partial");
+    dest.with_file_name(name)
+}
+
+/// Replaces every credential string in `message` with `<redacted>`.
+fn scrub(message: &str, secrets: &[String]) -> String {
+    let mut out = message.to_owned();
+    for s in secrets {
+        if s.len() >= 4 {
+            out = out.replace(s.as_str(), "<redacted>");
+        }
+    }
+    out
+}
+
+/// Network-level failures, server errors and throttling: worth retrying later.
+fn is_unavailable(err: &object_store::Error) -> bool {
+    use object_store::client::{HttpError, HttpErrorKind};
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(http) = e.downcast_ref::<HttpError>()
+            && matches!(
+                http.kind(),
+                HttpErrorKind::Connect
+                    | HttpErrorKind::Request
+                    | HttpErrorKind::Timeout
+                    | HttpErrorKind::Interrupted
+            )
+        {
+            return true;
+        }
+        // The retry layer's status errors are not public types; match their message.
+        let text = e.to_string();
+        if text.contains("non-2xx status code: 5") || text.contains("non-2xx status code: 429") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}

@@ -1,0 +1,43 @@
+//! The gRPC service implementations, one file per `statiko.v1` service, all on one [`Api`] value.
+
+mod apps;
+mod certificates;
+mod cluster;
+mod deployments;
+mod sites;
+mod state;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use statiko_common::config::LimitsConfig;
+use statiko_common::crypto::SecretBox;
+use statiko_common::repo::BundleRepo;
+
+use crate::state::DesiredState;
+
+/// Everything a handler needs. Nothing in here is state that matters: the store is the truth.
+#[derive(Debug)]
+pub(crate) struct Context {
+    pub(crate) state: DesiredState,
+    pub(crate) repo: BundleRepo,
+    pub(crate) secrets: Option<SecretBox>,
+    /// Ed25519 public key for bundle signatures.
+    pub(crate) codesign_key: Option<[u8; 32]>,
+    pub(crate) codesign_required: bool,
+    pub(crate) limits: LimitsConfig,
+    /// Where uploads are spooled before they are verified and stored.
+    pub(crate) upload_dir: PathBuf,
+}
+
+/// Implements every management service; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub(crate) ctx: Arc<Context>,
+}
+
+impl Api {
+    pub(crate) fn new(ctx: Context) -> Self {
+        Self { ctx: Arc::new(ctx) }
+    }
+}

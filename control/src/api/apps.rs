@@ -1,0 +1,293 @@
+//! `statiko.v1.AppService`: streamed, bounded, verified uploads into the content-addressed
+//! bundle repository.
+
+use futures::StreamExt;
+use statiko_common::crypto::{self, Sha256Hasher};
+use statiko_common::ids;
+use statiko_common::model::{self, AppRecord, BundleFormat, now_ms};
+use statiko_common::store::{Compare, TxnOp};
+use statiko_proto::v1 as pb;
+use tokio::io::AsyncWriteExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Api;
+use crate::convert::{app_to_proto, format_from_proto};
+use crate::error::{ControlError, Result, invalid};
+use crate::state::{MAX_ATTEMPTS, sites_using};
+
+/// A fully received upload, spooled to a temporary file.
+struct Spooled {
+    file: tempfile::TempPath,
+    size: u64,
+    digest: [u8; 32],
+    head: Vec<u8>,
+}
+
+impl Api {
+    /// Receives the archive bytes into a temporary file, hashing as it goes, and refuses it as
+    /// soon as it passes `limits.maxBundleSize`.
+    async fn spool(&self, stream: &mut Streaming<pb::UploadAppRequest>) -> Result<Spooled> {
+        let limit = self.ctx.limits.max_bundle_size;
+        tokio::fs::create_dir_all(&self.ctx.upload_dir)
+            .await
+            .map_err(|err| ControlError::Internal(anyhow::anyhow!("create upload dir: {err}")))?;
+        let temp = tempfile::Builder::new()
+            .prefix("upload-")
+            .tempfile_in(&self.ctx.upload_dir)
+            .map_err(|err| ControlError::Internal(anyhow::anyhow!("create upload file: {err}")))?
+            .into_temp_path();
+        let mut file = tokio::fs::File::create(&temp)
+            .await
+            .map_err(|err| ControlError::Internal(anyhow::anyhow!("open upload file: {err}")))?;
+        let mut hasher = Sha256Hasher::new();
+        let mut size: u64 = 0;
+        let mut head = Vec::with_capacity(8);
+        while let Some(message) = stream.next().await {
+            let message =
+                message.map_err(|status| invalid!("upload interrupted: {}", status.message()))?;
+            let chunk = match message.data {
+                Some(pb::upload_app_request::Data::Chunk(chunk)) => chunk,
+                Some(pb::upload_app_request::Data::Metadata(_)) => {
+                    return Err(invalid!(
+                        "metadata: sent twice; only the first message carries metadata"
+                    ));
+                }
+                None => continue,
+            };
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(invalid!(
+                    "bundle is larger than limits.maxBundleSize ({limit} bytes)"
+                ));
+            }
+            if head.len() < 8 {
+                head.extend(chunk.iter().take(8 - head.len()));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(|err| {
+                ControlError::Internal(anyhow::anyhow!("write upload file: {err}"))
+            })?;
+        }
+        file.sync_all()
+            .await
+            .map_err(|err| ControlError::Internal(anyhow::anyhow!("sync upload file: {err}")))?;
+        Ok(Spooled {
+            file: temp,
+            size,
+            digest: hasher.finish(),
+            head,
+        })
+    }
+
+    async fn upload_app(&self, mut stream: Streaming<pb::UploadAppRequest>) -> Result<pb::App> {
+        let state = &self.ctx.state;
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| invalid!("empty upload: the first message must carry metadata"))?
+            .map_err(|status| invalid!("upload interrupted: {}", status.message()))?;
+        let Some(pb::upload_app_request::Data::Metadata(meta)) = first.data else {
+            return Err(invalid!("metadata: the first message must carry metadata"));
+        };
+        let name = ids::name("metadata.name", &meta.name)?;
+        let version = ids::version("metadata.version", &meta.version)?;
+        let declared_format = format_from_proto(meta.format)?;
+        let declared_digest = if meta.digest.is_empty() {
+            None
+        } else {
+            Some(
+                crypto::parse_digest(&meta.digest)
+                    .map_err(|err| invalid!("metadata.digest: {err}"))?,
+            )
+        };
+        let app_key = state.keys.app(&name, &version);
+        if state.get_app(&name, &version).await?.is_some() {
+            return Err(ControlError::AlreadyExists(format!(
+                "app {name}@{version} already exists; versions are immutable"
+            )));
+        }
+        if meta.signature.is_empty() && self.ctx.codesign_required {
+            return Err(ControlError::FailedPrecondition(
+                "unsigned bundle refused: codesign.required is on".into(),
+            ));
+        }
+
+        let spooled = self.spool(&mut stream).await?;
+        if spooled.size == 0 {
+            return Err(invalid!("bundle is empty"));
+        }
+        let format = BundleFormat::sniff(&spooled.head)
+            .ok_or_else(|| invalid!("bundle is not a .tar.gz, .tar.zst or .zip archive"))?;
+        if let Some(declared) = declared_format
+            && declared != format
+        {
+            return Err(invalid!(
+                "metadata.format: declared {} but the archive is {}",
+                declared.extension(),
+                format.extension()
+            ));
+        }
+        let digest = crypto::format_digest(&spooled.digest);
+        if let Some(declared) = declared_digest
+            && declared != spooled.digest
+        {
+            return Err(invalid!(
+                "metadata.digest: declared {} but received {digest}; the upload was corrupted",
+                crypto::format_digest(&declared)
+            ));
+        }
+        let signed = if meta.signature.is_empty() {
+            false
+        } else if let Some(key) = &self.ctx.codesign_key {
+            crypto::verify_bundle_signature(key, &spooled.digest, &meta.signature)
+                .map_err(|err| invalid!("metadata.signature: {err}"))?;
+            true
+        } else {
+            // Without a configured key the signature is kept for edges that verify, but not checked here.
+            false
+        };
+
+        let digest_hex = crypto::hex(&spooled.digest);
+        self.ctx
+            .repo
+            .put_file(&digest_hex, &spooled.file)
+            .await
+            .map_err(|err| ControlError::Unavailable(format!("bundle repository: {err}")))?;
+
+        let record = AppRecord {
+            name: name.clone(),
+            version: version.clone(),
+            digest,
+            size: spooled.size,
+            format,
+            signature: (!meta.signature.is_empty()).then(|| base64_encode(&meta.signature)),
+            created_at: now_ms(),
+        };
+        let result = state
+            .txn(
+                vec![Compare::absent(app_key.clone())],
+                vec![TxnOp::put(app_key, model::encode(&record))],
+            )
+            .await?;
+        if !result.succeeded {
+            return Err(ControlError::AlreadyExists(format!(
+                "app {name}@{version} already exists; versions are immutable"
+            )));
+        }
+        // A concurrent delete of another version with the same content may have removed the
+        // object between our put and the record; put it back so the record never dangles.
+        if !self.ctx.repo.exists(&digest_hex).await.unwrap_or(true) {
+            self.ctx
+                .repo
+                .put_file(&digest_hex, &spooled.file)
+                .await
+                .map_err(|err| ControlError::Unavailable(format!("bundle repository: {err}")))?;
+        }
+        tracing::info!(app = %record.app_ref(), digest = %record.digest, size = record.size, "app uploaded");
+        Ok(app_to_proto(&record, Vec::new(), signed))
+    }
+
+    async fn delete_app(&self, req: pb::DeleteAppRequest) -> Result<()> {
+        let state = &self.ctx.state;
+        let name = ids::name("name", &req.name)?;
+        let version = ids::version("version", &req.version)?;
+        let app_key = state.keys.app(&name, &version);
+        for _ in 0..MAX_ATTEMPTS {
+            let app = state
+                .get_app(&name, &version)
+                .await?
+                .ok_or_else(|| ControlError::NotFound(format!("app {name}@{version} not found")))?;
+            let (revision, sites) = state.list_sites().await?;
+            let app_ref = app.record.app_ref();
+            let users = sites_using(&sites, |s| s.app.as_ref() == Some(&app_ref));
+            if !users.is_empty() {
+                return Err(ControlError::FailedPrecondition(format!(
+                    "app {app_ref} is in use by site(s) {}; deploy another version first",
+                    users.join(", ")
+                )));
+            }
+            let compares = vec![
+                Compare::unchanged_since(app_key.clone(), app.mod_revision),
+                Compare::prefix_unchanged_since(&state.keys.sites(), revision),
+            ];
+            let result = state
+                .txn(compares, vec![TxnOp::delete(app_key.clone())])
+                .await?;
+            if !result.succeeded {
+                continue;
+            }
+            tracing::info!(app = %app_ref, revision = result.revision, "app deleted");
+            self.collect_bundle(&app.record.digest).await;
+            return Ok(());
+        }
+        Err(ControlError::Aborted(
+            "app deletion kept losing against concurrent changes; retry".into(),
+        ))
+    }
+
+    /// Removes a bundle object once no app version refers to its digest any more.
+    async fn collect_bundle(&self, digest: &str) {
+        let still_used = match self.ctx.state.list_apps(None).await {
+            Ok((_, apps)) => apps.iter().any(|a| a.record.digest == digest),
+            Err(_) => true,
+        };
+        if still_used {
+            return;
+        }
+        let Some(hex) = digest.strip_prefix("sha256:") else {
+            return;
+        };
+        if let Err(err) = self.ctx.repo.delete(hex).await {
+            tracing::warn!(%digest, error = %err, "could not delete unused bundle; it stays in the repository");
+        }
+    }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tonic::async_trait]
+impl pb::app_service_server::AppService for Api {
+    async fn upload_app(
+        &self,
+        request: Request<Streaming<pb::UploadAppRequest>>,
+    ) -> Result<Response<pb::UploadAppResponse>, Status> {
+        let app = Api::upload_app(self, request.into_inner()).await?;
+        Ok(Response::new(pb::UploadAppResponse { app: Some(app) }))
+    }
+
+    async fn list_apps(
+        &self,
+        request: Request<pb::ListAppsRequest>,
+    ) -> Result<Response<pb::ListAppsResponse>, Status> {
+        let filter = &request.get_ref().name;
+        let name = if filter.is_empty() {
+            None
+        } else {
+            Some(ids::name("name", filter).map_err(ControlError::from)?)
+        };
+        let state = &self.ctx.state;
+        let (_, apps) = state.list_apps(name.as_deref()).await?;
+        let (_, sites) = state.list_sites().await?;
+        let apps = apps
+            .iter()
+            .map(|app| {
+                let app_ref = app.record.app_ref();
+                let users = sites_using(&sites, |s| s.app.as_ref() == Some(&app_ref));
+                let signed = app.record.signature.is_some() && self.ctx.codesign_key.is_some();
+                app_to_proto(&app.record, users, signed)
+            })
+            .collect();
+        Ok(Response::new(pb::ListAppsResponse { apps }))
+    }
+
+    async fn delete_app(
+        &self,
+        request: Request<pb::DeleteAppRequest>,
+    ) -> Result<Response<pb::DeleteAppResponse>, Status> {
+        Api::delete_app(self, request.into_inner()).await?;
+        Ok(Response::new(pb::DeleteAppResponse {}))
+    }
+}

@@ -1,0 +1,231 @@
+//! Conversions between `statiko.v1` messages and the stored model. Proto types stop here.
+
+use statiko_common::ids;
+use statiko_common::model::{
+    AppRecord, AppRef, BundleFormat, CertificateKind, CertificateRecord, NodeStatusRecord,
+    SiteRecord, TlsChoice,
+};
+use statiko_proto::v1 as pb;
+
+use crate::error::{Result, invalid};
+
+/// Unix milliseconds to a protobuf timestamp.
+pub(crate) fn timestamp(ms: i64) -> Option<prost_types::Timestamp> {
+    (ms != 0).then(|| prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    })
+}
+
+pub(crate) fn tls_from_proto(field: &str, tls: Option<&pb::TlsConfig>) -> Result<TlsChoice> {
+    let Some(tls) = tls else {
+        return Ok(TlsChoice::SelfSigned);
+    };
+    let kind = pb::TlsType::try_from(tls.r#type)
+        .map_err(|_| invalid!("{field}.type: unknown value {}", tls.r#type))?;
+    let needs_no_cert = |choice: TlsChoice| {
+        if tls.certificate.is_empty() {
+            Ok(choice)
+        } else {
+            Err(invalid!(
+                "{field}.certificate: only allowed with TLS_TYPE_IMPORTED"
+            ))
+        }
+    };
+    match kind {
+        pb::TlsType::Unspecified | pb::TlsType::SelfSigned => needs_no_cert(TlsChoice::SelfSigned),
+        pb::TlsType::Acme => needs_no_cert(TlsChoice::Acme),
+        pb::TlsType::Imported => {
+            if tls.certificate.is_empty() {
+                return Err(invalid!(
+                    "{field}.certificate: required with TLS_TYPE_IMPORTED"
+                ));
+            }
+            Ok(TlsChoice::Imported {
+                certificate: ids::name(&format!("{field}.certificate"), &tls.certificate)?,
+            })
+        }
+    }
+}
+
+pub(crate) fn tls_to_proto(tls: &TlsChoice) -> pb::TlsConfig {
+    match tls {
+        TlsChoice::SelfSigned => pb::TlsConfig {
+            r#type: pb::TlsType::SelfSigned as i32,
+            certificate: String::new(),
+        },
+        TlsChoice::Acme => pb::TlsConfig {
+            r#type: pb::TlsType::Acme as i32,
+            certificate: String::new(),
+        },
+        TlsChoice::Imported { certificate } => pb::TlsConfig {
+            r#type: pb::TlsType::Imported as i32,
+            certificate: certificate.clone(),
+        },
+    }
+}
+
+pub(crate) fn app_ref_from_proto(field: &str, app: Option<&pb::AppRef>) -> Result<AppRef> {
+    let app = app.ok_or_else(|| invalid!("{field}: required"))?;
+    Ok(AppRef {
+        name: ids::name(&format!("{field}.name"), &app.name)?,
+        version: ids::version(&format!("{field}.version"), &app.version)?,
+    })
+}
+
+pub(crate) fn app_ref_to_proto(app: &AppRef) -> pb::AppRef {
+    pb::AppRef {
+        name: app.name.clone(),
+        version: app.version.clone(),
+    }
+}
+
+pub(crate) fn site_to_proto(site: &SiteRecord, revision: i64) -> pb::Site {
+    pb::Site {
+        domain: site.domain.clone(),
+        aliases: site.aliases.clone(),
+        tls: Some(tls_to_proto(&site.tls)),
+        app: site.app.as_ref().map(app_ref_to_proto),
+        revision,
+        created_at: timestamp(site.created_at),
+        updated_at: timestamp(site.updated_at),
+        deployed_at: site.deployed_at.and_then(timestamp),
+    }
+}
+
+pub(crate) fn format_from_proto(value: i32) -> Result<Option<BundleFormat>> {
+    match pb::BundleFormat::try_from(value) {
+        Ok(pb::BundleFormat::Unspecified) => Ok(None),
+        Ok(pb::BundleFormat::TarGz) => Ok(Some(BundleFormat::TarGz)),
+        Ok(pb::BundleFormat::TarZst) => Ok(Some(BundleFormat::TarZst)),
+        Ok(pb::BundleFormat::Zip) => Ok(Some(BundleFormat::Zip)),
+        Err(_) => Err(invalid!("metadata.format: unknown value {value}")),
+    }
+}
+
+pub(crate) fn format_to_proto(format: BundleFormat) -> pb::BundleFormat {
+    match format {
+        BundleFormat::TarGz => pb::BundleFormat::TarGz,
+        BundleFormat::TarZst => pb::BundleFormat::TarZst,
+        BundleFormat::Zip => pb::BundleFormat::Zip,
+    }
+}
+
+pub(crate) fn app_to_proto(app: &AppRecord, used_by: Vec<String>, signed: bool) -> pb::App {
+    pb::App {
+        name: app.name.clone(),
+        version: app.version.clone(),
+        digest: app.digest.clone(),
+        size: app.size,
+        format: format_to_proto(app.format) as i32,
+        signed,
+        created_at: timestamp(app.created_at),
+        used_by,
+    }
+}
+
+pub(crate) fn certificate_to_proto(
+    cert: &CertificateRecord,
+    used_by: Vec<String>,
+) -> pb::Certificate {
+    let kind = match cert.kind {
+        CertificateKind::Imported => pb::CertificateType::Imported,
+        CertificateKind::SelfSigned => pb::CertificateType::SelfSigned,
+        CertificateKind::Acme => pb::CertificateType::Acme,
+    };
+    pb::Certificate {
+        name: cert.name.clone(),
+        r#type: kind as i32,
+        domains: cert.domains.clone(),
+        not_before: timestamp(cert.not_before),
+        not_after: timestamp(cert.not_after),
+        fingerprint: cert.fingerprint.clone(),
+        used_by,
+    }
+}
+
+pub(crate) fn node_to_proto(node: &NodeStatusRecord) -> pb::Node {
+    pb::Node {
+        name: node.name.clone(),
+        leader: node.leader,
+        version: node.version.clone(),
+        applied_revision: node.applied_revision,
+        updated_at: timestamp(node.updated_at),
+        sites: node
+            .sites
+            .iter()
+            .map(|s| pb::NodeSiteStatus {
+                domain: s.domain.clone(),
+                app: s.app.as_ref().map(app_ref_to_proto),
+                healthy: s.healthy,
+                error: s.error.clone().unwrap_or_default(),
+            })
+            .collect(),
+        certificates: node
+            .certificates
+            .iter()
+            .map(|c| pb::NodeCertificateStatus {
+                name: c.name.clone(),
+                not_after: timestamp(c.not_after),
+            })
+            .collect(),
+        disallow_leadership: node.disallow_leadership,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_choices() {
+        assert_eq!(tls_from_proto("tls", None).unwrap(), TlsChoice::SelfSigned);
+        let imported = pb::TlsConfig {
+            r#type: pb::TlsType::Imported as i32,
+            certificate: "wild".into(),
+        };
+        assert_eq!(
+            tls_from_proto("tls", Some(&imported)).unwrap(),
+            TlsChoice::Imported {
+                certificate: "wild".into()
+            }
+        );
+        let missing = pb::TlsConfig {
+            r#type: pb::TlsType::Imported as i32,
+            certificate: String::new(),
+        };
+        let err = tls_from_proto("tls", Some(&missing))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls.certificate"), "{err}");
+        let stray = pb::TlsConfig {
+            r#type: pb::TlsType::Acme as i32,
+            certificate: "x".into(),
+        };
+        assert!(tls_from_proto("tls", Some(&stray)).is_err());
+        let unknown = pb::TlsConfig {
+            r#type: 42,
+            certificate: String::new(),
+        };
+        assert!(tls_from_proto("tls", Some(&unknown)).is_err());
+        for choice in [
+            TlsChoice::SelfSigned,
+            TlsChoice::Acme,
+            TlsChoice::Imported {
+                certificate: "c".into(),
+            },
+        ] {
+            assert_eq!(
+                tls_from_proto("tls", Some(&tls_to_proto(&choice))).unwrap(),
+                choice
+            );
+        }
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(timestamp(0), None);
+        let ts = timestamp(1_500).unwrap();
+        assert_eq!((ts.seconds, ts.nanos), (1, 500_000_000));
+    }
+}

@@ -1,0 +1,84 @@
+//! The tonic server: TLS, the authentication layer, every `statiko.v1` service, gRPC health and
+//! server reflection (v1 and v1alpha, so grpcurl works).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use statiko_proto::v1 as pb;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use crate::api::Api;
+use crate::auth::AuthLayer;
+
+/// Serves the API on `listener` until `shutdown` is cancelled.
+pub(crate) async fn serve(
+    api: Api,
+    auth: AuthLayer,
+    identity: Option<Identity>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::site_service_server::SiteServiceServer<Api>>()
+        .await;
+    health
+        .set_serving::<pb::app_service_server::AppServiceServer<Api>>()
+        .await;
+    health
+        .set_serving::<pb::deployment_service_server::DeploymentServiceServer<Api>>()
+        .await;
+    health
+        .set_serving::<pb::certificate_service_server::CertificateServiceServer<Api>>()
+        .await;
+    health
+        .set_serving::<pb::cluster_service_server::ClusterServiceServer<Api>>()
+        .await;
+    health
+        .set_serving::<pb::state_service_server::StateServiceServer<Api>>()
+        .await;
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(statiko_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().context("build reflection v1")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("build reflection v1alpha")?;
+
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .tcp_nodelay(true);
+    if let Some(identity) = identity {
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(identity))
+            .context("control.tls: bad certificate or key")?;
+    }
+    let local = listener.local_addr().context("listener address")?;
+    tracing::info!(listen = %local, "control plane serving");
+    builder
+        .layer(auth)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(pb::site_service_server::SiteServiceServer::new(api.clone()))
+        .add_service(pb::app_service_server::AppServiceServer::new(api.clone()))
+        .add_service(pb::deployment_service_server::DeploymentServiceServer::new(
+            api.clone(),
+        ))
+        .add_service(pb::certificate_service_server::CertificateServiceServer::new(api.clone()))
+        .add_service(pb::cluster_service_server::ClusterServiceServer::new(
+            api.clone(),
+        ))
+        .add_service(pb::state_service_server::StateServiceServer::new(api))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
+        .await
+        .context("serve gRPC")?;
+    tracing::info!("control plane stopped");
+    Ok(())
+}

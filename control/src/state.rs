@@ -1,0 +1,182 @@
+//! Desired-state operations over the store: every write is one transaction guarded by compares,
+//! so a lost race is detected (and retried or reported), never a lost update.
+
+use statiko_common::keys::KeySchema;
+use statiko_common::model::{self, AppRecord, CertificateRecord, DomainRecord, SiteRecord};
+use statiko_common::store::{Compare, KeyValue, Store, TxnOp, TxnResult};
+
+use crate::error::{ControlError, Result};
+
+/// How often a transaction that lost a race against an unrelated concurrent change is retried.
+pub(crate) const MAX_ATTEMPTS: usize = 16;
+
+/// A record with the store revision it was read at.
+#[derive(Debug, Clone)]
+pub(crate) struct Versioned<T> {
+    pub(crate) record: T,
+    pub(crate) mod_revision: i64,
+}
+
+/// Typed access to the desired state.
+#[derive(Debug, Clone)]
+pub(crate) struct DesiredState {
+    pub(crate) store: Store,
+    pub(crate) keys: KeySchema,
+}
+
+fn decode<T: for<'de> serde::Deserialize<'de>>(kv: &KeyValue) -> Result<Versioned<T>> {
+    let record = model::decode(&kv.value).map_err(|err| {
+        ControlError::Internal(anyhow::anyhow!("corrupt record at {}: {err}", kv.key))
+    })?;
+    Ok(Versioned {
+        record,
+        mod_revision: kv.mod_revision,
+    })
+}
+
+impl DesiredState {
+    pub(crate) fn new(store: Store, keys: KeySchema) -> Self {
+        Self { store, keys }
+    }
+
+    pub(crate) async fn txn(&self, compares: Vec<Compare>, ops: Vec<TxnOp>) -> Result<TxnResult> {
+        Ok(self.store.txn(compares, ops).await?)
+    }
+
+    async fn get<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        key: &str,
+    ) -> Result<Option<Versioned<T>>> {
+        match self.store.get(key).await? {
+            Some(kv) => Ok(Some(decode(&kv)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn list<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        prefix: &str,
+    ) -> Result<(i64, Vec<Versioned<T>>)> {
+        let snapshot = self.store.snapshot(prefix).await?;
+        let records = snapshot
+            .kvs
+            .iter()
+            .map(decode)
+            .collect::<Result<Vec<_>>>()?;
+        Ok((snapshot.revision, records))
+    }
+
+    /// Which site owns a domain or alias.
+    pub(crate) async fn domain_owner(&self, domain: &str) -> Result<Option<String>> {
+        Ok(self
+            .get::<DomainRecord>(&self.keys.domain(domain))
+            .await?
+            .map(|d| d.record.site))
+    }
+
+    /// A site by primary domain or alias.
+    pub(crate) async fn find_site(&self, domain: &str) -> Result<Versioned<SiteRecord>> {
+        let not_found = || ControlError::NotFound(format!("site {domain:?} not found"));
+        let primary = self.domain_owner(domain).await?.ok_or_else(not_found)?;
+        self.get::<SiteRecord>(&self.keys.site(&primary))
+            .await?
+            .ok_or_else(not_found)
+    }
+
+    pub(crate) async fn list_sites(&self) -> Result<(i64, Vec<Versioned<SiteRecord>>)> {
+        self.list(&self.keys.sites()).await
+    }
+
+    pub(crate) async fn get_app(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<Versioned<AppRecord>>> {
+        self.get(&self.keys.app(name, version)).await
+    }
+
+    pub(crate) async fn list_apps(
+        &self,
+        name: Option<&str>,
+    ) -> Result<(i64, Vec<Versioned<AppRecord>>)> {
+        let prefix = match name {
+            Some(name) => self.keys.app_versions(name),
+            None => self.keys.apps(),
+        };
+        self.list(&prefix).await
+    }
+
+    pub(crate) async fn get_certificate(
+        &self,
+        name: &str,
+    ) -> Result<Option<Versioned<CertificateRecord>>> {
+        self.get(&self.keys.certificate(name)).await
+    }
+
+    pub(crate) async fn list_certificates(
+        &self,
+    ) -> Result<(i64, Vec<Versioned<CertificateRecord>>)> {
+        self.list(&self.keys.certificates()).await
+    }
+
+    /// Explains why a write that claimed `domains` lost: the first domain owned by another site.
+    pub(crate) async fn domain_conflict(
+        &self,
+        domains: &[String],
+        own_site: Option<&str>,
+    ) -> Result<Option<ControlError>> {
+        for domain in domains {
+            if let Some(owner) = self.domain_owner(domain).await?
+                && Some(owner.as_str()) != own_site
+            {
+                return Ok(Some(ControlError::AlreadyExists(format!(
+                    "domain {domain:?} is already used by site {owner:?}"
+                ))));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Explains why a write that needs certificate `name` lost: it does not exist.
+    pub(crate) async fn missing_certificate(
+        &self,
+        name: Option<&str>,
+    ) -> Result<Option<ControlError>> {
+        let Some(name) = name else { return Ok(None) };
+        if self.get_certificate(name).await?.is_none() {
+            return Ok(Some(ControlError::FailedPrecondition(format!(
+                "certificate {name:?} does not exist; import it first"
+            ))));
+        }
+        Ok(None)
+    }
+
+    /// Puts for a site record and its domain index entries.
+    pub(crate) fn site_ops(&self, site: &SiteRecord, new_domains: &[String]) -> Vec<TxnOp> {
+        let mut ops = vec![TxnOp::put(
+            self.keys.site(&site.domain),
+            model::encode(site),
+        )];
+        let owner = model::encode(&DomainRecord {
+            site: site.domain.clone(),
+        });
+        ops.extend(
+            new_domains
+                .iter()
+                .map(|d| TxnOp::put(self.keys.domain(d), owner.clone())),
+        );
+        ops
+    }
+}
+
+/// Site names used by anything that references `predicate`.
+pub(crate) fn sites_using<'a>(
+    sites: &'a [Versioned<SiteRecord>],
+    predicate: impl Fn(&SiteRecord) -> bool + 'a,
+) -> Vec<String> {
+    sites
+        .iter()
+        .filter(|s| predicate(&s.record))
+        .map(|s| s.record.domain.clone())
+        .collect()
+}

