@@ -73,6 +73,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
 
     if global.insecure && global.endpoint.starts_with("https://") {
         warn("--insecure: the server certificate is not verified");
+        if global.ca.is_some() {
+            warn("--ca is ignored with --insecure");
+        }
     }
     let api = Api::connect(&global).await?;
 

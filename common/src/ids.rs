@@ -26,8 +26,17 @@ impl InvalidName {
 /// characters, 253 characters at most, no wildcard. Internationalised names must be given in
 /// punycode (`xn--`).
 pub fn domain(field: &str, raw: &str) -> Result<String, InvalidName> {
-    let name = raw.trim().strip_suffix('.').unwrap_or(raw.trim()).to_ascii_lowercase();
-    let bad = |reason: String| Err(InvalidName::new(field, format!("invalid domain {raw:?}: {reason}")));
+    let name = raw
+        .trim()
+        .strip_suffix('.')
+        .unwrap_or(raw.trim())
+        .to_ascii_lowercase();
+    let bad = |reason: String| {
+        Err(InvalidName::new(
+            field,
+            format!("invalid domain {raw:?}: {reason}"),
+        ))
+    };
     if name.is_empty() {
         return bad("empty".into());
     }
@@ -54,7 +63,11 @@ pub fn domain(field: &str, raw: &str) -> Result<String, InvalidName> {
             return bad(format!("label {label:?} starts or ends with '-'"));
         }
     }
-    if name.rsplit('.').next().is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit())) {
+    if name
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()))
+    {
         return bad("an IP address is not a domain".into());
     }
     Ok(name)
@@ -62,7 +75,12 @@ pub fn domain(field: &str, raw: &str) -> Result<String, InvalidName> {
 
 /// App and certificate names: `^[a-z][a-z0-9.-]{0,62}$` (as in the original Statiko).
 pub fn name(field: &str, raw: &str) -> Result<String, InvalidName> {
-    let bad = |reason: &str| Err(InvalidName::new(field, format!("invalid name {raw:?}: {reason}")));
+    let bad = |reason: &str| {
+        Err(InvalidName::new(
+            field,
+            format!("invalid name {raw:?}: {reason}"),
+        ))
+    };
     let mut chars = raw.chars();
     match chars.next() {
         None => return bad("empty"),
@@ -80,7 +98,12 @@ pub fn name(field: &str, raw: &str) -> Result<String, InvalidName> {
 
 /// App versions: `^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$` (semver fits).
 pub fn version(field: &str, raw: &str) -> Result<String, InvalidName> {
-    let bad = |reason: &str| Err(InvalidName::new(field, format!("invalid version {raw:?}: {reason}")));
+    let bad = |reason: &str| {
+        Err(InvalidName::new(
+            field,
+            format!("invalid version {raw:?}: {reason}"),
+        ))
+    };
     let mut chars = raw.chars();
     match chars.next() {
         None => return bad("empty"),
@@ -98,7 +121,12 @@ pub fn version(field: &str, raw: &str) -> Result<String, InvalidName> {
 
 /// Node names: like domains without the IP rule (`edge-1`, `host01.dc1`).
 pub fn node_name(field: &str, raw: &str) -> Result<String, InvalidName> {
-    let bad = |reason: &str| Err(InvalidName::new(field, format!("invalid node name {raw:?}: {reason}")));
+    let bad = |reason: &str| {
+        Err(InvalidName::new(
+            field,
+            format!("invalid node name {raw:?}: {reason}"),
+        ))
+    };
     if raw.is_empty() {
         return bad("empty");
     }

@@ -86,7 +86,12 @@ impl KeySchema {
 
     /// The prefixes that hold desired state (what export/import covers).
     pub fn desired_state_prefixes(&self) -> [String; 4] {
-        [self.sites(), self.domains(), self.apps(), self.certificates()]
+        [
+            self.sites(),
+            self.domains(),
+            self.apps(),
+            self.certificates(),
+        ]
     }
 
     /// Parses a key written under this schema.
@@ -131,8 +136,14 @@ mod tests {
     fn round_trips() {
         let keys = KeySchema::new("/statiko/");
         assert_eq!(keys.site("example.com"), "/statiko/v1/sites/example.com");
-        assert_eq!(keys.parse(&keys.site("example.com")), Some(Key::Site("example.com".into())));
-        assert_eq!(keys.parse(&keys.domain("www.a.b")), Some(Key::Domain("www.a.b".into())));
+        assert_eq!(
+            keys.parse(&keys.site("example.com")),
+            Some(Key::Site("example.com".into()))
+        );
+        assert_eq!(
+            keys.parse(&keys.domain("www.a.b")),
+            Some(Key::Domain("www.a.b".into()))
+        );
         assert_eq!(
             keys.parse(&keys.app("web", "1.0.0")),
             Some(Key::App {
@@ -140,8 +151,14 @@ mod tests {
                 version: "1.0.0".into()
             })
         );
-        assert_eq!(keys.parse(&keys.certificate("c")), Some(Key::Certificate("c".into())));
-        assert_eq!(keys.parse(&keys.node("edge-1")), Some(Key::Node("edge-1".into())));
+        assert_eq!(
+            keys.parse(&keys.certificate("c")),
+            Some(Key::Certificate("c".into()))
+        );
+        assert_eq!(
+            keys.parse(&keys.node("edge-1")),
+            Some(Key::Node("edge-1".into()))
+        );
         assert_eq!(keys.parse("/other/v1/sites/x"), None);
         assert_eq!(keys.parse("/statiko/v1/sites/a/b"), None);
         assert_eq!(keys.parse("/statiko/v1/sites/"), None);

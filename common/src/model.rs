@@ -20,7 +20,9 @@ pub enum TlsChoice {
     #[default]
     SelfSigned,
     Acme,
-    Imported { certificate: String },
+    Imported {
+        certificate: String,
+    },
 }
 
 /// One immutable app version.
@@ -241,9 +243,18 @@ mod tests {
 
     #[test]
     fn sniffs_formats() {
-        assert_eq!(BundleFormat::sniff(&[0x1f, 0x8b, 8]), Some(BundleFormat::TarGz));
-        assert_eq!(BundleFormat::sniff(&[0x28, 0xb5, 0x2f, 0xfd, 0]), Some(BundleFormat::TarZst));
-        assert_eq!(BundleFormat::sniff(b"PK\x03\x04rest"), Some(BundleFormat::Zip));
+        assert_eq!(
+            BundleFormat::sniff(&[0x1f, 0x8b, 8]),
+            Some(BundleFormat::TarGz)
+        );
+        assert_eq!(
+            BundleFormat::sniff(&[0x28, 0xb5, 0x2f, 0xfd, 0]),
+            Some(BundleFormat::TarZst)
+        );
+        assert_eq!(
+            BundleFormat::sniff(b"PK\x03\x04rest"),
+            Some(BundleFormat::Zip)
+        );
         assert_eq!(BundleFormat::sniff(b"<html>"), None);
     }
 }

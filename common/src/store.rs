@@ -200,7 +200,9 @@ impl Store {
     /// replica starts even while etcd is down and answers `UNAVAILABLE` until it is back.
     pub async fn open(config: &crate::config::StateConfig) -> Result<Self, StoreError> {
         match config.store {
-            crate::config::StoreKind::Etcd => Ok(Self::Etcd(EtcdStore::connect(&config.etcd).await?)),
+            crate::config::StoreKind::Etcd => {
+                Ok(Self::Etcd(EtcdStore::connect(&config.etcd).await?))
+            }
             crate::config::StoreKind::File => Ok(Self::File(FileStore::open(&config.file.path)?)),
         }
     }
@@ -222,7 +224,11 @@ impl Store {
     }
 
     /// Applies `ops` atomically if every compare holds.
-    pub async fn txn(&self, compares: Vec<Compare>, ops: Vec<TxnOp>) -> Result<TxnResult, StoreError> {
+    pub async fn txn(
+        &self,
+        compares: Vec<Compare>,
+        ops: Vec<TxnOp>,
+    ) -> Result<TxnResult, StoreError> {
         match self {
             Self::Etcd(s) => s.txn(compares, ops).await,
             Self::File(s) => s.txn(compares, ops).await,
@@ -230,7 +236,11 @@ impl Store {
     }
 
     /// Watches every key under `prefix`, starting at `start_revision` (inclusive).
-    pub async fn watch(&self, prefix: &str, start_revision: i64) -> Result<WatchStream, StoreError> {
+    pub async fn watch(
+        &self,
+        prefix: &str,
+        start_revision: i64,
+    ) -> Result<WatchStream, StoreError> {
         match self {
             Self::Etcd(s) => s.watch(prefix, start_revision).await,
             Self::File(s) => s.watch(prefix, start_revision).await,

@@ -3,7 +3,12 @@
 //!
 //! The `.proto` files in `proto/statiko/v1/` are the contract; nothing here is hand-written logic.
 
-#![allow(missing_docs, unreachable_pub, missing_debug_implementations, clippy::all)]
+#![allow(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    clippy::all
+)]
 
 /// Generated code for `statiko.v1`.
 pub mod v1 {

@@ -6,7 +6,7 @@ use anyhow::Result;
 use etcd_client::{Client, ConnectOptions, TlsOptions};
 use statiko_proto::v1::ListSitesRequest;
 use statiko_tests::{
-    Control, ControlOptions, Etcd, OutputExt, Pki, require_tool, secs, wait_until,
+    Control, ControlOptions, Etcd, Moto, OutputExt, Pki, StateStore, require_tool, secs, wait_until,
 };
 
 #[tokio::test]
@@ -104,5 +104,37 @@ async fn control_starts_serves_and_exits_cleanly() -> Result<()> {
 
     let exit = control.terminate().await?;
     assert_eq!(exit.code(), Some(0), "{}", control.log_tail());
+    Ok(())
+}
+
+#[tokio::test]
+async fn control_runs_on_tls_etcd() -> Result<()> {
+    statiko_tests::init();
+    if !require_tool("etcd") {
+        return Ok(());
+    }
+    let pki = Pki::new()?;
+    let etcd = Etcd::start_tls(&pki).await?;
+    let mut control =
+        Control::start(ControlOptions::default().store(StateStore::etcd(&etcd))).await?;
+    let readonly = control.readonly().await?;
+    readonly
+        .sites()
+        .list_sites(ListSitesRequest::default())
+        .await?;
+    let exit = control.terminate().await?;
+    assert_eq!(exit.code(), Some(0), "{}", control.log_tail());
+    Ok(())
+}
+
+#[tokio::test]
+async fn moto_creates_buckets() -> Result<()> {
+    statiko_tests::init();
+    if !require_tool("moto_server") {
+        return Ok(());
+    }
+    let moto = Moto::start().await?;
+    moto.create_bucket("statiko-smoke").await?;
+    assert_eq!(moto.get_object("statiko-smoke", "missing").await?, None);
     Ok(())
 }

@@ -235,10 +235,11 @@ impl ControlOptions {
 /// A running `statiko-control`. Killed on drop; use [`Control::terminate`] to test shutdown.
 #[derive(Debug)]
 pub struct Control {
+    // Declared first so it is dropped (killed) before the temp dir is removed.
+    process: Option<ChildProcess>,
     dir: TempDir,
     options: ControlOptions,
     config: Value,
-    process: Option<ChildProcess>,
     grpc_addr: SocketAddr,
 }
 

@@ -40,11 +40,12 @@ pub struct EtcdTls {
 /// A single-member etcd cluster run as a child process. Killed on drop.
 #[derive(Debug)]
 pub struct Etcd {
+    // Declared first so it is dropped (killed) before the temp dir is removed.
+    process: Option<ChildProcess>,
     dir: TempDir,
     client_port: u16,
     peer_port: u16,
     tls: Option<EtcdTls>,
-    process: Option<ChildProcess>,
 }
 
 impl Etcd {

@@ -20,9 +20,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A running `moto_server`. Any access key is accepted; the region is `us-east-1`.
 #[derive(Debug)]
 pub struct Moto {
+    // Declared first so it is dropped (killed) before the temp dir is removed.
+    process: ChildProcess,
     dir: TempDir,
     addr: SocketAddr,
-    process: ChildProcess,
 }
 
 impl Moto {

@@ -19,6 +19,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument as _;
 
 use super::{
     Compare, CompareOp, CompareTarget, KeyValue, Snapshot, StoreError, TxnOp, TxnResult,
@@ -241,11 +242,15 @@ impl FileStore {
         let (tx, rx) = mpsc::channel(64);
         let store = self.clone();
         let prefix = prefix.to_owned();
-        tokio::spawn(async move {
-            if let Err(e) = store.watch_loop(&prefix, next, &tx).await {
-                let _ = tx.send(Err(e)).await;
+        let span = tracing::info_span!("file_store_watch", prefix = %prefix);
+        tokio::spawn(
+            async move {
+                if let Err(e) = store.watch_loop(&prefix, next, &tx).await {
+                    let _ = tx.send(Err(e)).await;
+                }
             }
-        });
+            .instrument(span),
+        );
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
 
@@ -374,7 +379,12 @@ impl FileStore {
             // when nobody else writes.
             let mut force = polls_since_reload >= WATCH_FORCED_RELOAD_POLLS;
             if next_expiry.is_some_and(|at| at <= now_ms()) {
-                self.write(|_, _| Ok(())).await?;
+                // A watcher without write access still works; the keys then go at the next
+                // write by someone else (reads already hide them).
+                if let Err(e) = self.write(|_, _| Ok(())).await {
+                    tracing::warn!(error = %e, "cannot remove keys of an expired lease");
+                }
+                next_expiry = None;
                 force = true;
             }
             if !force && file_stamp(&path)? == last_stamp {
@@ -597,9 +607,16 @@ fn load(dir: &Path) -> Result<State, StoreError> {
 
 /// Writes the state file atomically and durably: temp file, fsync, rename, fsync the directory.
 fn save(dir: &Path, state: &State) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let bytes = serde_json::to_vec(state).map_err(json_error)?;
     let tmp = dir.join(TMP_FILE);
-    let mut file = File::create(&tmp)?;
+    // The state holds (sealed) secrets: readable by the owner only.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     file.write_all(&bytes)?;
     file.sync_all()?;
     drop(file);

@@ -1,0 +1,87 @@
+//! The routing table: an immutable snapshot of what this edge serves, swapped atomically as a
+//! whole, so a request sees the state before a revision or after it, never a mix.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use statiko_common::model::AppRef;
+
+use crate::bundle::StagedBundle;
+
+/// What a host name resolves to.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// The primary domain of a site.
+    Site(Arc<SiteRoute>),
+    /// An alias: redirect (301) to the primary domain.
+    Alias { primary: String },
+}
+
+/// One site as served.
+#[derive(Debug)]
+pub struct SiteRoute {
+    pub domain: String,
+    /// The app version being served; `None` shows the welcome page.
+    pub app: Option<AppRef>,
+    /// The staged bundle of `app`; `None` while nothing is deployed.
+    pub bundle: Option<Arc<StagedBundle>>,
+}
+
+/// Everything a request needs to be routed.
+#[derive(Debug, Default)]
+pub struct RoutingTable {
+    /// Store revision this table reflects.
+    pub revision: i64,
+    /// Lowercase host name (no port) to route.
+    pub hosts: HashMap<String, Route>,
+}
+
+impl RoutingTable {
+    /// Resolves a `Host` header or SNI name (port and trailing dot ignored, case-insensitive).
+    pub fn route(&self, host: &str) -> Option<&Route> {
+        let host = host_without_port(host);
+        let host = host.strip_suffix('.').unwrap_or(host);
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.hosts.get(&host.to_ascii_lowercase());
+        }
+        self.hosts.get(host)
+    }
+}
+
+/// Strips a `:port` suffix, leaving bracketed IPv6 literals intact.
+pub fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..h.len() + 1]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// The table currently served; readers `load()` it once per request.
+pub type SharedTable = Arc<ArcSwap<RoutingTable>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(host_without_port("example.com:8443"), "example.com");
+        assert_eq!(host_without_port("example.com"), "example.com");
+        assert_eq!(host_without_port("[::1]:443"), "[::1]");
+        let mut table = RoutingTable::default();
+        table.hosts.insert(
+            "www.example.com".into(),
+            Route::Alias {
+                primary: "example.com".into(),
+            },
+        );
+        assert!(matches!(
+            table.route("WWW.Example.com.:443"),
+            Some(Route::Alias { .. })
+        ));
+        assert!(table.route("other.com").is_none());
+    }
+}
