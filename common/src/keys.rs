@@ -8,6 +8,7 @@
 //! {root}/v1/nodes/{node}                NodeStatusRecord, on the node's lease
 //! {root}/v1/election/edge-leader/       leader election (etcd manages the keys under it)
 //! {root}/v1/meta/schema                 schema marker
+//! {root}/v1/meta/state                  touched by every desired-state write (its revision)
 //! ```
 //!
 //! Every name in a key is validated by `ids.rs`, so names never contain `/`, and every prefix ends
@@ -82,6 +83,11 @@ impl KeySchema {
     }
     pub fn meta_schema(&self) -> String {
         format!("{}meta/schema", self.root)
+    }
+    /// Touched by every desired-state transaction, so its `mod_revision` is the revision of the
+    /// last desired-state change (node status writes do not count).
+    pub fn meta_state(&self) -> String {
+        format!("{}meta/state", self.root)
     }
 
     /// The prefixes that hold desired state (what export/import covers).

@@ -12,6 +12,7 @@
 //! - `telemetry`: tracing subscriber set-up.
 //! - `shutdown`: signals to a cancellation token.
 
+pub mod archive;
 pub mod config;
 pub mod crypto;
 pub mod ids;

@@ -39,7 +39,14 @@ impl DesiredState {
         Self { store, keys }
     }
 
-    pub(crate) async fn txn(&self, compares: Vec<Compare>, ops: Vec<TxnOp>) -> Result<TxnResult> {
+    /// Runs a desired-state transaction. It also touches `meta/state`, whose revision edges
+    /// report as the desired-state revision they applied.
+    pub(crate) async fn txn(
+        &self,
+        compares: Vec<Compare>,
+        mut ops: Vec<TxnOp>,
+    ) -> Result<TxnResult> {
+        ops.push(TxnOp::put(self.keys.meta_state(), Vec::new()));
         Ok(self.store.txn(compares, ops).await?)
     }
 

@@ -1,1 +1,2 @@
+//! `statiko-edge` (being wired).
 fn main() {}

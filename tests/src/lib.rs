@@ -22,6 +22,7 @@ pub mod client;
 pub mod cmd;
 pub mod control;
 pub mod etcd;
+pub mod fixtures;
 pub mod moto;
 pub mod net;
 pub mod process;

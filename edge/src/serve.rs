@@ -1,0 +1,25 @@
+//! The edge's HTTP and HTTPS servers: the accept loops (`accept`), the SNI certificate resolver
+//! and rustls configuration (`tls`), the request handler (`handler`), safe path resolution and
+//! HTTP semantics as pure functions (`files`), and response bodies and built-in pages
+//! (`response`).
+//!
+//! Wiring, in `main`:
+//!
+//! ```text
+//! let resolver = Arc::new(CertResolver::new()?);
+//! let tls = server_config(resolver.clone())?;
+//! let handler = Handler::new(table).with_https_port(8443);
+//! tracker.spawn(serve_http(http_listener, handler.clone(), opts.clone(), token.child_token()));
+//! tracker.spawn(serve_https(https_listener, tls, handler, opts, token.child_token()));
+//! ```
+
+pub mod accept;
+pub mod files;
+pub mod handler;
+pub mod response;
+pub mod tls;
+
+pub use accept::{ServerOptions, ServerStats, StatsSnapshot, serve_http, serve_https};
+pub use handler::{Handler, Scheme};
+pub use response::ResponseBody;
+pub use tls::{CertResolver, TlsError, certified_key_from_pem, server_config};

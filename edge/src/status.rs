@@ -1,0 +1,203 @@
+//! This edge's status: published under its leased node record (`{root}/v1/nodes/{node}`) for
+//! `stk cluster status` and deploy waits, and served on the admin listener (`/healthz`,
+//! `/readyz`, `/status`).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use statiko_common::keys::KeySchema;
+use statiko_common::model::{self, NodeCertificateStatus, NodeStatusRecord, now_ms};
+use statiko_common::store::{Store, TxnOp};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::reconcile::Applied;
+
+/// Static facts about this node.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub name: String,
+    pub version: String,
+    pub disallow_leadership: bool,
+}
+
+/// Builds the status record from the last applied state.
+pub fn record(info: &NodeInfo, applied: &Applied, leader: bool) -> NodeStatusRecord {
+    NodeStatusRecord {
+        name: info.name.clone(),
+        version: info.version.clone(),
+        leader,
+        disallow_leadership: info.disallow_leadership,
+        applied_revision: applied.revision,
+        updated_at: now_ms(),
+        sites: applied.sites.clone(),
+        certificates: applied
+            .certificates
+            .iter()
+            .map(|(name, not_after)| NodeCertificateStatus {
+                name: name.clone(),
+                not_after: *not_after,
+            })
+            .collect(),
+    }
+}
+
+/// Keeps the node record in the store, on a lease that dies with this edge.
+#[derive(Debug)]
+pub struct Publisher {
+    pub store: Store,
+    pub keys: KeySchema,
+    pub info: NodeInfo,
+    pub ttl: Duration,
+    pub applied: watch::Receiver<Option<Applied>>,
+}
+
+impl Publisher {
+    /// Runs until `shutdown`; then revokes the lease so the node disappears at once.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.session(&shutdown).await {
+                Ok(()) => return,
+                Err(err) => tracing::warn!(error = %err, "node status not published; retrying"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn session(&mut self, shutdown: &CancellationToken) -> Result<(), statiko_common::store::StoreError> {
+        let lease = self.store.grant_lease(self.ttl).await?;
+        let key = self.keys.node(&self.info.name);
+        let mut refresh = tokio::time::interval(self.ttl / 3);
+        refresh.tick().await;
+        let mut last_written: Option<NodeStatusRecord> = None;
+        loop {
+            let current = self.applied.borrow_and_update().clone();
+            if let Some(applied) = current {
+                let record = record(&self.info, &applied, false);
+                let unchanged = last_written.as_ref().is_some_and(|last| same_content(last, &record));
+                if !unchanged {
+                    let put = TxnOp::Put {
+                        key: key.clone(),
+                        value: model::encode(&record),
+                        lease,
+                    };
+                    self.store.txn(Vec::new(), vec![put]).await?;
+                    last_written = Some(record);
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    let _ = self.store.revoke_lease(lease).await;
+                    return Ok(());
+                }
+                changed = self.applied.changed() => {
+                    if changed.is_err() {
+                        let _ = self.store.revoke_lease(lease).await;
+                        return Ok(());
+                    }
+                }
+                _ = refresh.tick() => {
+                    if !self.store.keep_alive(lease).await? {
+                        return Err(statiko_common::store::StoreError::Unavailable("node lease expired".into()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether two records differ only in their timestamp.
+fn same_content(a: &NodeStatusRecord, b: &NodeStatusRecord) -> bool {
+    NodeStatusRecord {
+        updated_at: 0,
+        ..a.clone()
+    } == NodeStatusRecord {
+        updated_at: 0,
+        ..b.clone()
+    }
+}
+
+/// What the admin listener reports.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    pub info: NodeInfo,
+    pub applied: watch::Receiver<Option<Applied>>,
+    pub store_connected: watch::Receiver<bool>,
+}
+
+/// Serves `/healthz`, `/readyz` and `/status` (HTTP/1.1, no TLS: bind it to loopback).
+pub async fn serve_admin(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(admin_response(&state, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = conn => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+fn admin_response(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, content_type: &'static str, body: Vec<u8>| {
+        Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header(http::header::CACHE_CONTROL, "no-store")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_default()
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", b"method not allowed\n".to_vec());
+    }
+    let applied = state.applied.borrow().clone();
+    match req.uri().path() {
+        "/healthz" => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+        "/readyz" => match applied {
+            Some(_) => reply(StatusCode::OK, "text/plain", b"ready\n".to_vec()),
+            None => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"no state applied yet\n".to_vec()),
+        },
+        "/status" => {
+            let node = applied.as_ref().map(|a| record(&state.info, a, false));
+            let body = serde_json::json!({
+                "node": node,
+                "ready": applied.is_some(),
+                "storeConnected": *state.store_connected.borrow(),
+            });
+            reply(StatusCode::OK, "application/json", body.to_string().into_bytes())
+        }
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
+    }
+}

@@ -1,0 +1,136 @@
+//! Follows the store: a snapshot at revision R, then a watch from R + 1, resumed after a dropped
+//! connection and reloaded after a compaction. Each desired-state change is published whole.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use statiko_common::keys::KeySchema;
+use statiko_common::store::{Store, StoreError};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::desired::Desired;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Follows the store and publishes every new desired state on `tx`.
+#[derive(Debug)]
+pub struct Syncer {
+    store: Store,
+    keys: KeySchema,
+    tx: watch::Sender<Arc<Desired>>,
+    /// Whether the store is currently reachable (for status and readiness).
+    connected: watch::Sender<bool>,
+}
+
+impl Syncer {
+    pub fn new(
+        store: Store,
+        keys: KeySchema,
+        tx: watch::Sender<Arc<Desired>>,
+        connected: watch::Sender<bool>,
+    ) -> Self {
+        Self {
+            store,
+            keys,
+            tx,
+            connected,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = MIN_BACKOFF;
+        // Resume point: after a dropped watch, continue from what was seen instead of reloading.
+        let mut resume: Option<Desired> = None;
+        loop {
+            let outcome = tokio::select! {
+                () = shutdown.cancelled() => return,
+                outcome = self.follow(resume.take()) => outcome,
+            };
+            let _ = self.connected.send(false);
+            match outcome {
+                Ok(()) => return,
+                Err((err, last)) => {
+                    resume = match err {
+                        StoreError::Compacted { .. } => {
+                            tracing::info!(error = %err, "watch fell behind a compaction; reloading a snapshot");
+                            None
+                        }
+                        _ => {
+                            tracing::warn!(error = %err, "store sync interrupted; resuming");
+                            last
+                        }
+                    };
+                }
+            }
+            let jitter = Duration::from_millis(u64::from(rand_jitter()) % 200);
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff + jitter) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One session: snapshot (unless resuming), then watch until the stream breaks. Returns the
+    /// error with the last state seen, so the caller can resume from it.
+    async fn follow(&self, resume: Option<Desired>) -> Result<(), (StoreError, Option<Desired>)> {
+        let mut desired = match resume {
+            Some(desired) => desired,
+            None => {
+                let snapshot = self
+                    .store
+                    .snapshot(self.keys.root())
+                    .await
+                    .map_err(|e| (e, None))?;
+                let desired = Desired::from_snapshot(&self.keys, &snapshot);
+                tracing::info!(
+                    revision = desired.revision,
+                    seen = desired.seen_revision,
+                    sites = desired.sites.len(),
+                    "loaded state snapshot"
+                );
+                self.publish(&desired);
+                desired
+            }
+        };
+        let mut stream = match self
+            .store
+            .watch(self.keys.root(), desired.seen_revision + 1)
+            .await
+        {
+            Ok(stream) => stream,
+            Err(err) => return Err((err, Some(desired))),
+        };
+        let _ = self.connected.send(true);
+        while let Some(batch) = stream.next().await {
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(err) => return Err((err, Some(desired))),
+            };
+            if desired.apply(&self.keys, &batch) {
+                tracing::debug!(revision = batch.revision, "desired state changed");
+                self.publish(&desired);
+            }
+        }
+        Err((
+            StoreError::Unavailable("watch stream ended".into()),
+            Some(desired),
+        ))
+    }
+
+    fn publish(&self, desired: &Desired) {
+        let _ = self.tx.send(Arc::new(desired.clone()));
+    }
+}
+
+/// A little jitter without a random-number crate: the sub-second clock.
+fn rand_jitter() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_micros())
+        .unwrap_or_default()
+}
