@@ -1075,13 +1075,11 @@ mod tests {
     #[test]
     fn zip_size_is_counted_not_declared() {
         // The reader counts bytes as they come, so a cap under the data stops the copy.
-        let mut unpacker = Unpacker::new(
-            None,
-            &ArchiveLimits {
-                max_unpacked_size: 10,
-                ..limits()
-            },
-        );
+        let small = ArchiveLimits {
+            max_unpacked_size: 10,
+            ..limits()
+        };
+        let mut unpacker = Unpacker::new(None, &small);
         let err = unpacker
             .add_file("x", &mut &[1u8; 64][..], 1, None)
             .unwrap_err();
@@ -1247,10 +1245,14 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(err, ArchiveError::AbsolutePath { .. }), "{err}");
-        let bytes = zip_of(|w| {
-            w.start_file("fifo", opts().unix_permissions(0o010644))
+        let mut bytes = zip_of(|w| {
+            w.start_file("fifo", opts().unix_permissions(0o644))
                 .unwrap();
         });
+        // The writer only makes files and links: patch the central directory's unix mode.
+        let cd = bytes.windows(4).position(|w| w == b"PK\x01\x02").unwrap();
+        bytes[cd + 5] = 3;
+        bytes[cd + 38..cd + 42].copy_from_slice(&(0o010644u32 << 16).to_le_bytes());
         let err = unpack_bytes(&bytes, BundleFormat::Zip, &limits())
             .err()
             .unwrap();

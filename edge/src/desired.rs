@@ -94,7 +94,7 @@ impl Desired {
 
     /// Where the last applied state is kept.
     pub fn path(data_dir: &Path) -> PathBuf {
-        data_dir.join("state").join("desired.json")
+        data_dir.join("applied").join("desired.json")
     }
 
     /// Loads the persisted state, if any.

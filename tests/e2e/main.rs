@@ -4,3 +4,4 @@
 mod control_common;
 mod control_sites;
 mod harness_smoke;
+mod control_auth;
