@@ -2,6 +2,7 @@
 //! bundle repository.
 
 use futures::StreamExt;
+use statiko_common::archive::{self, ArchiveLimits};
 use statiko_common::crypto::{self, Sha256Hasher};
 use statiko_common::ids;
 use statiko_common::model::{self, AppRecord, BundleFormat, now_ms};
@@ -127,6 +128,14 @@ impl Api {
                 format.extension()
             ));
         }
+        // Refuse unsafe or oversized archives now, with a clear reason, rather than at staging
+        // on every edge (which checks again: the repository is not trusted).
+        let limits = ArchiveLimits::from_config(&self.ctx.limits);
+        let path = spooled.file.to_path_buf();
+        tokio::task::spawn_blocking(move || archive::inspect(&path, format, &limits))
+            .await
+            .map_err(|err| ControlError::Internal(anyhow::anyhow!("inspect bundle: {err}")))?
+            .map_err(|err| invalid!("bundle refused: {err}"))?;
         let digest = crypto::format_digest(&spooled.digest);
         if let Some(declared) = declared_digest
             && declared != spooled.digest
