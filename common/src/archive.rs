@@ -519,7 +519,12 @@ fn unpack_tar<R: Read>(
             continue;
         };
         let named = || display_name(rel.as_bytes());
+        // Old (v7) archives mark directories by a trailing slash on a regular entry.
+        let old_style_dir = kind == tar::EntryType::Regular
+            && raw.ends_with(b"/")
+            && entry.header().size().unwrap_or(0) == 0;
         match kind {
+            _ if old_style_dir => unpacker.add_dir(&rel)?,
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let size = entry.header().size().unwrap_or(0);
                 let mtime = entry
@@ -1157,6 +1162,9 @@ mod tests {
         assert!(matches!(err, ArchiveError::PathConflict { .. }), "{err}");
         // A directory entry after files inside it is fine.
         assert!(tgz(&[file("a/b", b"1"), dir("a/")]).is_ok());
+        // So is a v7-style directory (a regular entry with a trailing slash).
+        let u = tgz(&[file("x/", b""), file("x/y.txt", b"1"), file("z", b"2")]).unwrap();
+        assert_eq!(tree(&u.dest), ["x/", "x/y.txt", "z"]);
     }
 
     #[test]

@@ -1,6 +1,23 @@
 //! Statiko edge: follows the desired state, stages app bundles and serves every site over HTTPS.
+//!
+//! # Layout
+//!
+//! - `run`: wiring and shutdown order.
+//! - `sync`: snapshot + watch of the store; `desired`: the state it builds and persists.
+//! - `reconcile`: stage bundles, then swap certificates and the routing table atomically.
+//! - `stage`: fetch, verify, unpack and precompute bundles; `bundle`: the staged result.
+//! - `table`: the routing table.
+//! - `serve`: the hyper + rustls servers and the request handler.
+//! - `status`: the leased node record and the admin listener.
 
 pub mod bundle;
 pub mod desired;
+pub mod reconcile;
+pub mod run;
+pub mod serve;
+pub mod stage;
+pub mod status;
 pub mod sync;
 pub mod table;
+
+pub use crate::run::{Listeners, run};

@@ -16,6 +16,9 @@ use crate::serve::tls::{CertResolver, certified_key_from_pem};
 use crate::stage::Stager;
 use crate::table::{Route, RoutingTable, SharedTable, SiteRoute};
 
+/// A certificate's name and expiry (Unix ms), reported in the node status.
+type CertExpiry = (String, i64);
+
 /// Bundles staged at the same time.
 const STAGING_CONCURRENCY: usize = 3;
 
@@ -51,7 +54,12 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(stager: Stager, table: SharedTable, certs: Arc<CertResolver>, secrets: Option<SecretBox>) -> Self {
+    pub fn new(
+        stager: Stager,
+        table: SharedTable,
+        certs: Arc<CertResolver>,
+        secrets: Option<SecretBox>,
+    ) -> Self {
         Self {
             stager,
             table,
@@ -84,7 +92,10 @@ impl Reconciler {
                     );
                 }
                 (Some(_), Some(record)) => {
-                    let same = previous.bundle.as_ref().is_some_and(|b| b.digest == record.digest)
+                    let same = previous
+                        .bundle
+                        .as_ref()
+                        .is_some_and(|b| b.digest == record.digest)
                         && previous.app.as_ref() == Some(&record.app_ref());
                     if same {
                         next.insert(site.domain.clone(), previous);
@@ -170,7 +181,7 @@ impl Reconciler {
             .values()
             .filter_map(|s| s.bundle.as_ref().map(|b| b.digest.clone()))
             .collect();
-        self.stager.evict_except(&in_use);
+        self.stager.evict_except(&in_use).await;
         self.served = next;
         let used = std::mem::take(&mut self.cert_used);
         self.cert_cache.retain(|key, _| used.contains(key));
@@ -204,7 +215,7 @@ impl Reconciler {
         &mut self,
         site: &SiteRecord,
         desired: &Desired,
-    ) -> Result<(Arc<CertifiedKey>, Option<(String, i64)>), String> {
+    ) -> Result<(Arc<CertifiedKey>, Option<CertExpiry>), String> {
         if let TlsChoice::Imported { certificate } = &site.tls {
             let record = desired
                 .certificates
@@ -221,8 +232,10 @@ impl Reconciler {
             return Ok((key.clone(), None));
         }
         let domains: Vec<String> = site.all_domains().map(str::to_owned).collect();
-        let (cert, key) = crypto::self_signed(&domains, 90).map_err(|err| format!("self-signed certificate: {err}"))?;
-        let key = certified_key_from_pem(&cert, &key).map_err(|err| format!("self-signed certificate: {err}"))?;
+        let (cert, key) = crypto::self_signed(&domains, 90)
+            .map_err(|err| format!("self-signed certificate: {err}"))?;
+        let key = certified_key_from_pem(&cert, &key)
+            .map_err(|err| format!("self-signed certificate: {err}"))?;
         self.cert_cache.insert(cache_key, key.clone());
         Ok((key, None))
     }
@@ -240,7 +253,8 @@ impl Reconciler {
         let key_pem = secrets
             .open(&record.key)
             .map_err(|err| format!("certificate {:?}: {err}", record.name))?;
-        let key_pem = String::from_utf8(key_pem).map_err(|_| format!("certificate {:?}: key is not PEM", record.name))?;
+        let key_pem = String::from_utf8(key_pem)
+            .map_err(|_| format!("certificate {:?}: key is not PEM", record.name))?;
         let key = certified_key_from_pem(&record.certificate_pem, &key_pem)
             .map_err(|err| format!("certificate {:?}: {err}", record.name))?;
         self.cert_cache.insert(cache_key, key.clone());

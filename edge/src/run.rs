@@ -35,19 +35,35 @@ pub struct Listeners {
 }
 
 /// Runs the edge until `shutdown` is cancelled.
-pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let data_dir: PathBuf = config.edge.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("edge.dataDir: create {}", data_dir.display()))?;
-    let store = Store::open(&config.state).await.context("open the state store")?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("edge.dataDir: create {}", data_dir.display()))?;
+    let store = Store::open(&config.state)
+        .await
+        .context("open the state store")?;
     let keys = KeySchema::new(&config.state.etcd.key_prefix);
     let repo = BundleRepo::from_config(&config.repo).context("open the bundle repository")?;
     let secrets = config.secrets_key().map(SecretBox::new);
     let codesign_key = if config.codesign.public_key.is_empty() {
         None
     } else {
-        Some(crypto::parse_ed25519_public_key(&config.codesign.public_key).context("codesign.publicKey")?)
+        Some(
+            crypto::parse_ed25519_public_key(&config.codesign.public_key)
+                .context("codesign.publicKey")?,
+        )
     };
-    let stager = Stager::new(&data_dir, repo, config.limits.clone(), codesign_key, config.codesign.required);
+    let stager = Stager::new(
+        &data_dir,
+        repo,
+        config.limits.clone(),
+        codesign_key,
+        config.codesign.required,
+    );
     let table: SharedTable = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
     let certs = Arc::new(CertResolver::new().context("make the default certificate")?);
     let mut reconciler = Reconciler::new(stager, table.clone(), certs.clone(), secrets);
@@ -71,7 +87,11 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     let initial = Arc::new(persisted.clone().unwrap_or_default());
     if let Some(desired) = &persisted {
         let applied = reconciler.apply(desired).await;
-        tracing::info!(revision = applied.revision, sites = desired.sites.len(), "serving the persisted state");
+        tracing::info!(
+            revision = applied.revision,
+            sites = desired.sites.len(),
+            "serving the persisted state"
+        );
         let _ = applied_tx.send(Some(applied));
     }
     let (desired_tx, mut desired_rx) = watch::channel(initial);
@@ -79,7 +99,9 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
 
     let tasks = TaskTracker::new();
     let background = CancellationToken::new();
-    tasks.spawn(Syncer::new(store.clone(), keys.clone(), desired_tx, connected_tx).run(background.clone()));
+    tasks.spawn(
+        Syncer::new(store.clone(), keys.clone(), desired_tx, connected_tx).run(background.clone()),
+    );
     {
         let background = background.clone();
         let data_dir = data_dir.clone();
@@ -91,7 +113,11 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
                 }
                 let desired = desired_rx.borrow_and_update().clone();
                 let applied = reconciler.apply(&desired).await;
-                tracing::info!(revision = applied.revision, sites = applied.sites.len(), "applied desired state");
+                tracing::info!(
+                    revision = applied.revision,
+                    sites = applied.sites.len(),
+                    "applied desired state"
+                );
                 let dir = data_dir.clone();
                 let saved = tokio::task::spawn_blocking(move || desired.save(&dir)).await;
                 if let Ok(Err(err)) | Err(err) = saved.map_err(std::io::Error::other) {
@@ -113,8 +139,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         .run(publisher_token.clone()),
     );
 
-    let https_port = listeners.https.local_addr().context("https listener address")?.port();
-    let handler = Handler::new(table, https_port);
+    let https_port = listeners
+        .https
+        .local_addr()
+        .context("https listener address")?
+        .port();
+    let handler = Handler::new(table).with_https_port(https_port);
     let options = ServerOptions::default();
     let servers = TaskTracker::new();
     servers.spawn(serve_admin(
@@ -126,8 +156,20 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         },
         shutdown.clone(),
     ));
-    servers.spawn(serve_http(listeners.http, handler.clone(), options.clone(), shutdown.clone()));
-    servers.spawn(serve_https(listeners.https, server_config(certs), handler, options, shutdown.clone()));
+    servers.spawn(serve_http(
+        listeners.http,
+        handler.clone(),
+        options.clone(),
+        shutdown.clone(),
+    ));
+    let tls = server_config(certs).context("build the TLS configuration")?;
+    servers.spawn(serve_https(
+        listeners.https,
+        tls,
+        handler,
+        options,
+        shutdown.clone(),
+    ));
     servers.close();
 
     shutdown.cancelled().await;

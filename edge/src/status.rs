@@ -76,7 +76,10 @@ impl Publisher {
         }
     }
 
-    async fn session(&mut self, shutdown: &CancellationToken) -> Result<(), statiko_common::store::StoreError> {
+    async fn session(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<(), statiko_common::store::StoreError> {
         let lease = self.store.grant_lease(self.ttl).await?;
         let key = self.keys.node(&self.info.name);
         let mut refresh = tokio::time::interval(self.ttl / 3);
@@ -86,7 +89,9 @@ impl Publisher {
             let current = self.applied.borrow_and_update().clone();
             if let Some(applied) = current {
                 let record = record(&self.info, &applied, false);
-                let unchanged = last_written.as_ref().is_some_and(|last| same_content(last, &record));
+                let unchanged = last_written
+                    .as_ref()
+                    .is_some_and(|last| same_content(last, &record));
                 if !unchanged {
                     let put = TxnOp::Put {
                         key: key.clone(),
@@ -159,7 +164,8 @@ pub async fn serve_admin(listener: TcpListener, state: AdminState, shutdown: Can
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(admin_response(&state, &req)) }
             });
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = conn => {}
                 () = shutdown.cancelled() => {}
@@ -180,14 +186,22 @@ fn admin_response(state: &AdminState, req: &Request<Incoming>) -> Response<Full<
             .unwrap_or_default()
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", b"method not allowed\n".to_vec());
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            b"method not allowed\n".to_vec(),
+        );
     }
     let applied = state.applied.borrow().clone();
     match req.uri().path() {
         "/healthz" => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
         "/readyz" => match applied {
             Some(_) => reply(StatusCode::OK, "text/plain", b"ready\n".to_vec()),
-            None => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"no state applied yet\n".to_vec()),
+            None => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                b"no state applied yet\n".to_vec(),
+            ),
         },
         "/status" => {
             let node = applied.as_ref().map(|a| record(&state.info, a, false));
@@ -196,7 +210,11 @@ fn admin_response(state: &AdminState, req: &Request<Incoming>) -> Response<Full<
                 "ready": applied.is_some(),
                 "storeConnected": *state.store_connected.borrow(),
             });
-            reply(StatusCode::OK, "application/json", body.to_string().into_bytes())
+            reply(
+                StatusCode::OK,
+                "application/json",
+                body.to_string().into_bytes(),
+            )
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
     }

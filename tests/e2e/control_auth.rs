@@ -9,12 +9,13 @@ use anyhow::{Context, Result};
 use bytes::{Buf, BufMut};
 use http::uri::PathAndQuery;
 use statiko_proto::v1::{
-    DeleteSiteRequest, DeployRequest, ExportStateRequest, GetSiteRequest,
-    ImportCertificateRequest, ListAppsRequest, ListCertificatesRequest, ListNodesRequest,
-    ListSitesRequest,
+    DeleteSiteRequest, DeployRequest, ExportStateRequest, GetSiteRequest, ImportCertificateRequest,
+    ListAppsRequest, ListCertificatesRequest, ListNodesRequest, ListSitesRequest,
 };
 use statiko_tests::fixtures::{Upload, app_ref, assert_status, site, site_bundle};
-use statiko_tests::{ADMIN_TOKEN, Api, Control, ControlOptions, OutputExt, require_tool, tool_path};
+use statiko_tests::{
+    ADMIN_TOKEN, Api, Control, ControlOptions, OutputExt, require_tool, tool_path,
+};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Code, Request, Status};
 
@@ -63,7 +64,9 @@ impl Decoder for RawCodec {
 /// `grpc.health.v1.Health/Check` for the whole server, without a token: the raw response.
 async fn health_check(control: &Control) -> Result<Vec<u8>, Status> {
     let mut grpc = tonic::client::Grpc::new(control.channel().await.map_err(internal)?);
-    grpc.ready().await.map_err(|err| Status::unavailable(err.to_string()))?;
+    grpc.ready()
+        .await
+        .map_err(|err| Status::unavailable(err.to_string()))?;
     let response = grpc
         .unary(
             Request::new(Vec::new()),
@@ -77,11 +80,17 @@ async fn health_check(control: &Control) -> Result<Vec<u8>, Status> {
 /// `ServerReflectionInfo` with `list_services` on `path`, without a token: the raw response.
 async fn reflection_list(control: &Control, path: &'static str) -> Result<Vec<u8>, Status> {
     let mut grpc = tonic::client::Grpc::new(control.channel().await.map_err(internal)?);
-    grpc.ready().await.map_err(|err| Status::unavailable(err.to_string()))?;
+    grpc.ready()
+        .await
+        .map_err(|err| Status::unavailable(err.to_string()))?;
     // ServerReflectionRequest { list_services (7): "" }
     let request = tokio_stream::iter(vec![vec![0x3a, 0x00]]);
     let mut responses = grpc
-        .streaming(Request::new(request), PathAndQuery::from_static(path), RawCodec)
+        .streaming(
+            Request::new(request),
+            PathAndQuery::from_static(path),
+            RawCodec,
+        )
         .await?
         .into_inner();
     responses
@@ -110,12 +119,18 @@ async fn tokens_and_roles() -> Result<()> {
     };
     let control = &running.control;
     let admin = control.admin().await?;
-    admin.sites().create_site(site("auth.example.com", &[])).await?;
+    admin
+        .sites()
+        .create_site(site("auth.example.com", &[]))
+        .await?;
 
     // No token, a wrong token, malformed headers.
     let anonymous = control.anonymous().await?;
     assert_status(
-        anonymous.sites().list_sites(ListSitesRequest::default()).await,
+        anonymous
+            .sites()
+            .list_sites(ListSitesRequest::default())
+            .await,
         Code::Unauthenticated,
         &["missing bearer token"],
     );
@@ -165,19 +180,34 @@ async fn tokens_and_roles() -> Result<()> {
         })
         .await?
         .into_inner();
-    assert_eq!(got.site.map(|s| s.domain).as_deref(), Some("auth.example.com"));
-    readonly.sites().list_sites(ListSitesRequest::default()).await?;
-    readonly.apps().list_apps(ListAppsRequest::default()).await?;
+    assert_eq!(
+        got.site.map(|s| s.domain).as_deref(),
+        Some("auth.example.com")
+    );
+    readonly
+        .sites()
+        .list_sites(ListSitesRequest::default())
+        .await?;
+    readonly
+        .apps()
+        .list_apps(ListAppsRequest::default())
+        .await?;
     readonly
         .certificates()
         .list_certificates(ListCertificatesRequest::default())
         .await?;
-    readonly.cluster().list_nodes(ListNodesRequest::default()).await?;
+    readonly
+        .cluster()
+        .list_nodes(ListNodesRequest::default())
+        .await?;
 
     // Read-only: every write (and the export, which holds sealed secrets) is refused.
     let denied = |method: &'static str| [method, "read-only"];
     assert_status(
-        readonly.sites().create_site(site("ro.example.com", &[])).await,
+        readonly
+            .sites()
+            .create_site(site("ro.example.com", &[]))
+            .await,
         Code::PermissionDenied,
         &denied("/statiko.v1.SiteService/CreateSite"),
     );
@@ -192,7 +222,9 @@ async fn tokens_and_roles() -> Result<()> {
         &denied("/statiko.v1.SiteService/DeleteSite"),
     );
     assert_status(
-        Upload::new("web", "1.0.0", site_bundle("ro")).send(&readonly).await,
+        Upload::new("web", "1.0.0", site_bundle("ro"))
+            .send(&readonly)
+            .await,
         Code::PermissionDenied,
         &denied("/statiko.v1.AppService/UploadApp"),
     );
@@ -223,7 +255,10 @@ async fn tokens_and_roles() -> Result<()> {
         &denied("/statiko.v1.CertificateService/ImportCertificate"),
     );
     assert_status(
-        readonly.state().export_state(ExportStateRequest::default()).await,
+        readonly
+            .state()
+            .export_state(ExportStateRequest::default())
+            .await,
         Code::PermissionDenied,
         &denied("/statiko.v1.StateService/ExportState"),
     );
@@ -231,7 +266,12 @@ async fn tokens_and_roles() -> Result<()> {
     let sites = list_sites(&admin).await?;
     assert_eq!(sites.len(), 1);
     assert_eq!(sites[0].domain, "auth.example.com");
-    let apps = admin.apps().list_apps(ListAppsRequest::default()).await?.into_inner().apps;
+    let apps = admin
+        .apps()
+        .list_apps(ListAppsRequest::default())
+        .await?
+        .into_inner()
+        .apps;
     assert!(apps.is_empty(), "{apps:?}");
     let certs = admin
         .certificates()
@@ -243,7 +283,11 @@ async fn tokens_and_roles() -> Result<()> {
 
     // Health and reflection (v1 and v1alpha) answer without a token.
     let health = health_check(control).await?;
-    assert_eq!(health, [0x08, 0x01], "HealthCheckResponse {{ status: SERVING }}");
+    assert_eq!(
+        health,
+        [0x08, 0x01],
+        "HealthCheckResponse {{ status: SERVING }}"
+    );
     for path in [
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
@@ -251,7 +295,10 @@ async fn tokens_and_roles() -> Result<()> {
         let response = reflection_list(control, path).await?;
         let text = String::from_utf8_lossy(&response);
         for service in SERVICES {
-            assert!(text.contains(service), "{path} does not list {service}: {text:?}");
+            assert!(
+                text.contains(service),
+                "{path} does not list {service}: {text:?}"
+            );
         }
     }
     Ok(())
@@ -289,9 +336,15 @@ async fn grpcurl_lists_services_and_calls() -> Result<()> {
     listed.assert_success();
     let services: Vec<String> = listed.stdout_text().lines().map(str::to_owned).collect();
     for service in SERVICES {
-        assert!(services.iter().any(|s| s == service), "{service} missing from {services:?}");
+        assert!(
+            services.iter().any(|s| s == service),
+            "{service} missing from {services:?}"
+        );
     }
-    assert!(services.iter().any(|s| s == "grpc.health.v1.Health"), "{services:?}");
+    assert!(
+        services.iter().any(|s| s == "grpc.health.v1.Health"),
+        "{services:?}"
+    );
 
     let authorization = format!("authorization: Bearer {ADMIN_TOKEN}");
     let created = grpcurl(
@@ -308,8 +361,14 @@ async fn grpcurl_lists_services_and_calls() -> Result<()> {
     created.assert_success();
     let response: serde_json::Value = serde_json::from_str(&created.stdout_text())
         .with_context(|| format!("grpcurl output is not JSON: {}", created.stdout_text()))?;
-    assert_eq!(response["site"]["domain"], "grpcurl.example.com", "{response}");
-    assert_eq!(response["site"]["aliases"][0], "www.grpcurl.example.com", "{response}");
+    assert_eq!(
+        response["site"]["domain"], "grpcurl.example.com",
+        "{response}"
+    );
+    assert_eq!(
+        response["site"]["aliases"][0], "www.grpcurl.example.com",
+        "{response}"
+    );
 
     let admin: Api = control.admin().await?;
     let sites = list_sites(&admin).await?;

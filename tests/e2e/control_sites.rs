@@ -41,11 +41,9 @@ async fn run(backend: Backend, scenario: impl AsyncFnOnce(&Control) -> Result<()
     let Some(running) = start(backend, ControlOptions::default()).await? else {
         return Ok(());
     };
-    let result = scenario(&running.control).await;
-    if result.is_err() {
-        eprintln!("--- control log ---\n{}", running.control.log_tail());
-    }
-    result
+    scenario(&running.control)
+        .await
+        .map_err(|err| err.context(format!("control log:\n{}", running.control.log_tail())))
 }
 
 fn update(domain: &str) -> UpdateSiteRequest {

@@ -1,7 +1,15 @@
 //! End-to-end scenarios: real etcd, `statiko-control`, `stk` and edge processes on loopback,
 //! driven through `statiko_tests`. This file only declares the scenario modules.
 
-mod control_common;
-mod control_sites;
-mod harness_smoke;
+mod config_examples;
+mod control_apps;
 mod control_auth;
+mod control_certs;
+mod control_cli;
+mod control_common;
+mod control_deploy;
+mod control_etcd;
+mod control_sites;
+mod control_state;
+mod edge_cluster;
+mod harness_smoke;

@@ -40,82 +40,24 @@ pub fn tar_gz(files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
     encoder.finish().context("finish gzip")
 }
 
-/// A `.tar.zst` of `files`: one zstd frame of raw (stored) blocks, valid for any decoder.
+/// A `.tar.zst` of `files`.
 pub fn tar_zst(files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
-    const MAX_BLOCK: usize = 128 * 1024;
-    let content = tar(files)?;
-    // Magic, frame header descriptor (no content size, no checksum, not single segment),
-    // window descriptor 0x38 (2^17 bytes, enough for 128 KiB blocks).
-    let mut out = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x38];
-    let mut blocks: Vec<&[u8]> = content.chunks(MAX_BLOCK).collect();
-    if blocks.is_empty() {
-        blocks.push(&[]);
-    }
-    let count = blocks.len();
-    for (i, block) in blocks.into_iter().enumerate() {
-        let last = u32::from(i + 1 == count);
-        // Block header: bit 0 last block, bits 1-2 type (0 = raw), bits 3.. size.
-        let header = last | ((block.len() as u32) << 3);
-        out.extend_from_slice(&header.to_le_bytes()[..3]);
-        out.extend_from_slice(block);
-    }
-    Ok(out)
+    zstd::encode_all(tar(files)?.as_slice(), 3).context("zstd")
 }
 
-/// A `.zip` of `files`, entries stored (no compression).
+/// A `.zip` of `files` (deflated), written with the `zip` crate.
 pub fn zip(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut central = Vec::new();
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .unix_permissions(0o644);
     for (path, content) in files {
-        let mut crc = flate2::Crc::new();
-        crc.update(content);
-        let crc = crc.sum();
-        let offset = out.len() as u32;
-        let size = content.len() as u32;
-        let name = path.as_bytes();
-        // Local file header.
-        out.extend_from_slice(&0x0403_4b50_u32.to_le_bytes());
-        out.extend_from_slice(&20_u16.to_le_bytes()); // version needed
-        out.extend_from_slice(&0_u16.to_le_bytes()); // flags
-        out.extend_from_slice(&0_u16.to_le_bytes()); // method: stored
-        out.extend_from_slice(&0_u16.to_le_bytes()); // time
-        out.extend_from_slice(&0x21_u16.to_le_bytes()); // date: 1980-01-01
-        out.extend_from_slice(&crc.to_le_bytes());
-        out.extend_from_slice(&size.to_le_bytes());
-        out.extend_from_slice(&size.to_le_bytes());
-        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        out.extend_from_slice(&0_u16.to_le_bytes()); // extra length
-        out.extend_from_slice(name);
-        out.extend_from_slice(content);
-        // Central directory entry.
-        central.extend_from_slice(&0x0201_4b50_u32.to_le_bytes());
-        central.extend_from_slice(&20_u16.to_le_bytes()); // version made by
-        central.extend_from_slice(&20_u16.to_le_bytes()); // version needed
-        central.extend_from_slice(&0_u16.to_le_bytes());
-        central.extend_from_slice(&0_u16.to_le_bytes());
-        central.extend_from_slice(&0_u16.to_le_bytes());
-        central.extend_from_slice(&0x21_u16.to_le_bytes());
-        central.extend_from_slice(&crc.to_le_bytes());
-        central.extend_from_slice(&size.to_le_bytes());
-        central.extend_from_slice(&size.to_le_bytes());
-        central.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        central.extend_from_slice(&[0; 12]); // extra, comment, disk, internal attrs
-        central.extend_from_slice(&0o100_644_u32.wrapping_shl(16).to_le_bytes()); // external attrs
-        central.extend_from_slice(&offset.to_le_bytes());
-        central.extend_from_slice(name);
+        writer
+            .start_file(*path, options)
+            .expect("in-memory zip entry");
+        writer.write_all(content).expect("in-memory zip write");
     }
-    let central_offset = out.len() as u32;
-    let central_size = central.len() as u32;
-    let entries = files.len() as u16;
-    out.extend_from_slice(&central);
-    out.extend_from_slice(&0x0605_4b50_u32.to_le_bytes());
-    out.extend_from_slice(&[0; 4]); // disk numbers
-    out.extend_from_slice(&entries.to_le_bytes());
-    out.extend_from_slice(&entries.to_le_bytes());
-    out.extend_from_slice(&central_size.to_le_bytes());
-    out.extend_from_slice(&central_offset.to_le_bytes());
-    out.extend_from_slice(&0_u16.to_le_bytes()); // comment length
-    out
+    writer.finish().expect("in-memory zip").into_inner()
 }
 
 /// A small site bundle (`index.html` and one asset) as `.tar.gz`; `tag` varies the content

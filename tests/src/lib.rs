@@ -8,6 +8,7 @@
 //! - [`wait`]: [`wait_until`] and the `STATIKO_TEST_PATIENCE_MS` scale for every deadline.
 //! - [`certs`]: a throwaway PKI ([`Pki`]) written as PEM files.
 //! - [`etcd`]: one etcd per test, plain or TLS with client-certificate auth ([`Etcd`]).
+//! - [`edge`]: a `statiko-edge` process sharing a control's store and repository ([`Edge`]).
 //! - [`control`]: a `statiko-control` process with a generated config ([`Control`]).
 //! - [`client`]: tonic channels and the `statiko.v1` clients with a bearer token ([`Api`]).
 //! - [`cmd`]: one-shot runs of a binary such as `stk` ([`run_stk`]).
@@ -21,6 +22,7 @@ pub mod certs;
 pub mod client;
 pub mod cmd;
 pub mod control;
+pub mod edge;
 pub mod etcd;
 pub mod fixtures;
 pub mod moto;
@@ -38,9 +40,12 @@ pub use crate::control::{
     ADMIN_TOKEN, Control, ControlOptions, EtcdStore, READONLY_TOKEN, Role, StateStore,
     TEST_SECRETS_ENCRYPTION_KEY, TokenSpec,
 };
+pub use crate::edge::{Edge, EdgeAddrs, EdgeOptions};
 pub use crate::etcd::{Etcd, EtcdTls};
 pub use crate::moto::Moto;
-pub use crate::net::{HttpResponse, TlsTarget, free_port, http_get, http_request};
+pub use crate::net::{
+    HttpResponse, TlsTarget, free_port, http_get, http_request, https_get_unverified,
+};
 pub use crate::process::ChildProcess;
 pub use crate::wait::{patience, wait_until};
 

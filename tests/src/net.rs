@@ -147,3 +147,101 @@ fn tls_connector(ca_pem: &str) -> Result<TlsConnector> {
     .with_no_client_auth();
     Ok(TlsConnector::from(Arc::new(config)))
 }
+
+/// `GET https://{server_name}{path}` at `addr` with SNI and `Host` set to `server_name`, without
+/// verifying the certificate (edges serve self-signed certificates). Returns the response and
+/// the DER of the leaf certificate the server presented.
+pub async fn https_get_unverified(
+    addr: SocketAddr,
+    server_name: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(HttpResponse, Vec<u8>)> {
+    let mut builder = Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .header(http::header::HOST, server_name);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder
+        .body(Full::new(Bytes::new()))
+        .context("build HTTP request")?;
+    let tcp = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect to {addr}"))?;
+    let name = ServerName::try_from(server_name.to_owned())
+        .with_context(|| format!("invalid TLS server name {server_name:?}"))?;
+    let stream = unverified_connector()
+        .connect(name, tcp)
+        .await
+        .with_context(|| format!("TLS handshake with {addr} as {server_name}"))?;
+    let leaf = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(|cert| cert.to_vec())
+        .unwrap_or_default();
+    Ok((send(stream, request).await?, leaf))
+}
+
+fn unverified_connector() -> TlsConnector {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("the default provider supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+/// Accepts any server certificate, still checking handshake signatures.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

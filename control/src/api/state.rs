@@ -10,7 +10,7 @@ use statiko_common::keys::Key;
 use statiko_common::model::{
     self, AppRecord, CertificateRecord, DomainRecord, SiteRecord, TlsChoice, now_ms,
 };
-use statiko_common::store::TxnOp;
+use statiko_common::store::{Compare, TxnOp};
 use statiko_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -184,12 +184,8 @@ impl Api {
         let document: StateDocument = serde_json::from_slice(&req.document)
             .map_err(|err| invalid!("document: not a state document: {err}"))?;
         self.validate_document(&document).await?;
-        let keys = &self.ctx.state.keys;
-        let mut ops: Vec<TxnOp> = keys
-            .desired_state_prefixes()
-            .into_iter()
-            .map(|prefix| TxnOp::DeletePrefix { prefix })
-            .collect();
+        let state = &self.ctx.state;
+        let keys = &state.keys;
         // BTreeMaps keep the write order stable, which makes the transaction reproducible.
         let mut puts = BTreeMap::new();
         for site in &document.sites {
@@ -207,8 +203,28 @@ impl Api {
         for cert in &document.certificates {
             puts.insert(keys.certificate(&cert.name), model::encode(cert));
         }
+        // etcd refuses a transaction that deletes a range and puts keys inside it, so delete
+        // exactly the records the document does not have, guarded by "nothing changed since".
+        let mut compares = Vec::new();
+        let mut ops = Vec::new();
+        for prefix in keys.desired_state_prefixes() {
+            let snapshot = state.store.snapshot(&prefix).await?;
+            compares.push(Compare::prefix_unchanged_since(&prefix, snapshot.revision));
+            ops.extend(
+                snapshot
+                    .kvs
+                    .into_iter()
+                    .filter(|kv| !puts.contains_key(&kv.key))
+                    .map(|kv| TxnOp::delete(kv.key)),
+            );
+        }
         ops.extend(puts.into_iter().map(|(key, value)| TxnOp::put(key, value)));
-        let result = self.ctx.state.txn(Vec::new(), ops).await?;
+        let result = state.txn(compares, ops).await?;
+        if !result.succeeded {
+            return Err(ControlError::Aborted(
+                "the state changed while it was being imported; retry".into(),
+            ));
+        }
         tracing::info!(
             revision = result.revision,
             sites = document.sites.len(),

@@ -6,7 +6,6 @@
 //! so that the response does not reveal which directories exist.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::bundle::{StagedBundle, StaticFile};
@@ -59,9 +58,12 @@ pub fn clean_path(raw: &str) -> Result<CleanPath<'_>, PathError> {
         });
     }
     // Empty segments other than the leading one and one trailing one mean `//` somewhere.
-    let body = decoded.strip_prefix('/').unwrap_or(&decoded);
-    let body = body.strip_suffix('/').unwrap_or(body);
-    needs_rebuild |= body.contains("//") || body.starts_with('/') || body.ends_with('/');
+    let body_len = {
+        let body = decoded.strip_prefix('/').unwrap_or(&decoded);
+        let body = body.strip_suffix('/').unwrap_or(body);
+        needs_rebuild |= body.contains("//") || body.starts_with('/') || body.ends_with('/');
+        body.len()
+    };
     let key = if needs_rebuild {
         let mut out = String::with_capacity(decoded.len());
         for segment in decoded.split('/').filter(|s| !s.is_empty()) {
@@ -71,11 +73,9 @@ pub fn clean_path(raw: &str) -> Result<CleanPath<'_>, PathError> {
         Cow::Owned(out)
     } else {
         match decoded {
-            Cow::Borrowed(s) => Cow::Borrowed(&s[..body.len() + 1]),
-            Cow::Owned(s) => {
-                let len = body.len() + 1;
-                let mut s = s;
-                s.truncate(len);
+            Cow::Borrowed(s) => Cow::Borrowed(&s[..body_len + 1]),
+            Cow::Owned(mut s) => {
+                s.truncate(body_len + 1);
                 Cow::Owned(s)
             }
         }
@@ -118,22 +118,22 @@ fn hex(c: u8) -> Option<u8> {
 
 /// The outcome of looking a clean path up in a bundle.
 #[derive(Debug, Clone)]
-pub enum Resolved {
-    File(Arc<StaticFile>),
+pub enum Resolved<'a> {
+    File(&'a StaticFile),
     /// A directory requested without its trailing slash: redirect to `key + "/"`.
     AddSlash,
     NotFound,
 }
 
 /// Looks `path` up in the bundle's file and directory maps only.
-pub fn resolve(bundle: &StagedBundle, path: &CleanPath<'_>) -> Resolved {
+pub fn resolve<'a>(bundle: &'a StagedBundle, path: &CleanPath<'_>) -> Resolved<'a> {
     let key: &str = &path.key;
     if key == MANIFEST_PATH {
         return Resolved::NotFound;
     }
     if !path.trailing_slash {
         if let Some(file) = bundle.files.get(key) {
-            return Resolved::File(file.clone());
+            return Resolved::File(file);
         }
         if bundle.dirs.contains(key) {
             return Resolved::AddSlash;
@@ -150,7 +150,7 @@ pub fn resolve(bundle: &StagedBundle, path: &CleanPath<'_>) -> Resolved {
         index.push_str(base);
         index.push_str(name);
         if let Some(file) = bundle.files.get(&index) {
-            return Resolved::File(file.clone());
+            return Resolved::File(file);
         }
     }
     Resolved::NotFound
@@ -290,15 +290,22 @@ pub fn negotiate(accept_encoding: Option<&[u8]>, has_gzip: bool, has_brotli: boo
         }
         if coding.eq_ignore_ascii_case(b"br") {
             br = Some(q);
-        } else if coding.eq_ignore_ascii_case(b"gzip") || coding.eq_ignore_ascii_case(b"x-gzip")
-        {
+        } else if coding.eq_ignore_ascii_case(b"gzip") || coding.eq_ignore_ascii_case(b"x-gzip") {
             gzip = Some(q);
         } else if coding == b"*" {
             star = Some(q);
         }
     }
-    let br = if has_brotli { br.or(star).unwrap_or(0) } else { 0 };
-    let gzip = if has_gzip { gzip.or(star).unwrap_or(0) } else { 0 };
+    let br = if has_brotli {
+        br.or(star).unwrap_or(0)
+    } else {
+        0
+    };
+    let gzip = if has_gzip {
+        gzip.or(star).unwrap_or(0)
+    } else {
+        0
+    };
     if br > 0 && br >= gzip {
         Coding::Brotli
     } else if gzip > 0 {

@@ -122,8 +122,8 @@ fn normalize_name(name: &str) -> String {
 
 /// A self-signed ECDSA P-256 certificate for the name "statiko".
 fn self_signed_default() -> Result<Arc<CertifiedKey>, TlsError> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(TlsError::Generate)?;
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(TlsError::Generate)?;
     let params =
         rcgen::CertificateParams::new(vec!["statiko".to_owned()]).map_err(TlsError::Generate)?;
     let cert = params.self_signed(&key).map_err(TlsError::Generate)?;
@@ -194,9 +194,15 @@ mod tests {
         let default = resolver.default_key().clone();
         assert!(Arc::ptr_eq(&resolver.lookup(Some("example.com")), &exact));
         assert!(Arc::ptr_eq(&resolver.lookup(Some("EXAMPLE.com.")), &exact));
-        assert!(Arc::ptr_eq(&resolver.lookup(Some("www.example.com")), &wild));
+        assert!(Arc::ptr_eq(
+            &resolver.lookup(Some("www.example.com")),
+            &wild
+        ));
         // A wildcard covers exactly one label.
-        assert!(Arc::ptr_eq(&resolver.lookup(Some("a.b.example.com")), &default));
+        assert!(Arc::ptr_eq(
+            &resolver.lookup(Some("a.b.example.com")),
+            &default
+        ));
         assert!(Arc::ptr_eq(&resolver.lookup(Some("other.test")), &default));
         assert!(Arc::ptr_eq(&resolver.lookup(None), &default));
         resolver.replace(HashMap::new());

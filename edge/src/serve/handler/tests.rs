@@ -1,0 +1,310 @@
+//! Service-level tests of the handler: requests in, responses out, no sockets.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use http_body_util::BodyExt;
+
+use super::*;
+use crate::bundle::Variant;
+use crate::table::SiteRoute;
+
+fn memory(body: &'static [u8], etag: &str) -> StaticFile {
+    StaticFile {
+        len: body.len() as u64,
+        body: Body::Memory(Bytes::from_static(body)),
+        content_type: "text/plain; charset=utf-8".into(),
+        etag: etag.into(),
+        last_modified: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        gzip: None,
+        brotli: None,
+    }
+}
+
+fn handler(disk: Option<std::path::PathBuf>) -> Handler {
+    let mut app = memory(b"0123456789", "\"app\"");
+    app.gzip = Some(Variant {
+        len: 4,
+        body: Body::Memory(Bytes::from_static(b"GZIP")),
+        etag: "\"app-gz\"".into(),
+    });
+    app.brotli = Some(Variant {
+        len: 2,
+        body: Body::Memory(Bytes::from_static(b"BR")),
+        etag: "\"app-br\"".into(),
+    });
+    let mut files = HashMap::from([
+        (
+            "/index.html".to_owned(),
+            Arc::new(memory(b"home", "\"home\"")),
+        ),
+        ("/app.js".to_owned(), Arc::new(app)),
+        (
+            "/docs/index.html".to_owned(),
+            Arc::new(memory(b"docs", "\"d\"")),
+        ),
+    ]);
+    if let Some(path) = disk {
+        let mut big = memory(b"", "\"big\"");
+        big.len = 10;
+        big.body = Body::Disk(path);
+        files.insert("/big.bin".to_owned(), Arc::new(big));
+    }
+    let bundle = StagedBundle {
+        digest: "sha256:00".into(),
+        root: "/nonexistent".into(),
+        files,
+        dirs: HashSet::from(["/".to_owned(), "/docs".to_owned()]),
+    };
+    let mut table = RoutingTable::default();
+    table.hosts.insert(
+        "example.test".into(),
+        Route::Site(Arc::new(SiteRoute {
+            domain: "example.test".into(),
+            app: None,
+            bundle: Some(Arc::new(bundle)),
+        })),
+    );
+    table.hosts.insert(
+        "www.example.test".into(),
+        Route::Alias {
+            primary: "example.test".into(),
+        },
+    );
+    table.hosts.insert(
+        "new.test".into(),
+        Route::Site(Arc::new(SiteRoute {
+            domain: "new.test".into(),
+            app: None,
+            bundle: None,
+        })),
+    );
+    Handler::new(Arc::new(ArcSwap::from_pointee(table))).with_https_port(8443)
+}
+
+fn get(host: &str, uri: &str) -> http::request::Builder {
+    Request::get(uri).header(header::HOST, host)
+}
+
+async fn send(
+    handler: &Handler,
+    req: http::request::Builder,
+    scheme: Scheme,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let response = handler.handle(req.body(()).unwrap(), scheme).await;
+    let (parts, body) = response.into_parts();
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
+}
+
+#[test]
+fn handle_future_is_send() {
+    fn is_send<T: Send>(_: &T) {}
+    let handler = handler(None);
+    let future = handler.handle(Request::new(()), Scheme::Https);
+    is_send(&future);
+}
+
+#[tokio::test]
+async fn routing_and_redirects() {
+    let h = handler(None);
+    let (status, headers, _) = send(&h, get("example.test", "/a/b?x=1&y"), Scheme::Http).await;
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(
+        headers[header::LOCATION],
+        "https://example.test:8443/a/b?x=1&y"
+    );
+
+    let (status, headers, _) = send(&h, get("WWW.example.test:80", "/p?q"), Scheme::Http).await;
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(headers[header::LOCATION], "https://example.test:8443/p?q");
+
+    let (status, headers, _) = send(&h, get("www.example.test", "/p?q"), Scheme::Https).await;
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(headers[header::LOCATION], "https://example.test:8443/p?q");
+
+    let h443 = h.clone().with_https_port(443);
+    let (_, headers, _) = send(&h443, get("example.test", "/"), Scheme::Http).await;
+    assert_eq!(headers[header::LOCATION], "https://example.test/");
+
+    let acme = "/.well-known/acme-challenge/token";
+    let (status, headers, _) = send(&h, get("example.test", acme), Scheme::Http).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(headers.get(header::LOCATION).is_none());
+
+    for scheme in [Scheme::Http, Scheme::Https] {
+        let (status, _, body) = send(&h, get("other.test", "/"), scheme).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(!body.windows(4).any(|w| w == b"home"));
+    }
+
+    let (status, _, _) = send(&h, Request::get("/"), Scheme::Https).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let (status, headers, _) = send(
+        &h,
+        get("example.test", "/").method(Method::POST),
+        Scheme::Https,
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers[header::ALLOW], "GET, HEAD");
+
+    let (status, _, body) = send(&h, get("new.test", "/anything"), Scheme::Https).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).contains("No app has been deployed"));
+
+    // Absolute-form / HTTP/2 authority wins over the Host header.
+    let (status, _, body) = send(
+        &h,
+        Request::get("https://example.test/").header(header::HOST, "other.test"),
+        Scheme::Https,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"home");
+}
+
+#[tokio::test]
+async fn files_and_directories() {
+    let h = handler(None);
+    let (status, headers, body) = send(&h, get("example.test", "/"), Scheme::Https).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"home");
+    assert_eq!(headers[header::CONTENT_LENGTH], "4");
+    assert_eq!(headers[header::ETAG], "\"home\"");
+    assert_eq!(
+        headers[header::LAST_MODIFIED],
+        "Tue, 14 Nov 2023 22:13:20 GMT"
+    );
+    assert_eq!(headers[header::ACCEPT_RANGES], "bytes");
+    assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert!(headers.get(header::VARY).is_none());
+    assert!(headers.get(header::SERVER).is_none());
+
+    let (status, headers, _) = send(&h, get("example.test", "/docs?a=1"), Scheme::Https).await;
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(headers[header::LOCATION], "/docs/?a=1");
+    // The redirect never becomes protocol-relative.
+    let (_, headers, _) = send(&h, get("example.test", "//docs"), Scheme::Https).await;
+    assert_eq!(headers[header::LOCATION], "/docs/");
+
+    let (status, _, body) = send(&h, get("example.test", "/docs/"), Scheme::Https).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"docs"[..]));
+
+    for bad in ["/%2e%2e/x", "/..%2f", "/%00", "/a%5cb"] {
+        let (status, _, _) = send(&h, get("example.test", bad), Scheme::Https).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let (status, _, _) = send(&h, get("example.test", "/nope"), Scheme::Https).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn negotiation_conditionals_and_ranges() {
+    let h = handler(None);
+    let ae = |v: &str| get("example.test", "/app.js").header(header::ACCEPT_ENCODING, v);
+    let (_, headers, body) = send(&h, ae("gzip, br"), Scheme::Https).await;
+    assert_eq!(&body[..], b"BR");
+    assert_eq!(headers[header::CONTENT_ENCODING], "br");
+    assert_eq!(headers[header::ETAG], "\"app-br\"");
+    assert_eq!(headers[header::VARY], "Accept-Encoding");
+    assert_eq!(headers[header::CONTENT_LENGTH], "2");
+    let (_, headers, body) = send(&h, ae("gzip"), Scheme::Https).await;
+    assert_eq!(&body[..], b"GZIP");
+    assert_eq!(headers[header::CONTENT_ENCODING], "gzip");
+    let (_, headers, body) = send(&h, ae("identity"), Scheme::Https).await;
+    assert_eq!(&body[..], b"0123456789");
+    assert!(headers.get(header::CONTENT_ENCODING).is_none());
+    assert_eq!(headers[header::VARY], "Accept-Encoding");
+
+    let (status, headers, body) = send(
+        &h,
+        ae("gzip").header(header::IF_NONE_MATCH, "\"app-gz\""),
+        Scheme::Https,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    assert!(body.is_empty());
+    assert_eq!(headers[header::ETAG], "\"app-gz\"");
+    assert_eq!(headers[header::VARY], "Accept-Encoding");
+
+    let (status, headers, body) = send(
+        &h,
+        ae("gzip, br").header(header::RANGE, "bytes=2-4"),
+        Scheme::Https,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&body[..], b"234");
+    assert_eq!(headers[header::CONTENT_RANGE], "bytes 2-4/10");
+    assert!(headers.get(header::CONTENT_ENCODING).is_none());
+
+    let (status, headers, _) = send(
+        &h,
+        ae("gzip").header(header::RANGE, "bytes=10-"),
+        Scheme::Https,
+    )
+    .await;
+    assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(headers[header::CONTENT_RANGE], "bytes */10");
+
+    let (status, _, body) = send(
+        &h,
+        ae("")
+            .header(header::RANGE, "bytes=0-1")
+            .header(header::IF_RANGE, "\"stale\""),
+        Scheme::Https,
+    )
+    .await;
+    assert_eq!((status, body.len()), (StatusCode::OK, 10));
+
+    let (status, headers, body) = send(
+        &h,
+        get("example.test", "/app.js")
+            .method(Method::HEAD)
+            .header(header::ACCEPT_ENCODING, "gzip"),
+        Scheme::Https,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.is_empty());
+    assert_eq!(headers[header::CONTENT_LENGTH], "4");
+
+    let (status, _, _) = send(
+        &h,
+        ae("").header(header::IF_MATCH, "\"other\""),
+        Scheme::Https,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+}
+
+#[tokio::test]
+async fn disk_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.bin");
+    std::fs::write(&path, b"abcdefghij").unwrap();
+    let h = handler(Some(path.clone()));
+    let (status, _, body) = send(&h, get("example.test", "/big.bin"), Scheme::Https).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"abcdefghij"[..]));
+    let (status, _, body) = send(
+        &h,
+        get("example.test", "/big.bin").header(header::RANGE, "bytes=-3"),
+        Scheme::Https,
+    )
+    .await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::PARTIAL_CONTENT, &b"hij"[..])
+    );
+    std::fs::remove_file(&path).unwrap();
+    let (status, _, body) = send(&h, get("example.test", "/big.bin"), Scheme::Https).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(!String::from_utf8_lossy(&body).contains("big.bin"));
+}
