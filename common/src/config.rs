@@ -160,6 +160,8 @@ pub struct EtcdTlsConfig {
 pub struct ControlConfig {
     pub listen: String,
     pub tls: ControlTlsConfig,
+    /// Plain-HTTP Prometheus `/metrics` listener; empty disables it.
+    pub metrics: String,
 }
 
 impl Default for ControlConfig {
@@ -167,6 +169,7 @@ impl Default for ControlConfig {
         Self {
             listen: "0.0.0.0:2265".into(),
             tls: ControlTlsConfig::default(),
+            metrics: "127.0.0.1:2267".into(),
         }
     }
 }
@@ -412,6 +415,8 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// `tracing` filter directives; `RUST_LOG` wins when set.
     pub level: String,
+    /// One line per served request at info level, target `statiko::access` (edge only).
+    pub access_log: bool,
 }
 
 impl Default for LogConfig {
@@ -419,6 +424,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Text,
             level: "info".into(),
+            access_log: false,
         }
     }
 }

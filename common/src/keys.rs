@@ -6,9 +6,14 @@
 //! {root}/v1/apps/{name}/{version}       AppRecord
 //! {root}/v1/certificates/{name}         CertificateRecord (private key sealed)
 //! {root}/v1/nodes/{node}                NodeStatusRecord, on the node's lease
-//! {root}/v1/election/edge-leader/       leader election (etcd manages the keys under it)
+//! {root}/v1/election/edge-leader/leader the leader's node name, on the leader's lease
+//! {root}/v1/acme/account                AcmeAccountRecord (credentials sealed)
+//! {root}/v1/acme/orders/{domain}        AcmeOrderRecord: the order in flight for a site
+//! {root}/v1/acme/challenges/{token}     ChallengeRecord: an HTTP-01 response any edge serves
+//! {root}/v1/acme/reminders/{name}       ReminderRecord: last expiry reminder sent for a cert
 //! {root}/v1/meta/schema                 schema marker
 //! {root}/v1/meta/state                  touched by every desired-state write (its revision)
+//! {root}/v1/meta/secrets-check          a value sealed with secretsEncryptionKey (key check)
 //! ```
 //!
 //! Every name in a key is validated by `ids.rs`, so names never contain `/`, and every prefix ends
@@ -25,9 +30,16 @@ pub struct KeySchema {
 pub enum Key {
     Site(String),
     Domain(String),
-    App { name: String, version: String },
+    App {
+        name: String,
+        version: String,
+    },
     Certificate(String),
     Node(String),
+    /// `acme/challenges/{token}`.
+    AcmeChallenge(String),
+    /// `acme/orders/{domain}`.
+    AcmeOrder(String),
     Other(String),
 }
 
@@ -81,6 +93,42 @@ impl KeySchema {
     pub fn election(&self) -> String {
         format!("{}election/edge-leader/", self.root)
     }
+    /// The one key of the election: the leader's node name, attached to its lease.
+    pub fn leader(&self) -> String {
+        format!("{}election/edge-leader/leader", self.root)
+    }
+    /// Everything the ACME work keeps (account, orders, challenges, reminders).
+    pub fn acme(&self) -> String {
+        format!("{}acme/", self.root)
+    }
+    pub fn acme_account(&self) -> String {
+        format!("{}acme/account", self.root)
+    }
+    pub fn acme_orders(&self) -> String {
+        format!("{}acme/orders/", self.root)
+    }
+    /// The order in flight for the site whose primary domain is `domain`.
+    pub fn acme_order(&self, domain: &str) -> String {
+        format!("{}acme/orders/{domain}", self.root)
+    }
+    pub fn acme_challenges(&self) -> String {
+        format!("{}acme/challenges/", self.root)
+    }
+    /// An HTTP-01 challenge response; ACME tokens are base64url, so never contain `/`.
+    pub fn acme_challenge(&self, token: &str) -> String {
+        format!("{}acme/challenges/{token}", self.root)
+    }
+    pub fn reminders(&self) -> String {
+        format!("{}acme/reminders/", self.root)
+    }
+    /// The last expiry reminder sent for certificate `name`.
+    pub fn reminder(&self, name: &str) -> String {
+        format!("{}acme/reminders/{name}", self.root)
+    }
+    /// A constant sealed with `secretsEncryptionKey` at first start, opened at every start.
+    pub fn secrets_check(&self) -> String {
+        format!("{}meta/secrets-check", self.root)
+    }
     pub fn meta_schema(&self) -> String {
         format!("{}meta/schema", self.root)
     }
@@ -110,6 +158,11 @@ impl KeySchema {
             "domains" => Key::Domain(single(id)?),
             "certificates" => Key::Certificate(single(id)?),
             "nodes" => Key::Node(single(id)?),
+            "acme" => match id.split_once('/') {
+                Some(("challenges", token)) => Key::AcmeChallenge(single(token)?),
+                Some(("orders", domain)) => Key::AcmeOrder(single(domain)?),
+                _ => Key::Other(rest.to_owned()),
+            },
             "apps" => {
                 let (name, version) = id.split_once('/')?;
                 Key::App {
@@ -169,6 +222,19 @@ mod tests {
         assert_eq!(keys.parse("/statiko/v1/sites/a/b"), None);
         assert_eq!(keys.parse("/statiko/v1/sites/"), None);
         assert!(keys.sites().ends_with('/'));
+        assert_eq!(
+            keys.parse(&keys.acme_challenge("tok-EN_1")),
+            Some(Key::AcmeChallenge("tok-EN_1".into()))
+        );
+        assert_eq!(
+            keys.parse(&keys.acme_order("a.test")),
+            Some(Key::AcmeOrder("a.test".into()))
+        );
+        assert_eq!(
+            keys.parse(&keys.acme_account()),
+            Some(Key::Other("acme/account".into()))
+        );
+        assert!(keys.leader().starts_with(&keys.election()));
     }
 
     #[test]

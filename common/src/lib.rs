@@ -8,7 +8,11 @@
 //! - `store`: one store interface, two backends (`etcd`, `file`).
 //! - `config`: the shared YAML configuration with environment overrides.
 //! - `crypto`: AES-256-GCM sealing of secrets, Ed25519 bundle signatures, certificate parsing.
+//! - `notify`: webhook notifications (failed deploys and issuance, expiry reminders).
+//! - `secrets_check`: the start-up check that `secretsEncryptionKey` opens the cluster's secrets.
+//! - `manifest`: the app manifest (`_statiko.yaml`): parsing, validation and compiled rules.
 //! - `repo`: the bundle repository (local directory, S3, Azure Blob, GCS) via `object_store`.
+//! - `process`: the shared start-up of the server binaries (flags, config, exit codes).
 //! - `telemetry`: tracing subscriber set-up.
 //! - `shutdown`: signals to a cancellation token.
 
@@ -17,8 +21,12 @@ pub mod config;
 pub mod crypto;
 pub mod ids;
 pub mod keys;
+pub mod manifest;
 pub mod model;
+pub mod notify;
+pub mod process;
 pub mod repo;
+pub mod secrets_check;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -155,6 +155,103 @@ pub struct CertificateRecord {
     pub fingerprint: String,
     #[serde(default)]
     pub created_at: i64,
+    /// The site a leader-made certificate (self-signed or ACME) belongs to; `None` for imported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+}
+
+impl CertificateRecord {
+    /// Whether the certificate names every one of `domains` (exactly or by a one-label wildcard).
+    pub fn covers<'a>(&self, mut domains: impl Iterator<Item = &'a str>) -> bool {
+        domains.all(|d| {
+            self.domains.iter().any(|name| {
+                name == d
+                    || name.strip_prefix("*.").is_some_and(|parent| {
+                        d.split_once('.').is_some_and(|(first, rest)| {
+                            !first.is_empty() && rest == parent && parent.contains('.')
+                        })
+                    })
+            })
+        })
+    }
+}
+
+/// The store name of the certificate the leader makes for a site: `selfsigned-<16 hex>` or
+/// `acme-<16 hex>`, the hex being the start of sha256(primary domain). Such names are valid
+/// certificate names (`ids::name`) and fit its 63 characters whatever the domain's length; the
+/// record's `site` field says which site it is for.
+pub fn leader_certificate_name(kind: CertificateKind, site: &str) -> String {
+    let hash = crate::crypto::hex(&crate::crypto::sha256(site.as_bytes())[..8]);
+    match kind {
+        CertificateKind::Acme => format!("acme-{hash}"),
+        CertificateKind::SelfSigned | CertificateKind::Imported => format!("selfsigned-{hash}"),
+    }
+}
+
+/// `{root}/v1/acme/account`: the ACME account, shared by every leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AcmeAccountRecord {
+    /// The directory URL the account belongs to; another directory means another account.
+    pub directory: String,
+    /// Sealed JSON of the ACME client's account credentials (id and private key).
+    pub credentials: String,
+    #[serde(default)]
+    pub created_at: i64,
+}
+
+/// `{root}/v1/acme/orders/{domain}`: the ACME order in flight for a site. Written before the
+/// order is polled, so a new leader resumes it instead of ordering again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AcmeOrderRecord {
+    pub site: String,
+    /// The names ordered (primary domain first).
+    pub domains: Vec<String>,
+    /// The order URL at the ACME server; `None` before an order exists or after one failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Sealed PEM private key of the CSR, stored before finalizing, so a new leader can take
+    /// the issued certificate of an order finalized by the previous one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Failed attempts in a row.
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// No new attempt before this time (Unix ms): the retry backoff.
+    #[serde(default)]
+    pub next_attempt_at: i64,
+    #[serde(default)]
+    pub updated_at: i64,
+    /// The leader that last wrote the record.
+    #[serde(default)]
+    pub node: String,
+}
+
+/// `{root}/v1/acme/challenges/{token}`: an HTTP-01 response. Every edge serves it on port 80 at
+/// `/.well-known/acme-challenge/{token}`, for the listed domains only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChallengeRecord {
+    pub token: String,
+    pub key_authorization: String,
+    pub site: String,
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub created_at: i64,
+}
+
+/// `{root}/v1/acme/reminders/{name}`: the last expiry reminder sent for a certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReminderRecord {
+    pub fingerprint: String,
+    /// The threshold (days before expiry) of the last reminder sent.
+    pub days: i64,
+    #[serde(default)]
+    pub sent_at: i64,
 }
 
 /// What one edge serves for one site.
@@ -238,6 +335,31 @@ mod tests {
         assert_eq!(
             decoded.all_domains().collect::<Vec<_>>(),
             ["example.com", "www.example.com"]
+        );
+    }
+
+    #[test]
+    fn coverage_and_names() {
+        let cert = CertificateRecord {
+            name: "c".into(),
+            kind: CertificateKind::Imported,
+            certificate_pem: String::new(),
+            key: String::new(),
+            domains: vec!["a.test".into(), "*.b.test".into()],
+            not_before: 0,
+            not_after: 0,
+            fingerprint: String::new(),
+            created_at: 0,
+            site: None,
+        };
+        assert!(cert.covers(["a.test", "www.b.test"].into_iter()));
+        assert!(!cert.covers(["a.test", "b.test"].into_iter()));
+        assert!(!cert.covers(["x.y.b.test"].into_iter()));
+        let name = leader_certificate_name(CertificateKind::Acme, &"x".repeat(200));
+        assert!(crate::ids::name("n", &name).is_ok(), "{name}");
+        assert!(
+            leader_certificate_name(CertificateKind::SelfSigned, "a.test")
+                .starts_with("selfsigned-")
         );
     }
 

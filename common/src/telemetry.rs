@@ -1,47 +1,167 @@
 //! Tracing subscriber set-up: one `fmt` layer on stderr, text or JSON, filtered by `RUST_LOG`
-//! or `log.level`.
+//! or `log.level`; plus, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, a `tracing-opentelemetry`
+//! layer exporting spans over OTLP/gRPC (service name from `OTEL_SERVICE_NAME`, else the
+//! executable's name).
 //!
-//! OpenTelemetry export (a `tracing-opentelemetry` layer sending OTLP, configured by a future
-//! `telemetry` config section) is a later issue. When it lands, [`init`] adds that layer and
-//! [`TelemetryGuard`] gains the tracer provider, flushing and shutting it down on drop; callers
-//! already keep the guard alive until the end of `main`, so their code will not change.
+//! The exporter runs on a small runtime of its own ("otel" thread), because the subscriber is
+//! installed before the server's runtime exists and must outlive it: the guard flushes the
+//! batch of spans and shuts the exporter down when dropped at the end of `main`.
 
+use std::collections::HashMap;
 use std::io::IsTerminal as _;
 
 use anyhow::{Context as _, anyhow};
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Keeps telemetry alive; hold it until the process ends (dropping it will flush exporters
-/// once there are any).
-#[derive(Debug)]
+/// The standard variable naming the OTLP collector (`http://host:4317`); unset: no export.
+pub const OTLP_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// The standard variable naming this service in exported spans.
+pub const SERVICE_NAME_ENV: &str = "OTEL_SERVICE_NAME";
+/// The `tracing` target of the access log (one line per request, at info).
+pub const ACCESS_LOG_TARGET: &str = "statiko::access";
+
+/// Keeps telemetry alive; hold it until the process ends. Dropping it flushes the spans not
+/// yet exported and stops the exporter.
 #[must_use = "telemetry stops when the guard is dropped"]
 pub struct TelemetryGuard {
-    _private: (),
+    otlp: Option<(SdkTracerProvider, tokio::runtime::Runtime)>,
 }
 
-/// Installs the global tracing subscriber: filter from `RUST_LOG` when set, else `log.level`;
-/// format per `log.format`; output to stderr. Fails if a subscriber is already installed.
+impl std::fmt::Debug for TelemetryGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryGuard")
+            .field("otlp", &self.otlp.is_some())
+            .finish()
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some((provider, runtime)) = self.otlp.take() {
+            if let Err(err) = provider.shutdown() {
+                // The subscriber may be gone already; stderr is the only place left.
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!("telemetry: flushing spans failed: {err}");
+                }
+            }
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Where spans go, read from the standard OpenTelemetry variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpSettings {
+    pub endpoint: String,
+    pub service_name: String,
+}
+
+impl OtlpSettings {
+    /// `Some` when `OTEL_EXPORTER_OTLP_ENDPOINT` is set and non-empty.
+    pub fn from_env(env: &HashMap<String, String>, default_service: &str) -> Option<Self> {
+        let endpoint = env.get(OTLP_ENDPOINT_ENV)?.trim();
+        if endpoint.is_empty() {
+            return None;
+        }
+        let service_name = env
+            .get(SERVICE_NAME_ENV)
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .unwrap_or(default_service)
+            .to_owned();
+        Some(Self {
+            endpoint: endpoint.to_owned(),
+            service_name,
+        })
+    }
+}
+
+/// Installs the global tracing subscriber from the process environment: filter from `RUST_LOG`
+/// when set, else `log.level`; format per `log.format`; output to stderr; OTLP export when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Fails if a subscriber is already installed.
 pub fn init(log: &LogConfig) -> anyhow::Result<TelemetryGuard> {
-    let filter = filter(log)?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let installed = match log.format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    let env: HashMap<String, String> = std::env::vars().collect();
+    init_with_env(log, &env)
+}
+
+/// [`init`] with the environment passed in.
+pub fn init_with_env(
+    log: &LogConfig,
+    env: &HashMap<String, String>,
+) -> anyhow::Result<TelemetryGuard> {
+    let filter = filter_from(log, env.get("RUST_LOG").map(String::as_str))?;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match log.format {
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => fmt.json().with_ansi(false).boxed(),
     };
-    installed.map_err(|err| anyhow!("install tracing subscriber: {err}"))?;
-    Ok(TelemetryGuard { _private: () })
+    let otlp = OtlpSettings::from_env(env, &default_service_name())
+        .map(|settings| otlp_pipeline(&settings))
+        .transpose()?;
+    let otel_layer = otlp.as_ref().map(|(provider, _)| {
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("statiko"))
+    });
+    tracing_subscriber::registry()
+        .with(otel_layer)
+        .with(fmt)
+        .with(filter)
+        .try_init()
+        .map_err(|err| anyhow!("install tracing subscriber: {err}"))?;
+    Ok(TelemetryGuard { otlp })
+}
+
+/// The exporter's runtime, the OTLP/gRPC exporter built inside it, and a batching provider.
+fn otlp_pipeline(
+    settings: &OtlpSettings,
+) -> anyhow::Result<(SdkTracerProvider, tokio::runtime::Runtime)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("otel")
+        .enable_all()
+        .build()
+        .context("start the OTLP exporter's runtime")?;
+    let exporter = {
+        let _entered = runtime.enter();
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(settings.endpoint.clone())
+            .build()
+            .with_context(|| format!("{OTLP_ENDPOINT_ENV}: {:?}", settings.endpoint))?
+    };
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(settings.service_name.clone())
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
+    Ok((provider, runtime))
+}
+
+/// The executable's file name (`statiko-control`, `statiko-edge`), the default service name.
+fn default_service_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "statiko".to_owned())
 }
 
 /// The filter `init` uses: `RUST_LOG` when set and non-empty, else `log.level`.
 pub fn filter(log: &LogConfig) -> anyhow::Result<EnvFilter> {
-    match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(&directives)
+    filter_from(log, std::env::var("RUST_LOG").ok().as_deref())
+}
+
+fn filter_from(log: &LogConfig, rust_log: Option<&str>) -> anyhow::Result<EnvFilter> {
+    match rust_log {
+        Some(directives) if !directives.trim().is_empty() => EnvFilter::try_new(directives)
             .with_context(|| format!("invalid RUST_LOG {directives:?}")),
         _ => EnvFilter::try_new(&log.level).context("log.level: invalid filter directive"),
     }
@@ -58,5 +178,23 @@ mod tests {
             ..LogConfig::default()
         };
         assert!(EnvFilter::try_new(&log.level).is_ok());
+    }
+
+    #[test]
+    fn otlp_settings_follow_the_standard_variables() {
+        let mut env = HashMap::new();
+        assert_eq!(OtlpSettings::from_env(&env, "statiko-edge"), None);
+        env.insert(OTLP_ENDPOINT_ENV.to_owned(), " ".to_owned());
+        assert_eq!(OtlpSettings::from_env(&env, "statiko-edge"), None);
+        env.insert(
+            OTLP_ENDPOINT_ENV.to_owned(),
+            "http://collector:4317".to_owned(),
+        );
+        let settings = OtlpSettings::from_env(&env, "statiko-edge").expect("set");
+        assert_eq!(settings.service_name, "statiko-edge");
+        env.insert(SERVICE_NAME_ENV.to_owned(), "edge-eu-1".to_owned());
+        let settings = OtlpSettings::from_env(&env, "statiko-edge").expect("set");
+        assert_eq!(settings.endpoint, "http://collector:4317");
+        assert_eq!(settings.service_name, "edge-eu-1");
     }
 }

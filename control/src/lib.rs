@@ -9,12 +9,14 @@
 //! - `state`: typed desired-state reads and transactional writes over the store.
 //! - `convert`: proto <-> model conversions; proto types stop there.
 //! - `error`: `ControlError` and its mapping to gRPC codes.
+//! - `metrics`: a span and a count per call; the Prometheus `/metrics` listener.
 //! - `tls`: the control plane's own certificate.
 
 mod api;
 mod auth;
 mod convert;
 mod error;
+pub mod metrics;
 mod server;
 mod state;
 mod tls;
@@ -25,6 +27,7 @@ use anyhow::Context as _;
 use statiko_common::config::Config;
 use statiko_common::crypto::{self, SecretBox};
 use statiko_common::keys::KeySchema;
+use statiko_common::process::InvalidConfig;
 use statiko_common::repo::BundleRepo;
 use statiko_common::store::Store;
 use tokio::net::TcpListener;
@@ -74,11 +77,19 @@ pub async fn run(
     let store = Store::open(&config.state)
         .await
         .context("open the state store")?;
+    let keys = KeySchema::new(&config.state.etcd.key_prefix);
+    if let Err(err) =
+        statiko_common::secrets_check::verify_at_start(&store, &keys, prepared.secrets.as_ref())
+            .await
+    {
+        // A wrong or missing key stops the process before it serves or seals anything with it.
+        return Err(InvalidConfig(err.to_string()).into());
+    }
     let repo = BundleRepo::from_config(&config.repo).context("open the bundle repository")?;
     let local = listener.local_addr().context("listener address")?;
     let identity = tls::identity(&config, local)?;
     let api = Api::new(api::Context {
-        state: state::DesiredState::new(store, KeySchema::new(&config.state.etcd.key_prefix)),
+        state: state::DesiredState::new(store, keys),
         repo,
         secrets: prepared.secrets,
         codesign_key: prepared.codesign_key,
@@ -86,9 +97,23 @@ pub async fn run(
         limits: config.limits.clone(),
         upload_dir: upload_dir(),
     });
+    let metrics = std::sync::Arc::new(metrics::ControlMetrics::default());
+    // Metrics are not worth refusing to serve the API for: a busy port is logged, not fatal.
+    if !config.control.metrics.is_empty() {
+        match statiko_common::process::bind("control.metrics", &config.control.metrics).await {
+            Ok(listener) => {
+                if let Ok(addr) = listener.local_addr() {
+                    tracing::info!(listen = %addr, "metrics serving");
+                }
+                tokio::spawn(metrics::serve(listener, metrics.clone(), shutdown.clone()));
+            }
+            Err(err) => tracing::warn!(error = format!("{err:#}"), "metrics listener not started"),
+        }
+    }
     server::serve(
         api,
         AuthLayer::new(&config.auth.tokens),
+        metrics::MetricsLayer::new(metrics),
         identity,
         listener,
         shutdown,

@@ -1,5 +1,5 @@
-//! The tonic server: TLS, the authentication layer, every `statiko.v1` service, gRPC health and
-//! server reflection (v1 and v1alpha, so grpcurl works).
+//! The tonic server: TLS, the metrics/tracing and authentication layers, every `statiko.v1`
+//! service, gRPC health and server reflection (v1 and v1alpha, so grpcurl works).
 
 use std::time::Duration;
 
@@ -12,11 +12,13 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::api::Api;
 use crate::auth::AuthLayer;
+use crate::metrics::MetricsLayer;
 
 /// Serves the API on `listener` until `shutdown` is cancelled.
 pub(crate) async fn serve(
     api: Api,
     auth: AuthLayer,
+    metrics: MetricsLayer,
     identity: Option<Identity>,
     listener: TcpListener,
     shutdown: CancellationToken,
@@ -62,6 +64,7 @@ pub(crate) async fn serve(
     let local = listener.local_addr().context("listener address")?;
     tracing::info!(listen = %local, "control plane serving");
     builder
+        .layer(metrics)
         .layer(auth)
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use statiko_common::manifest::Manifest;
 
 /// Files at or below this size are kept in memory and served without a filesystem call.
 pub const HOT_FILE_MAX: u64 = 256 * 1024;
@@ -24,6 +25,8 @@ pub struct StagedBundle {
     pub files: HashMap<String, Arc<StaticFile>>,
     /// Every directory, keyed like `files` (the root is `/`), for index and slash-redirect rules.
     pub dirs: HashSet<String>,
+    /// The compiled app manifest (`_statiko.yaml`), when the bundle has one.
+    pub manifest: Option<Arc<Manifest>>,
 }
 
 /// Where a response body comes from.

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use statiko_common::keys::{Key, KeySchema};
-use statiko_common::model::{self, AppRecord, AppRef, CertificateRecord, SiteRecord};
+use statiko_common::model::{
+    self, AcmeOrderRecord, AppRecord, AppRef, CertificateRecord, ChallengeRecord, SiteRecord,
+};
 use statiko_common::store::{KeyValue, Snapshot, WatchBatch, WatchEvent};
 
 /// The desired-state records this edge follows.
@@ -22,6 +24,12 @@ pub struct Desired {
     /// Keyed by `name@version`.
     pub apps: BTreeMap<String, AppRecord>,
     pub certificates: BTreeMap<String, CertificateRecord>,
+    /// ACME HTTP-01 responses the leader stored, by token (every edge answers them).
+    #[serde(default)]
+    pub challenges: BTreeMap<String, ChallengeRecord>,
+    /// ACME orders in flight, by site (their last error shows in the node status).
+    #[serde(default)]
+    pub acme_orders: BTreeMap<String, AcmeOrderRecord>,
 }
 
 impl Desired {
@@ -73,6 +81,14 @@ impl Desired {
             Some(Key::Certificate(_)) => model::decode(&kv.value).map(|c: CertificateRecord| {
                 self.certificates.insert(c.name.clone(), c);
             }),
+            Some(Key::AcmeChallenge(token)) => {
+                model::decode(&kv.value).map(|c: ChallengeRecord| {
+                    self.challenges.insert(token, c);
+                })
+            }
+            Some(Key::AcmeOrder(site)) => model::decode(&kv.value).map(|o: AcmeOrderRecord| {
+                self.acme_orders.insert(site, o);
+            }),
             _ => return kv.key == keys.meta_state(),
         };
         if let Err(err) = decoded {
@@ -88,6 +104,8 @@ impl Desired {
                 self.apps.remove(&format!("{name}@{version}")).is_some()
             }
             Some(Key::Certificate(name)) => self.certificates.remove(&name).is_some(),
+            Some(Key::AcmeChallenge(token)) => self.challenges.remove(&token).is_some(),
+            Some(Key::AcmeOrder(site)) => self.acme_orders.remove(&site).is_some(),
             _ => false,
         }
     }
@@ -196,5 +214,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         desired.save(dir.path()).unwrap();
         assert_eq!(Desired::load(dir.path()).unwrap(), Some(desired));
+    }
+
+    #[test]
+    fn challenges_and_orders_are_desired_state() {
+        let keys = KeySchema::new("/statiko");
+        let mut desired = Desired::default();
+        let challenge = model::ChallengeRecord {
+            token: "tok_1-x".into(),
+            key_authorization: "tok_1-x.thumb".into(),
+            site: "a.test".into(),
+            domains: vec!["a.test".into()],
+            created_at: 0,
+        };
+        let put = WatchBatch {
+            revision: 4,
+            events: vec![
+                WatchEvent::Put(kv(
+                    keys.acme_challenge("tok_1-x"),
+                    model::encode(&challenge),
+                    4,
+                )),
+                WatchEvent::Put(kv(
+                    keys.acme_order("a.test"),
+                    model::encode(&AcmeOrderRecord::default()),
+                    4,
+                )),
+            ],
+        };
+        assert!(desired.apply(&keys, &put));
+        assert_eq!(desired.challenges.get("tok_1-x"), Some(&challenge));
+        assert!(desired.acme_orders.contains_key("a.test"));
+        let delete = WatchBatch {
+            revision: 5,
+            events: vec![WatchEvent::Delete {
+                key: keys.acme_challenge("tok_1-x"),
+                mod_revision: 5,
+            }],
+        };
+        assert!(desired.apply(&keys, &delete));
+        assert!(desired.challenges.is_empty());
+        assert_eq!(desired.revision, 5);
     }
 }

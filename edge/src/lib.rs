@@ -8,10 +8,16 @@
 //! - `stage`: fetch, verify, unpack and precompute bundles; `bundle`: the staged result.
 //! - `table`: the routing table.
 //! - `serve`: the hyper + rustls servers and the request handler.
-//! - `status`: the leased node record and the admin listener.
+//! - `leader`: leader election on a leased key; `certs`: the leader's certificate jobs
+//!   (self-signed, ACME HTTP-01, renewal, expiry reminders).
+//! - `status`: the leased node record and the admin listener; `metrics`: the Prometheus
+//!   counters it serves on `/metrics`.
 
 pub mod bundle;
+pub mod certs;
 pub mod desired;
+pub mod leader;
+pub mod metrics;
 pub mod reconcile;
 pub mod run;
 pub mod serve;

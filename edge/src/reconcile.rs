@@ -8,13 +8,16 @@ use std::sync::Arc;
 use futures::StreamExt;
 use rustls::sign::CertifiedKey;
 use statiko_common::crypto::{self, SecretBox};
-use statiko_common::model::{AppRef, CertificateRecord, NodeSiteStatus, SiteRecord, TlsChoice};
+use statiko_common::model::{
+    self, AppRef, CertificateKind, CertificateRecord, NodeSiteStatus, SiteRecord, TlsChoice,
+};
+use statiko_common::notify::Notifier;
 
 use crate::bundle::StagedBundle;
 use crate::desired::Desired;
 use crate::serve::tls::{CertResolver, certified_key_from_pem};
 use crate::stage::Stager;
-use crate::table::{Route, RoutingTable, SharedTable, SiteRoute};
+use crate::table::{Challenge, Route, RoutingTable, SharedTable, SiteRoute};
 
 /// A certificate's name and expiry (Unix ms), reported in the node status.
 type CertExpiry = (String, i64);
@@ -51,6 +54,10 @@ pub struct Reconciler {
     cert_cache: HashMap<String, Arc<CertifiedKey>>,
     /// Cache keys used by the current apply; the rest is dropped after it.
     cert_used: HashSet<String>,
+    /// Where failed deploys are reported.
+    notifier: Option<Notifier>,
+    /// The last deploy error notified per site, so each distinct failure is sent once.
+    notified: HashMap<String, String>,
 }
 
 impl Reconciler {
@@ -68,7 +75,15 @@ impl Reconciler {
             served: HashMap::new(),
             cert_cache: HashMap::new(),
             cert_used: HashSet::new(),
+            notifier: None,
+            notified: HashMap::new(),
         }
+    }
+
+    /// Reports failed deploys through `notifier`.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Self {
+        self.notifier = Some(notifier);
+        self
     }
 
     /// Applies `desired`: stage, then swap certificates and table, then evict unused bundles.
@@ -122,7 +137,16 @@ impl Reconciler {
                     error: None,
                 },
                 Err(err) => {
+                    crate::metrics::staging_failed();
                     tracing::warn!(site = %domain, app = %record.app_ref(), error = %err, "staging failed; previous version keeps serving");
+                    let message =
+                        format!("deploy of {} to {domain} failed: {err}", record.app_ref());
+                    if self.notified.get(&domain) != Some(&message) {
+                        if let Some(notifier) = &self.notifier {
+                            notifier.send(message.clone());
+                        }
+                        self.notified.insert(domain.clone(), message);
+                    }
                     let previous = self.served.get(&domain).cloned().unwrap_or_default();
                     Served {
                         error: Some(format!("staging {} failed: {err}", record.app_ref())),
@@ -172,10 +196,36 @@ impl Reconciler {
                 );
             }
         }
+        // ACME challenge responses, each for the domains of the site it names.
+        let challenges = desired
+            .challenges
+            .iter()
+            .filter_map(|(token, record)| {
+                let site = desired.sites.get(&record.site)?;
+                let domains: Vec<String> = record
+                    .domains
+                    .iter()
+                    .filter(|d| site.all_domains().any(|s| s == d.as_str()))
+                    .cloned()
+                    .collect();
+                (!domains.is_empty()).then(|| {
+                    (
+                        token.clone(),
+                        Challenge {
+                            key_authorization: record.key_authorization.clone(),
+                            domains,
+                        },
+                    )
+                })
+            })
+            .collect();
         self.table.store(Arc::new(RoutingTable {
             revision: desired.revision,
             hosts,
+            challenges,
         }));
+        self.notified
+            .retain(|domain, _| desired.sites.contains_key(domain));
 
         let in_use: HashSet<String> = next
             .values()
@@ -191,10 +241,22 @@ impl Reconciler {
             .values()
             .map(|site| {
                 let served = self.served.get(&site.domain).cloned().unwrap_or_default();
-                let error = match (served.error, cert_errors.remove(&site.domain)) {
+                let mut error = match (served.error, cert_errors.remove(&site.domain)) {
                     (Some(a), Some(b)) => Some(format!("{a}; {b}")),
                     (a, b) => a.or(b),
                 };
+                if site.tls == TlsChoice::Acme
+                    && let Some(acme) = desired
+                        .acme_orders
+                        .get(&site.domain)
+                        .and_then(|o| o.last_error.as_ref())
+                {
+                    let acme = format!("acme: {acme}");
+                    error = Some(match error {
+                        Some(e) => format!("{e}; {acme}"),
+                        None => acme,
+                    });
+                }
                 NodeSiteStatus {
                     domain: site.domain.clone(),
                     app: served.app,
@@ -224,8 +286,40 @@ impl Reconciler {
             let key = self.imported(record)?;
             return Ok((key, Some((record.name.clone(), record.not_after))));
         }
-        // Until the leader's certificates exist (self-signed and ACME issuance), every other
-        // site is served with a certificate made on this edge for its domain and aliases.
+        // The leader's certificates: the ACME one once issued (and covering every domain), else
+        // the leader's self-signed one, else (until the leader's arrives) one made here.
+        let now = model::now_ms();
+        let usable = |record: &&CertificateRecord, kind: CertificateKind| {
+            record.kind == kind
+                && record.not_after > now
+                && record.site.as_deref() == Some(site.domain.as_str())
+                && record.covers(site.all_domains())
+        };
+        let mut candidates = Vec::with_capacity(2);
+        if site.tls == TlsChoice::Acme {
+            let name = model::leader_certificate_name(CertificateKind::Acme, &site.domain);
+            candidates.extend(
+                desired
+                    .certificates
+                    .get(&name)
+                    .filter(|r| usable(r, CertificateKind::Acme)),
+            );
+        }
+        let name = model::leader_certificate_name(CertificateKind::SelfSigned, &site.domain);
+        candidates.extend(
+            desired
+                .certificates
+                .get(&name)
+                .filter(|r| usable(r, CertificateKind::SelfSigned)),
+        );
+        for record in candidates {
+            match self.imported(record) {
+                Ok(key) => return Ok((key, Some((record.name.clone(), record.not_after)))),
+                Err(err) => {
+                    tracing::warn!(site = %site.domain, error = %err, "unusable leader certificate")
+                }
+            }
+        }
         let cache_key = local_cert_key(site);
         self.cert_used.insert(cache_key.clone());
         if let Some(key) = self.cert_cache.get(&cache_key) {
@@ -241,7 +335,7 @@ impl Reconciler {
     }
 
     fn imported(&mut self, record: &CertificateRecord) -> Result<Arc<CertifiedKey>, String> {
-        let cache_key = format!("imported:{}:{}", record.name, record.fingerprint);
+        let cache_key = format!("store:{}:{}", record.name, record.fingerprint);
         self.cert_used.insert(cache_key.clone());
         if let Some(key) = self.cert_cache.get(&cache_key) {
             return Ok(key.clone());

@@ -10,14 +10,20 @@ use arc_swap::ArcSwap;
 use statiko_common::config::Config;
 use statiko_common::crypto::{self, SecretBox};
 use statiko_common::keys::KeySchema;
+use statiko_common::notify::Notifier;
+use statiko_common::process::InvalidConfig;
 use statiko_common::repo::BundleRepo;
 use statiko_common::store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
+use crate::certs::CertJobs;
 use crate::desired::Desired;
+use crate::leader::{Election, Leadership};
+use crate::metrics::EdgeMetrics;
 use crate::reconcile::{Applied, Reconciler};
 use crate::serve::tls::{CertResolver, server_config};
 use crate::serve::{Handler, ServerOptions, serve_http, serve_https};
@@ -49,6 +55,13 @@ pub async fn run(
     let keys = KeySchema::new(&config.state.etcd.key_prefix);
     let repo = BundleRepo::from_config(&config.repo).context("open the bundle repository")?;
     let secrets = config.secrets_key().map(SecretBox::new);
+    if let Err(err) =
+        statiko_common::secrets_check::verify_at_start(&store, &keys, secrets.as_ref()).await
+    {
+        // A wrong or missing key stops the process before it serves or seals anything with it.
+        return Err(InvalidConfig(err.to_string()).into());
+    }
+    let notifier = Notifier::new(&config.notifications.webhook, &config.node_name);
     let codesign_key = if config.codesign.public_key.is_empty() {
         None
     } else {
@@ -66,7 +79,17 @@ pub async fn run(
     );
     let table: SharedTable = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
     let certs = Arc::new(CertResolver::new().context("make the default certificate")?);
-    let mut reconciler = Reconciler::new(stager, table.clone(), certs.clone(), secrets);
+    let jobs = Arc::new(CertJobs::new(
+        store.clone(),
+        keys.clone(),
+        config.secrets_key().map(SecretBox::new),
+        config.acme.clone(),
+        data_dir.clone(),
+        config.node_name.clone(),
+        notifier.clone(),
+    ));
+    let mut reconciler =
+        Reconciler::new(stager, table.clone(), certs.clone(), secrets).with_notifier(notifier);
 
     let info = NodeInfo {
         name: config.node_name.clone(),
@@ -85,7 +108,12 @@ pub async fn run(
         }
     };
     let initial = Arc::new(persisted.clone().unwrap_or_default());
+    let metrics = Arc::new(EdgeMetrics::default());
     if let Some(desired) = &persisted {
+        metrics.set_sites(
+            desired.sites.keys().map(String::as_str),
+            desired.sites.len(),
+        );
         let applied = reconciler.apply(desired).await;
         tracing::info!(
             revision = applied.revision,
@@ -99,12 +127,52 @@ pub async fn run(
 
     let tasks = TaskTracker::new();
     let background = CancellationToken::new();
+    let desired_for_jobs = desired_tx.subscribe();
+    let desired_for_admin = desired_tx.subscribe();
     tasks.spawn(
         Syncer::new(store.clone(), keys.clone(), desired_tx, connected_tx).run(background.clone()),
     );
+
+    // Leadership: the election (always leader on the file store), and the leader-only jobs,
+    // which run for as long as each term lasts.
+    let (leader_tx, mut leader_rx) = watch::channel::<Option<Leadership>>(None);
+    let (leading_tx, leading_rx) = watch::channel(false);
+    match &store {
+        Store::File(_) => {
+            tasks.spawn(crate::leader::always_leader(leader_tx, background.clone()));
+        }
+        Store::Etcd(_) => {
+            let election = Election {
+                store: store.clone(),
+                keys: keys.clone(),
+                node: config.node_name.clone(),
+                ttl: Duration::from_secs(config.edge.lease_ttl),
+                disallow_leadership: config.disallow_leadership,
+            };
+            tasks.spawn(election.run(leader_tx, background.clone()));
+        }
+    }
+    tasks.spawn(async move {
+        loop {
+            let lead = leader_rx
+                .borrow_and_update()
+                .clone()
+                .filter(|lead| !lead.token.is_cancelled());
+            let _ = leading_tx.send(lead.is_some());
+            if let Some(lead) = lead {
+                jobs.clone().run(lead, desired_for_jobs.clone()).await;
+                continue;
+            }
+            if leader_rx.changed().await.is_err() {
+                let _ = leading_tx.send(false);
+                return;
+            }
+        }
+    });
     {
         let background = background.clone();
         let data_dir = data_dir.clone();
+        let metrics = metrics.clone();
         tasks.spawn(async move {
             loop {
                 tokio::select! {
@@ -112,7 +180,16 @@ pub async fn run(
                     changed = desired_rx.changed() => if changed.is_err() { return },
                 }
                 let desired = desired_rx.borrow_and_update().clone();
-                let applied = reconciler.apply(&desired).await;
+                let started = std::time::Instant::now();
+                metrics.set_sites(
+                    desired.sites.keys().map(String::as_str),
+                    desired.sites.len(),
+                );
+                let applied = reconciler
+                    .apply(&desired)
+                    .instrument(tracing::info_span!("apply", revision = desired.revision))
+                    .await;
+                metrics.applied(started.elapsed(), statiko_common::model::now_ms());
                 tracing::info!(
                     revision = applied.revision,
                     sites = applied.sites.len(),
@@ -135,6 +212,7 @@ pub async fn run(
             info: info.clone(),
             ttl: Duration::from_secs(config.edge.lease_ttl),
             applied: applied_rx.clone(),
+            leader: leading_rx.clone(),
         }
         .run(publisher_token.clone()),
     );
@@ -144,7 +222,10 @@ pub async fn run(
         .local_addr()
         .context("https listener address")?
         .port();
-    let handler = Handler::new(table).with_https_port(https_port);
+    let handler = Handler::new(table)
+        .with_https_port(https_port)
+        .with_metrics(metrics.clone())
+        .with_access_log(config.log.access_log);
     let options = ServerOptions::default();
     let servers = TaskTracker::new();
     servers.spawn(serve_admin(
@@ -153,13 +234,19 @@ pub async fn run(
             info,
             applied: applied_rx,
             store_connected: connected_rx,
+            leader: leading_rx,
+            desired: desired_for_admin,
+            metrics: metrics.clone(),
         },
         shutdown.clone(),
     ));
     servers.spawn(serve_http(
         listeners.http,
         handler.clone(),
-        options.clone(),
+        ServerOptions {
+            stats: metrics.http.clone(),
+            ..options.clone()
+        },
         shutdown.clone(),
     ));
     let tls = server_config(certs).context("build the TLS configuration")?;
@@ -167,7 +254,10 @@ pub async fn run(
         listeners.https,
         tls,
         handler,
-        options,
+        ServerOptions {
+            stats: metrics.https.clone(),
+            ..options
+        },
         shutdown.clone(),
     ));
     servers.close();

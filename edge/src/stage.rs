@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use statiko_common::archive::{self, ArchiveError, ArchiveLimits};
 use statiko_common::config::LimitsConfig;
 use statiko_common::crypto::{Sha256Hasher, hex, parse_digest, verify_bundle_signature};
+use statiko_common::manifest::{MAX_MANIFEST_LEN, Manifest};
 use statiko_common::model::AppRecord;
 use statiko_common::repo::{BundleRepo, RepoError};
 
@@ -68,6 +69,10 @@ pub enum StageError {
     Signature(String),
     #[error("invalid bundle archive: {0}")]
     Archive(#[from] ArchiveError),
+    /// `_statiko.yaml` is invalid; the message names the offending key, e.g.
+    /// `rules[3].options.clientCaching: invalid duration "5x"`.
+    #[error("invalid app manifest {MANIFEST_FILE}: {0}")]
+    Manifest(String),
     #[error("staging the bundle: {0}")]
     Io(String),
 }
@@ -146,6 +151,7 @@ impl Stager {
 
     /// Stages the bundle of `app`, or returns the staged copy of its digest. The signature is
     /// checked on every call, against the record and the current key.
+    #[tracing::instrument(name = "stage", skip_all, fields(app = %app.app_ref(), digest = %app.digest))]
     pub async fn stage(&self, app: &AppRecord) -> Result<Arc<StagedBundle>, StageError> {
         let digest = parse_digest(&app.digest)
             .map_err(|_| StageError::InvalidDigest(app.digest.chars().take(80).collect()))?;
@@ -390,7 +396,12 @@ impl Stager {
                 &ArchiveLimits::from_config(&limits),
             )?;
             let _ = std::fs::remove_file(&archive_path);
+            // The manifest is checked before the costly precompute, so a bad one fails fast.
+            let manifest = read_manifest(&root)?;
             let meta = precompute(&staging, &digest)?;
+            if let Some(manifest) = &manifest {
+                check_manifest_files(manifest, &meta)?;
+            }
             write_meta(&staging, &meta)?;
             match std::fs::remove_dir_all(&final_dir) {
                 Ok(()) => {}
@@ -399,7 +410,7 @@ impl Stager {
             }
             std::fs::rename(&staging, &final_dir)
                 .map_err(|e| StageError::io("moving the bundle into place", &e))?;
-            build_bundle(&final_dir, meta)
+            build_bundle(&final_dir, meta, manifest)
                 .map_err(|e| StageError::io("loading the staged bundle", &e))
         })
         .await
@@ -495,12 +506,76 @@ fn load_bundle(dir: &Path, digest: &str) -> io::Result<StagedBundle> {
             "bundle metadata of another version or digest",
         ));
     }
-    build_bundle(dir, meta)
+    // A manifest this version refuses makes the bundle unusable: it is staged again, and the
+    // staging reports why.
+    let manifest =
+        read_manifest(&dir.join(ROOT_DIR)).map_err(|e| io::Error::other(e.to_string()))?;
+    if let Some(manifest) = &manifest {
+        check_manifest_files(manifest, &meta).map_err(|e| io::Error::other(e.to_string()))?;
+    }
+    build_bundle(dir, meta, manifest)
+}
+
+/// Reads and compiles `root/_statiko.yaml`, if there is one.
+fn read_manifest(root: &Path) -> Result<Option<Arc<Manifest>>, StageError> {
+    let path = root.join(MANIFEST_FILE);
+    let stat = match std::fs::symlink_metadata(&path) {
+        Ok(stat) => stat,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StageError::io("reading the app manifest", &e)),
+    };
+    if !stat.is_file() {
+        return Err(StageError::Manifest("it is not a file".into()));
+    }
+    if stat.len() > MAX_MANIFEST_LEN as u64 {
+        return Err(StageError::Manifest(format!(
+            "it is {} bytes, over the {MAX_MANIFEST_LEN}-byte limit",
+            stat.len()
+        )));
+    }
+    let bytes = std::fs::read(&path).map_err(|e| StageError::io("reading the app manifest", &e))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| StageError::Manifest("it is not valid UTF-8".into()))?;
+    let manifest = Manifest::parse(&text).map_err(|e| StageError::Manifest(e.to_string()))?;
+    Ok(Some(Arc::new(manifest)))
+}
+
+/// The files a manifest names must be in the bundle: the error pages, and `index.html` for
+/// the single-page-app fallback.
+fn check_manifest_files(manifest: &Manifest, meta: &BundleMeta) -> Result<(), StageError> {
+    let exists = |url_path: &str| {
+        let rel = url_path.trim_start_matches('/');
+        meta.files
+            .binary_search_by(|file| file.path.as_str().cmp(rel))
+            .is_ok()
+    };
+    for (key, page) in [
+        ("page404", manifest.page404()),
+        ("page403", manifest.page403()),
+    ] {
+        if let Some(page) = page
+            && !exists(page)
+        {
+            return Err(StageError::Manifest(format!(
+                "{key}: {page:?} is not in the bundle"
+            )));
+        }
+    }
+    if manifest.spa() && !exists("/index.html") {
+        return Err(StageError::Manifest(
+            "spa: the bundle has no index.html to fall back to".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The in-memory bundle for a complete bundle directory: hot files and variants are read into
 /// memory, the rest is served from disk.
-fn build_bundle(dir: &Path, meta: BundleMeta) -> io::Result<StagedBundle> {
+fn build_bundle(
+    dir: &Path,
+    meta: BundleMeta,
+    manifest: Option<Arc<Manifest>>,
+) -> io::Result<StagedBundle> {
     let root = dir.join(ROOT_DIR);
     let variants = dir.join(VARIANTS_DIR);
     let mut files = HashMap::with_capacity(meta.files.len());
@@ -542,6 +617,7 @@ fn build_bundle(dir: &Path, meta: BundleMeta) -> io::Result<StagedBundle> {
         root,
         files,
         dirs,
+        manifest,
     })
 }
 

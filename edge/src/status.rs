@@ -1,8 +1,9 @@
 //! This edge's status: published under its leased node record (`{root}/v1/nodes/{node}`) for
 //! `stk cluster status` and deploy waits, and served on the admin listener (`/healthz`,
-//! `/readyz`, `/status`).
+//! `/readyz`, `/status`, `/metrics`).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +19,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::desired::Desired;
+use crate::metrics::{EdgeMetrics, Gauges};
 use crate::reconcile::Applied;
 
 /// Static facts about this node.
@@ -57,6 +60,8 @@ pub struct Publisher {
     pub info: NodeInfo,
     pub ttl: Duration,
     pub applied: watch::Receiver<Option<Applied>>,
+    /// Whether this edge leads now.
+    pub leader: watch::Receiver<bool>,
 }
 
 impl Publisher {
@@ -85,10 +90,12 @@ impl Publisher {
         let mut refresh = tokio::time::interval(self.ttl / 3);
         refresh.tick().await;
         let mut last_written: Option<NodeStatusRecord> = None;
+        let mut leader_open = true;
         loop {
             let current = self.applied.borrow_and_update().clone();
+            let leader = *self.leader.borrow_and_update();
             if let Some(applied) = current {
-                let record = record(&self.info, &applied, false);
+                let record = record(&self.info, &applied, leader);
                 let unchanged = last_written
                     .as_ref()
                     .is_some_and(|last| same_content(last, &record));
@@ -112,6 +119,10 @@ impl Publisher {
                         let _ = self.store.revoke_lease(lease).await;
                         return Ok(());
                     }
+                }
+                changed = self.leader.changed(), if leader_open => {
+                    // A closed channel: the election ended; the last value stands.
+                    leader_open = changed.is_ok();
                 }
                 _ = refresh.tick() => {
                     if !self.store.keep_alive(lease).await? {
@@ -140,9 +151,14 @@ pub struct AdminState {
     pub info: NodeInfo,
     pub applied: watch::Receiver<Option<Applied>>,
     pub store_connected: watch::Receiver<bool>,
+    pub leader: watch::Receiver<bool>,
+    /// The newest desired state from the store sync (for the sync lag).
+    pub desired: watch::Receiver<Arc<Desired>>,
+    pub metrics: Arc<EdgeMetrics>,
 }
 
-/// Serves `/healthz`, `/readyz` and `/status` (HTTP/1.1, no TLS: bind it to loopback).
+/// Serves `/healthz`, `/readyz`, `/status` and `/metrics` (HTTP/1.1, no TLS: bind it to
+/// loopback).
 pub async fn serve_admin(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     loop {
@@ -204,7 +220,8 @@ fn admin_response(state: &AdminState, req: &Request<Incoming>) -> Response<Full<
             ),
         },
         "/status" => {
-            let node = applied.as_ref().map(|a| record(&state.info, a, false));
+            let leader = *state.leader.borrow();
+            let node = applied.as_ref().map(|a| record(&state.info, a, leader));
             let body = serde_json::json!({
                 "node": node,
                 "ready": applied.is_some(),
@@ -214,6 +231,24 @@ fn admin_response(state: &AdminState, req: &Request<Incoming>) -> Response<Full<
                 StatusCode::OK,
                 "application/json",
                 body.to_string().into_bytes(),
+            )
+        }
+        "/metrics" => {
+            let applied = applied.as_ref();
+            let gauges = Gauges {
+                applied_revision: applied.map(|a| a.revision),
+                desired_revision: state.desired.borrow().revision,
+                leader: *state.leader.borrow(),
+                store_connected: *state.store_connected.borrow(),
+                sites: applied.map_or(0, |a| a.sites.len()),
+                unhealthy_sites: applied
+                    .map_or(0, |a| a.sites.iter().filter(|s| !s.healthy).count()),
+                certificates: applied.map_or(&[], |a| a.certificates.as_slice()),
+            };
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                state.metrics.render(&gauges).into_bytes(),
             )
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),

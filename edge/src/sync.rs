@@ -9,6 +9,7 @@ use statiko_common::keys::KeySchema;
 use statiko_common::store::{Store, StoreError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::desired::Desired;
 
@@ -84,6 +85,7 @@ impl Syncer {
                 let snapshot = self
                     .store
                     .snapshot(self.keys.root())
+                    .instrument(tracing::info_span!("sync.snapshot"))
                     .await
                     .map_err(|e| (e, None))?;
                 let desired = Desired::from_snapshot(&self.keys, &snapshot);
@@ -111,7 +113,8 @@ impl Syncer {
                 Ok(batch) => batch,
                 Err(err) => return Err((err, Some(desired))),
             };
-            if desired.apply(&self.keys, &batch) {
+            let span = tracing::info_span!("sync.watch_batch", revision = batch.revision);
+            if span.in_scope(|| desired.apply(&self.keys, &batch)) {
                 tracing::debug!(revision = batch.revision, "desired state changed");
                 self.publish(&desired);
             }

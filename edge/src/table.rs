@@ -28,6 +28,14 @@ pub struct SiteRoute {
     pub bundle: Option<Arc<StagedBundle>>,
 }
 
+/// An ACME HTTP-01 challenge response, answered on port 80 for its domains only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub key_authorization: String,
+    /// Lowercase domains of the site the challenge is for.
+    pub domains: Vec<String>,
+}
+
 /// Everything a request needs to be routed.
 #[derive(Debug, Default)]
 pub struct RoutingTable {
@@ -35,6 +43,8 @@ pub struct RoutingTable {
     pub revision: i64,
     /// Lowercase host name (no port) to route.
     pub hosts: HashMap<String, Route>,
+    /// ACME HTTP-01 challenge responses by token.
+    pub challenges: HashMap<String, Challenge>,
 }
 
 impl RoutingTable {

@@ -110,6 +110,7 @@ fn bundle(dir: &std::path::Path, big_len: usize, tag: &str) -> StagedBundle {
         root,
         files,
         dirs: HashSet::from(["/".to_owned(), "/docs".to_owned()]),
+        manifest: None,
     }
 }
 

@@ -1,5 +1,6 @@
-//! The example configs in `deploy/config/` pass `statiko-control --check-config` (every `*.yaml`
-//! there, so new examples are covered), and bad configs exit 64 naming the offending key.
+//! The example configs in `deploy/config/` and the compose cluster's `deploy/compose/` pass
+//! `statiko-control --check-config` and `statiko-edge --check-config` (every `*.yaml` there, so
+//! new examples are covered), and bad configs exit 64 naming the offending key.
 
 use std::path::{Path, PathBuf};
 
@@ -18,28 +19,33 @@ fn workspace_root() -> PathBuf {
 async fn every_example_config_checks() -> Result<()> {
     statiko_tests::init();
     let root = workspace_root();
-    let dir = root.join("deploy").join("config");
-    let mut examples: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("read {}", dir.display()))?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| {
-            path.extension()
-                .is_some_and(|ext| ext == "yaml" || ext == "yml")
-        })
-        .collect();
-    examples.sort();
-    assert!(
-        !examples.is_empty(),
-        "no example configs in {}",
-        dir.display()
-    );
-    for example in examples {
+    let mut examples = Vec::new();
+    for dir in [
+        root.join("deploy").join("config"),
+        root.join("deploy").join("compose"),
+    ] {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("read {}", dir.display()))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| {
+                path.extension()
+                    .is_some_and(|ext| ext == "yaml" || ext == "yml")
+            })
+            .collect();
+        found.sort();
+        assert!(!found.is_empty(), "no example configs in {}", dir.display());
+        examples.extend(found);
+    }
+    for (example, binary) in examples
+        .iter()
+        .flat_map(|example| ["statiko-control", "statiko-edge"].map(|binary| (example, binary)))
+    {
         // The examples use paths relative to the repository root, so run from there.
-        let mut command = tokio::process::Command::new(bin_path("statiko-control"));
+        let mut command = tokio::process::Command::new(bin_path(binary));
         command
             .arg("--check-config")
             .arg("--config")
-            .arg(&example)
+            .arg(example)
             .current_dir(&root)
             .kill_on_drop(true);
         for (name, _value) in std::env::vars_os() {
@@ -47,20 +53,31 @@ async fn every_example_config_checks() -> Result<()> {
                 command.env_remove(name);
             }
         }
-        let output = command.output().await.context("run statiko-control")?;
+        let output = command
+            .output()
+            .await
+            .with_context(|| format!("run {binary}"))?;
         assert_eq!(
             output.status.code(),
             Some(0),
-            "{} does not pass --check-config:\n{}",
+            "{} does not pass {binary} --check-config:\n{}",
             example.display(),
             output.stderr_text()
         );
         // Secrets are redacted in the printed config.
-        assert!(
-            !output.stdout_text().contains("statiko-dev-admin-token"),
-            "{} printed a token",
-            example.display()
-        );
+        let stdout = output.stdout_text();
+        for secret in [
+            "statiko-dev-admin-token",
+            "change-me-cluster-admin-token",
+            "change-me-systemd-admin-token",
+            "statiko-compose-admin-token",
+        ] {
+            assert!(
+                !stdout.contains(secret),
+                "{binary} --check-config printed a token of {}",
+                example.display()
+            );
+        }
     }
     Ok(())
 }

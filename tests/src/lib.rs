@@ -13,13 +13,17 @@
 //! - [`client`]: tonic channels and the `statiko.v1` clients with a bearer token ([`Api`]).
 //! - [`cmd`]: one-shot runs of a binary such as `stk` ([`run_stk`]).
 //! - [`moto`]: an S3-compatible server from PyPI `moto[server]` ([`Moto`]).
+//! - [`pebble`]: the ACME test server with a mock DNS ([`Pebble`]).
 //! - [`net`]: free ports and a tiny HTTP(S)/1.1 client for probing servers.
+//! - [`proxy`]: a loopback TCP proxy that can be cut and healed ([`TcpProxy`]), for partitions.
+//! - [`cluster`]: etcd + control + N edges behind proxies, and [`cluster::assert_converged`].
 //!
 //! Every test calls [`init`] first.
 
 pub mod bins;
 pub mod certs;
 pub mod client;
+pub mod cluster;
 pub mod cmd;
 pub mod control;
 pub mod edge;
@@ -27,7 +31,9 @@ pub mod etcd;
 pub mod fixtures;
 pub mod moto;
 pub mod net;
+pub mod pebble;
 pub mod process;
+pub mod proxy;
 pub mod wait;
 
 use std::time::Duration;
@@ -46,7 +52,9 @@ pub use crate::moto::Moto;
 pub use crate::net::{
     HttpResponse, TlsTarget, free_port, http_get, http_request, https_get_unverified,
 };
+pub use crate::pebble::Pebble;
 pub use crate::process::ChildProcess;
+pub use crate::proxy::TcpProxy;
 pub use crate::wait::{patience, wait_until};
 
 /// Once-per-test setup: installs aws-lc-rs as the process-wide rustls crypto provider.

@@ -57,6 +57,7 @@ impl Api {
             not_after: parsed.not_after,
             fingerprint: parsed.fingerprint.clone(),
             created_at: now,
+            site: None,
         };
         let key = state.keys.certificate(&name);
         for _ in 0..MAX_ATTEMPTS {

@@ -1,9 +1,11 @@
 //! Pure request logic, free of I/O and heavily unit-tested: safe path resolution against a
 //! staged bundle's file map (the filesystem is never touched with a user path), Range parsing,
-//! Accept-Encoding negotiation, and entity-tag / date preconditions (RFC 9110).
+//! Accept-Encoding negotiation, entity-tag / date preconditions (RFC 9110), and the
+//! single-page-app navigation rule.
 //!
 //! Directory listing policy: a directory without an index file answers 404, not nginx's 403,
-//! so that the response does not reveal which directories exist.
+//! so that the response does not reveal which directories exist. A site whose manifest sets
+//! `page403` opted into nginx's behaviour and gets 403 with that page (see the handler).
 
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,6 +31,21 @@ pub struct CleanPath<'a> {
     pub trailing_slash: bool,
 }
 
+impl CleanPath<'_> {
+    /// The path as manifest rules see it, like nginx's `$uri`: the key plus the request's
+    /// trailing slash (`/docs/`). Borrowed unless there is a slash to add.
+    pub fn with_slash(&self) -> Cow<'_, str> {
+        if self.trailing_slash && self.key != "/" {
+            let mut path = String::with_capacity(self.key.len() + 1);
+            path.push_str(&self.key);
+            path.push('/');
+            Cow::Owned(path)
+        } else {
+            Cow::Borrowed(&self.key)
+        }
+    }
+}
+
 /// Percent-decodes `raw` once, then validates and normalises it. Decoded `/` (from `%2f`) is a
 /// separator like any other, so `..%2f` is rejected like `../`.
 pub fn clean_path(raw: &str) -> Result<CleanPath<'_>, PathError> {
@@ -38,6 +55,16 @@ pub fn clean_path(raw: &str) -> Result<CleanPath<'_>, PathError> {
     } else {
         Cow::Borrowed(raw)
     };
+    normalize(decoded)
+}
+
+/// Validates and normalises an already decoded path, such as the result of a manifest
+/// rewrite (decoding it again would turn a literal `%` into something else).
+pub fn clean_decoded(decoded: &str) -> Result<CleanPath<'_>, PathError> {
+    normalize(Cow::Borrowed(decoded))
+}
+
+fn normalize(decoded: Cow<'_, str>) -> Result<CleanPath<'_>, PathError> {
     if decoded.bytes().any(|b| b == 0 || b == b'\\') {
         return Err(PathError::BadRequest);
     }
@@ -119,9 +146,18 @@ fn hex(c: u8) -> Option<u8> {
 /// The outcome of looking a clean path up in a bundle.
 #[derive(Debug, Clone)]
 pub enum Resolved<'a> {
+    /// The file at the requested path.
     File(&'a StaticFile),
+    /// A directory's index file; `path` is the index's own key (`/docs/index.html`), which
+    /// manifest rules see, as nginx's `index` is an internal redirect.
+    Index {
+        path: &'a str,
+        file: &'a StaticFile,
+    },
     /// A directory requested without its trailing slash: redirect to `key + "/"`.
     AddSlash,
+    /// A directory (with its slash) that has no index file.
+    NoIndex,
     NotFound,
 }
 
@@ -149,11 +185,36 @@ pub fn resolve<'a>(bundle: &'a StagedBundle, path: &CleanPath<'_>) -> Resolved<'
         index.clear();
         index.push_str(base);
         index.push_str(name);
-        if let Some(file) = bundle.files.get(&index) {
-            return Resolved::File(file);
+        if let Some((path, file)) = bundle.files.get_key_value(&index) {
+            return Resolved::Index { path, file };
         }
     }
-    Resolved::NotFound
+    Resolved::NoIndex
+}
+
+/// The single-page-app rule: whether a request for a missing path is a browser navigation that
+/// gets `/index.html`, rather than a missing asset that gets 404. It is one when the last path
+/// segment has no extension (`/users/42`, not `/app.js` or `/logo.png`) and the client asks
+/// for HTML: `Accept` names `text/html` or `application/xhtml+xml` (every browser navigation
+/// does), or `Sec-Fetch-Mode` is `navigate`. `Accept: */*` alone (fetch, XHR, curl) and a
+/// missing `Accept` do not ask for HTML, so a mistyped API or asset URL still gets 404.
+pub fn is_navigation(path: &str, accept: Option<&[u8]>, sec_fetch_mode: Option<&[u8]>) -> bool {
+    if statiko_common::manifest::extension(path).is_some() {
+        return false;
+    }
+    if sec_fetch_mode.is_some_and(|mode| trim(mode).eq_ignore_ascii_case(b"navigate")) {
+        return true;
+    }
+    accept.is_some_and(|accept| {
+        contains_ignore_case(accept, b"text/html")
+            || contains_ignore_case(accept, b"application/xhtml+xml")
+    })
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window.eq_ignore_ascii_case(needle))
 }
 
 /// Percent-encodes a clean path for a `Location` header (always starts with a single `/`).

@@ -3,17 +3,23 @@
 //! responses. The routing table is loaded once per request, so a request sees one whole
 //! table (and one whole bundle) even while a deploy swaps it.
 
+use std::borrow::Cow;
 use std::io::SeekFrom;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use statiko_common::manifest::{Manifest, RuleOptions};
+use statiko_common::telemetry::ACCESS_LOG_TARGET;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::files::{self, CleanPath, Coding, Precondition, Preconditions, RangeRequest, Resolved};
 use super::response::{self, NOSNIFF, ResponseBody};
 use crate::bundle::{Body, StagedBundle, StaticFile};
+use crate::metrics::{EdgeMetrics, SiteCounters};
 use crate::table::{Route, RoutingTable, SharedTable};
 
 const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -21,6 +27,9 @@ const BYTES: HeaderValue = HeaderValue::from_static("bytes");
 const VARY_ACCEPT_ENCODING: HeaderValue = HeaderValue::from_static("Accept-Encoding");
 const GZIP: HeaderValue = HeaderValue::from_static("gzip");
 const BROTLI: HeaderValue = HeaderValue::from_static("br");
+const SEC_FETCH_MODE: header::HeaderName = header::HeaderName::from_static("sec-fetch-mode");
+/// What the single-page-app fallback serves.
+const SPA_INDEX: &str = "/index.html";
 
 /// The listener a request arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,11 +38,14 @@ pub enum Scheme {
     Https,
 }
 
-/// Serves every site in the shared routing table. Cheap to clone (one `Arc`).
+/// Serves every site in the shared routing table. Cheap to clone (two `Arc`s).
 #[derive(Debug, Clone)]
 pub struct Handler {
     table: SharedTable,
     https_port: u16,
+    metrics: Arc<EdgeMetrics>,
+    /// One `statiko::access` line per request.
+    access_log: bool,
 }
 
 /// A response decided without I/O, or one whose body must first be opened from disk.
@@ -53,7 +65,21 @@ impl Handler {
         Self {
             table,
             https_port: 443,
+            metrics: Arc::default(),
+            access_log: false,
         }
+    }
+
+    /// Counts requests into `metrics` (the admin listener's `/metrics`).
+    pub fn with_metrics(mut self, metrics: Arc<EdgeMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Logs one line per request at info level, target `statiko::access`.
+    pub fn with_access_log(mut self, enabled: bool) -> Self {
+        self.access_log = enabled;
+        self
     }
 
     /// The port of the HTTPS listener, included in redirects unless it is 443.
@@ -64,7 +90,43 @@ impl Handler {
 
     /// Answers one request. The request body is never read.
     pub async fn handle<B>(&self, req: Request<B>, scheme: Scheme) -> Response<ResponseBody> {
-        match self.prepare(&req, scheme) {
+        let started = Instant::now();
+        let mut site = None;
+        let response = self.respond(&req, scheme, &mut site).await;
+        let elapsed = started.elapsed();
+        let bytes = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|_| req.method() != Method::HEAD)
+            .unwrap_or(0);
+        let status = response.status().as_u16();
+        let counters = site.unwrap_or_else(|| self.metrics.unknown());
+        self.metrics.record(&counters, status, bytes, elapsed);
+        if self.access_log {
+            tracing::info!(
+                target: ACCESS_LOG_TARGET,
+                method = %req.method(),
+                host = request_host(&req).unwrap_or("-"),
+                path = req.uri().path(),
+                scheme = if scheme == Scheme::Https { "https" } else { "http" },
+                status,
+                bytes,
+                duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                "request"
+            );
+        }
+        response
+    }
+
+    async fn respond<B>(
+        &self,
+        req: &Request<B>,
+        scheme: Scheme,
+        site: &mut Option<Arc<SiteCounters>>,
+    ) -> Response<ResponseBody> {
+        match self.prepare(req, scheme, site) {
             Prepared::Ready(response) => response,
             Prepared::Disk {
                 response,
@@ -81,7 +143,12 @@ impl Handler {
         }
     }
 
-    fn prepare<B>(&self, req: &Request<B>, scheme: Scheme) -> Prepared {
+    fn prepare<B>(
+        &self,
+        req: &Request<B>,
+        scheme: Scheme,
+        site: &mut Option<Arc<SiteCounters>>,
+    ) -> Prepared {
         let head = match *req.method() {
             Method::GET => false,
             Method::HEAD => true,
@@ -92,6 +159,11 @@ impl Handler {
         };
         let table = self.table.load();
         let route = table.route(host);
+        *site = match route {
+            Some(Route::Site(site)) => Some(self.metrics.site(&site.domain)),
+            Some(Route::Alias { primary }) => Some(self.metrics.site(primary)),
+            None => None,
+        };
         match scheme {
             Scheme::Http => {
                 if req.uri().path().starts_with(ACME_CHALLENGE_PREFIX) {
@@ -132,16 +204,37 @@ impl Handler {
     }
 }
 
-/// HTTP-01 challenge responses. They are answered on plain HTTP, never redirected. Until the
-/// ACME work stores challenge tokens in the routing table, there is nothing to answer with,
-/// so every challenge path is a plain 404.
+/// HTTP-01 challenge responses, answered on plain HTTP and never redirected: the key
+/// authorization the leader stored for `token`, only when the request's host is a domain of the
+/// site the challenge is for; anything else is a plain 404.
 fn acme_challenge(
-    _table: &RoutingTable,
-    _host: &str,
-    _path: &str,
+    table: &RoutingTable,
+    host: &str,
+    path: &str,
     head: bool,
 ) -> Response<ResponseBody> {
-    response::error_page(StatusCode::NOT_FOUND, head)
+    let token = path.strip_prefix(ACME_CHALLENGE_PREFIX).unwrap_or_default();
+    let host = crate::table::host_without_port(host);
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let Some(challenge) = table
+        .challenges
+        .get(token)
+        .filter(|c| c.domains.contains(&host))
+    else {
+        return response::error_page(StatusCode::NOT_FOUND, head);
+    };
+    let body = challenge.key_authorization.clone().into_bytes();
+    let len = body.len();
+    let mut response = Response::new(if head {
+        ResponseBody::empty()
+    } else {
+        ResponseBody::full(Bytes::from(body))
+    });
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// The host a request is for: the URI authority (HTTP/2 `:authority`, HTTP/1 absolute form),
@@ -163,10 +256,192 @@ fn serve_path<B>(bundle: &StagedBundle, req: &Request<B>, head: bool) -> Prepare
     let Ok(path) = files::clean_path(req.uri().path()) else {
         return ready_error(StatusCode::BAD_REQUEST, head);
     };
+    if let Some(manifest) = bundle.manifest.as_deref() {
+        return serve_with_manifest(bundle, manifest, path, req, head);
+    }
     match files::resolve(bundle, &path) {
-        Resolved::File(file) => serve_file(file, req.headers(), head),
-        Resolved::NotFound => ready_error(StatusCode::NOT_FOUND, head),
+        Resolved::File(file) | Resolved::Index { file, .. } => {
+            serve_file(file, req.headers(), head, false)
+        }
+        Resolved::NotFound | Resolved::NoIndex => ready_error(StatusCode::NOT_FOUND, head),
         Resolved::AddSlash => add_slash(&path, req.uri().query(), head),
+    }
+}
+
+/// Serving under an app manifest, in nginx's order:
+///
+/// 1. the first matching `rewrite` replaces the path, once (nginx's server-level
+///    `rewrite ... last`: the new path is matched against the rules, never rewritten again);
+/// 2. the rule for the path (see `statiko_common::manifest` for the precedence); `deny`
+///    answers 404;
+/// 3. resolution; a directory's index file is an internal redirect, so the index's own rule
+///    applies (and may deny it); a directory asked for without its slash is not redirected
+///    when the slash form is denied, so a denied directory's existence is not revealed;
+/// 4. the rule's headers and client caching on the response (only on 2xx and 3xx, as nginx's
+///    `add_header` and `expires` without `always`);
+/// 5. for a missing path: the SPA fallback to `/index.html` for navigations
+///    (`files::is_navigation`), else 404 with `page404` when set; a directory without an index
+///    answers 403 with `page403` when that is set (nginx's behaviour), else like a missing path.
+///
+/// Error pages are looked up directly in the bundle's file map with no rule matching, so they
+/// cannot loop.
+fn serve_with_manifest<B>(
+    bundle: &StagedBundle,
+    manifest: &Manifest,
+    path: CleanPath<'_>,
+    req: &Request<B>,
+    head: bool,
+) -> Prepared {
+    let rewritten = manifest.rewrite(&path.with_slash());
+    let path = match &rewritten {
+        Some(target) => match files::clean_decoded(target) {
+            Ok(path) => path,
+            Err(_) => return manifest_error(bundle, manifest, StatusCode::NOT_FOUND, head),
+        },
+        None => path,
+    };
+    // Borrowed unless the request ends with a slash: no allocation in the common case.
+    let rule_path = path.with_slash();
+    let options = manifest.options_for(&rule_path);
+    if options.is_some_and(|o| o.deny) {
+        return manifest_error(bundle, manifest, StatusCode::NOT_FOUND, head);
+    }
+    match files::resolve(bundle, &path) {
+        Resolved::File(file) => serve_with_options(file, options, req.headers(), head),
+        Resolved::Index { path, file } => {
+            let options = manifest.options_for(path);
+            if options.is_some_and(|o| o.deny) {
+                return manifest_error(bundle, manifest, StatusCode::NOT_FOUND, head);
+            }
+            serve_with_options(file, options, req.headers(), head)
+        }
+        Resolved::AddSlash => {
+            // Redirecting to a denied directory would reveal that it exists.
+            let slashed = CleanPath {
+                key: Cow::Borrowed(&*path.key),
+                trailing_slash: true,
+            };
+            if manifest
+                .options_for(&slashed.with_slash())
+                .is_some_and(|o| o.deny)
+            {
+                return manifest_error(bundle, manifest, StatusCode::NOT_FOUND, head);
+            }
+            let mut prepared = add_slash(&path, req.uri().query(), head);
+            apply_options(&mut prepared, options);
+            prepared
+        }
+        resolved @ (Resolved::NoIndex | Resolved::NotFound) => {
+            if manifest.spa() {
+                let headers = req.headers();
+                let navigation = files::is_navigation(
+                    &rule_path,
+                    headers.get(header::ACCEPT).map(HeaderValue::as_bytes),
+                    headers.get(SEC_FETCH_MODE).map(HeaderValue::as_bytes),
+                );
+                if navigation && let Some((index, file)) = bundle.files.get_key_value(SPA_INDEX) {
+                    let options = manifest.options_for(index);
+                    if !options.is_some_and(|o| o.deny) {
+                        return serve_with_options(file, options, headers, head);
+                    }
+                }
+            }
+            let status = if matches!(resolved, Resolved::NoIndex) && manifest.page403().is_some() {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::NOT_FOUND
+            };
+            manifest_error(bundle, manifest, status, head)
+        }
+    }
+}
+
+/// A file with its rule's options. A rule that sets `Content-Encoding` says the file is stored
+/// encoded, so no compressed variant of ours is picked.
+fn serve_with_options(
+    file: &StaticFile,
+    options: Option<&RuleOptions>,
+    headers: &HeaderMap,
+    head: bool,
+) -> Prepared {
+    let identity_only = options.is_some_and(RuleOptions::sets_content_encoding);
+    let mut prepared = serve_file(file, headers, head, identity_only);
+    apply_options(&mut prepared, options);
+    prepared
+}
+
+/// Adds a rule's caching headers, then its headers (replacing same-name ones), to responses
+/// whose status nginx's `add_header` and `expires` touch.
+fn apply_options(prepared: &mut Prepared, options: Option<&RuleOptions>) {
+    let Some(options) = options else {
+        return;
+    };
+    let response = match prepared {
+        Prepared::Ready(response) | Prepared::Disk { response, .. } => response,
+    };
+    if !matches!(
+        response.status().as_u16(),
+        200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
+    ) {
+        return;
+    }
+    let out = response.headers_mut();
+    if let Some(caching) = &options.client_caching {
+        // `Expires` moves with the clock, so it is the one value formatted per response (one
+        // short string); `Cache-Control` was built at staging.
+        out.insert(header::CACHE_CONTROL, caching.cache_control.clone());
+        out.insert(header::PRAGMA, options.pragma());
+        let expires = SystemTime::now()
+            .checked_add(Duration::from_secs(caching.max_age))
+            .and_then(|at| HeaderValue::try_from(httpdate::fmt_http_date(at)).ok());
+        insert_opt(out, header::EXPIRES, expires);
+    }
+    for (name, value) in &options.headers {
+        out.insert(name.clone(), value.clone());
+    }
+}
+
+/// A 404 or 403 answered with the manifest's page for it when the bundle has that file (with
+/// the error status, no conditionals or ranges), else the built-in page.
+fn manifest_error(
+    bundle: &StagedBundle,
+    manifest: &Manifest,
+    status: StatusCode,
+    head: bool,
+) -> Prepared {
+    let page = match status {
+        StatusCode::NOT_FOUND => manifest.page404(),
+        StatusCode::FORBIDDEN => manifest.page403(),
+        _ => None,
+    };
+    let Some(file) = page.and_then(|page| bundle.files.get(page)) else {
+        return ready_error(status, head);
+    };
+    let mut response = Response::new(ResponseBody::empty());
+    *response.status_mut() = status;
+    let out = response.headers_mut();
+    insert_opt(
+        out,
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&file.content_type).ok(),
+    );
+    out.insert(header::CONTENT_LENGTH, HeaderValue::from(file.len));
+    out.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
+    out.insert(header::CACHE_CONTROL, response::NO_CACHE);
+    if head {
+        return Prepared::Ready(response);
+    }
+    match &file.body {
+        Body::Memory(bytes) => {
+            *response.body_mut() = ResponseBody::full(bytes.clone());
+            Prepared::Ready(response)
+        }
+        Body::Disk(path) => Prepared::Disk {
+            response,
+            path: path.clone(),
+            start: 0,
+            len: file.len,
+        },
     }
 }
 
@@ -194,8 +469,10 @@ struct Selected<'a> {
     encoding: Option<HeaderValue>,
 }
 
-fn serve_file(file: &StaticFile, headers: &HeaderMap, head: bool) -> Prepared {
-    let has_variants = file.gzip.is_some() || file.brotli.is_some();
+/// A file with conditionals, ranges and a precompressed variant; `identity_only` leaves the
+/// variants out.
+fn serve_file(file: &StaticFile, headers: &HeaderMap, head: bool, identity_only: bool) -> Prepared {
+    let has_variants = !identity_only && (file.gzip.is_some() || file.brotli.is_some());
     // Ranges apply to GET only and always to the identity representation.
     let range = if head {
         None
@@ -209,8 +486,8 @@ fn serve_file(file: &StaticFile, headers: &HeaderMap, head: bool) -> Prepared {
             headers
                 .get(header::ACCEPT_ENCODING)
                 .map(HeaderValue::as_bytes),
-            file.gzip.is_some(),
-            file.brotli.is_some(),
+            has_variants && file.gzip.is_some(),
+            has_variants && file.brotli.is_some(),
         )
     };
     let selected = match (coding, &file.brotli, &file.gzip) {

@@ -105,6 +105,7 @@ fn bundle() -> StagedBundle {
         root: PathBuf::from("/nonexistent"),
         files,
         dirs,
+        manifest: None,
     }
 }
 
@@ -113,11 +114,11 @@ fn resolves(raw: &str, expected: Option<&[u8]>) {
     let bundle = bundle();
     let resolved = resolve(&bundle, &clean_path(raw).unwrap());
     match (resolved, expected) {
-        (Resolved::File(f), Some(body)) => match &f.body {
+        (Resolved::File(f) | Resolved::Index { file: f, .. }, Some(body)) => match &f.body {
             Body::Memory(b) => assert_eq!(&b[..], body, "{raw}"),
             Body::Disk(_) => panic!("{raw}: disk"),
         },
-        (Resolved::NotFound, None) => {}
+        (Resolved::NotFound | Resolved::NoIndex, None) => {}
         (other, _) => panic!("{raw}: {other:?}"),
     }
 }
@@ -143,6 +144,83 @@ fn resolution() {
         resolve(&bundle, &clean_path("/empty").unwrap()),
         Resolved::AddSlash
     ));
+}
+
+#[test]
+fn index_and_no_index() {
+    let bundle = bundle();
+    let resolved = resolve(&bundle, &clean_path("/docs/").unwrap());
+    assert!(
+        matches!(
+            resolved,
+            Resolved::Index {
+                path: "/docs/index.htm",
+                ..
+            }
+        ),
+        "{resolved:?}"
+    );
+    let resolved = resolve(&bundle, &clean_path("/").unwrap());
+    assert!(
+        matches!(
+            resolved,
+            Resolved::Index {
+                path: "/index.html",
+                ..
+            }
+        ),
+        "{resolved:?}"
+    );
+    let resolved = resolve(&bundle, &clean_path("/index.html").unwrap());
+    assert!(matches!(resolved, Resolved::File(_)), "{resolved:?}");
+    let resolved = resolve(&bundle, &clean_path("/empty/").unwrap());
+    assert!(matches!(resolved, Resolved::NoIndex), "{resolved:?}");
+    let resolved = resolve(&bundle, &clean_path("/missing/").unwrap());
+    assert!(matches!(resolved, Resolved::NotFound), "{resolved:?}");
+}
+
+#[test]
+fn rule_paths_keep_the_trailing_slash() {
+    for (raw, expected) in [
+        ("/", "/"),
+        ("/docs/", "/docs/"),
+        ("/docs", "/docs"),
+        ("//docs//", "/docs/"),
+        ("/a%20b/", "/a b/"),
+    ] {
+        assert_eq!(clean_path(raw).unwrap().with_slash(), expected, "{raw}");
+    }
+}
+
+#[test]
+fn decoded_paths_are_not_decoded_again() {
+    let path = clean_decoded("/100%25.html").unwrap();
+    assert_eq!(path.key, "/100%25.html");
+    assert_eq!(clean_decoded("posts/x").unwrap().key, "/posts/x");
+    assert_eq!(clean_decoded("/a//b/").unwrap().with_slash(), "/a/b/");
+    assert!(clean_decoded("/a/../b").is_err());
+    assert!(clean_decoded("/a\\b").is_err());
+}
+
+#[test]
+fn spa_navigation_rule() {
+    const BROWSER: &[u8] = b"text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    let nav = |path, accept, mode| is_navigation(path, accept, mode);
+    assert!(nav("/users/42", Some(BROWSER), None));
+    assert!(nav("/", Some(BROWSER), None));
+    assert!(nav("/app/", Some(b"TEXT/HTML"), None));
+    assert!(nav("/a", Some(b"application/xhtml+xml"), None));
+    assert!(nav("/a", None, Some(b"navigate")));
+    assert!(nav("/a", Some(b"*/*"), Some(b"Navigate")));
+    // Missing assets: an extension, whatever the client asks for.
+    assert!(!nav("/app.js", Some(BROWSER), None));
+    assert!(!nav("/img/logo.png", Some(BROWSER), Some(b"navigate")));
+    assert!(!nav("/users/john.doe", Some(BROWSER), None));
+    // Not asking for HTML.
+    assert!(!nav("/api/users", Some(b"*/*"), None));
+    assert!(!nav("/api/users", Some(b"application/json"), None));
+    assert!(!nav("/api/users", None, None));
+    assert!(!nav("/api/users", Some(b"*/*"), Some(b"cors")));
 }
 
 #[test]

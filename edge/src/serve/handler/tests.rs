@@ -57,6 +57,7 @@ fn handler(disk: Option<std::path::PathBuf>) -> Handler {
         root: "/nonexistent".into(),
         files,
         dirs: HashSet::from(["/".to_owned(), "/docs".to_owned()]),
+        manifest: None,
     };
     let mut table = RoutingTable::default();
     table.hosts.insert(
