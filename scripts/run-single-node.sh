@@ -18,6 +18,7 @@ dir="target/$PROFILE"
 if [ -n "${CARGO_TARGET_DIR:-}" ]; then
   dir="$CARGO_TARGET_DIR/${dir#target/}"
 fi
+case "$dir" in /*) bin_path="$dir" ;; *) bin_path="\$PWD/$dir" ;; esac
 
 CONFIG=deploy/config/single-node.yaml
 mkdir -p data
@@ -31,10 +32,10 @@ cat <<EOM
 
 Statiko is running (single node, state in ./data):
   control (gRPC)  https://127.0.0.1:2265   CA: ./data/control-tls/cert.pem
-  edge            http://127.0.0.1:8080  https://127.0.0.1:8443
+  edge            http://${STATIKO_EDGE_HTTP:-0.0.0.0:8080}  https://${STATIKO_EDGE_HTTPS:-0.0.0.0:8443}
   admin           http://127.0.0.1:2266/status
 
-  export PATH="\$PWD/$dir:\$PATH"
+  export PATH="$bin_path:\$PATH"
   export STATIKO_TOKEN=statiko-dev-admin-token-change-me STATIKO_CA=./data/control-tls/cert.pem
   stk site list
 

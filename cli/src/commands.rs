@@ -391,7 +391,7 @@ async fn cluster_status(api: &Api, printer: Printer) -> anyhow::Result<()> {
         }),
         || {
             let mut text = format!(
-                "store revision {store_revision}, {} live edge(s)\n\n",
+                "desired-state revision {store_revision}, {} live edge(s)\n\n",
                 response.nodes.len()
             );
             let mut nodes =

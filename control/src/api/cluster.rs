@@ -29,9 +29,17 @@ impl pb::cluster_service_server::ClusterService for Api {
                 }
             }
         }
+        // The desired-state revision (node status writes do not move it), comparable with what
+        // each edge reports as applied.
+        let desired = state
+            .store
+            .get(&state.keys.meta_state())
+            .await
+            .map_err(ControlError::from)?
+            .map_or(0, |kv| kv.mod_revision);
         Ok(Response::new(pb::ListNodesResponse {
             nodes,
-            revision: snapshot.revision,
+            revision: desired,
         }))
     }
 }
