@@ -663,13 +663,78 @@ async fn etcd_mutual_tls() -> TestResult {
         "{result:?}"
     );
 
-    // Skipping verification is refused loudly rather than ignored.
-    let mut skip = server.config();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_tls_skip_verify() -> TestResult {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let Some(bin) = etcd_bin() else { return Ok(()) };
+    let tmp = tempfile::tempdir()?;
+    let pki = Pki::generate(tmp.path())?;
+    let server = EtcdServer::start(&bin, Some(&pki)).await?;
+
+    // The client does not know the CA that signed the etcd certificate.
+    let mut unknown_ca = server.config();
+    unknown_ca.tls_configuration.ca.clear();
+    unknown_ca.timeout = 2000;
+
+    // Verifying, the handshake fails.
+    let verifying = Store::Etcd(EtcdStore::connect(&unknown_ca).await?);
+    let result = verifying.get("/t/skip").await;
+    assert!(
+        matches!(
+            result,
+            Err(StoreError::Unavailable(_) | StoreError::Rejected(_))
+        ),
+        "{result:?}"
+    );
+
+    // Skipping verification, the store works (client certificate still presented).
+    let mut skip = unknown_ca.clone();
     skip.tls_skip_verify = true;
-    assert!(matches!(
-        EtcdStore::connect(&skip).await,
-        Err(StoreError::Rejected(_))
-    ));
+    let store = Store::Etcd(EtcdStore::connect(&skip).await?);
+    let mut watch = store.watch(P, 1).await?;
+    let r = put(&store, "/t/skip", "ok").await?;
+    assert_eq!(value(&store, "/t/skip").await?.as_deref(), Some("ok"));
+    let batch = next_batch(&mut watch).await?;
+    assert_eq!(batch.revision, r);
+    assert_eq!(event_keys(&batch), ["put /t/skip"]);
+
+    // Skipping verification does not skip client authentication.
+    let mut anonymous = skip.clone();
+    anonymous.tls_configuration.client_certificate.clear();
+    anonymous.tls_configuration.client_key.clear();
+    let anonymous = Store::Etcd(EtcdStore::connect(&anonymous).await?);
+    let result = anonymous.get("/t/skip").await;
+    assert!(
+        matches!(
+            result,
+            Err(StoreError::Unavailable(_) | StoreError::Rejected(_))
+        ),
+        "{result:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_tls_fails_over_to_a_live_endpoint() -> TestResult {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let Some(bin) = etcd_bin() else { return Ok(()) };
+    let tmp = tempfile::tempdir()?;
+    let pki = Pki::generate(tmp.path())?;
+    let server = EtcdServer::start(&bin, Some(&pki)).await?;
+
+    // A dead endpoint first: calls move on to the live one.
+    let mut config = server.config();
+    config.address = format!("https://127.0.0.1:{},{}", free_port()?, server.endpoint);
+    config.timeout = 2000;
+    let store = Store::Etcd(EtcdStore::connect(&config).await?);
+    poll(|| async { Ok(store.get("/t/a").await.is_ok()) }).await?;
+    for i in 0..5 {
+        put(&store, "/t/a", &i.to_string()).await?;
+    }
+    assert_eq!(value(&store, "/t/a").await?.as_deref(), Some("4"));
     Ok(())
 }
 

@@ -1,19 +1,34 @@
 //! The etcd backend of the store: a lazily connecting `etcd-client` with every call bounded by
 //! the configured timeout.
+//!
+//! Plaintext endpoints use etcd-client's own balanced tonic channel. TLS endpoints use a
+//! rustls connector of our own (so `tlsSkipVerify` can turn off certificate verification):
+//! one lazy tonic channel per endpoint behind a small sticky-failover service.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare as EtcdCompare, CompareOp as EtcdCompareOp, ConnectOptions,
-    DeleteOptions, EventType, GetOptions, Identity, PutOptions, TlsOptions, Txn,
-    TxnOp as EtcdTxnOp, WatchOptions,
+    Client, Compare as EtcdCompare, CompareOp as EtcdCompareOp, ConnectOptions, DeleteOptions,
+    EventType, GetOptions, PutOptions, Txn, TxnOp as EtcdTxnOp, WatchOptions,
 };
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tokio::net::TcpStream;
 use tokio::sync::Mutex;
+use tonic::body::Body;
+use tower::{Service, ServiceExt};
 
 use super::{
     Compare, CompareOp, CompareTarget, KeyValue, Snapshot, StoreError, TxnOp, TxnResult,
@@ -32,6 +47,9 @@ struct Inner {
     /// `endpoints` joined with `,`, for error messages.
     endpoints_text: String,
     options: ConnectOptions,
+    /// For TLS endpoints: our rustls-backed channel, handed to `Client::from_channel`. `None`
+    /// for plaintext, where etcd-client builds its own channel.
+    tls_channel: Option<etcd_client::Channel>,
     timeout: Duration,
     /// Connected on first use, so the store can be created while etcd is down.
     client: Mutex<Option<Client>>,
@@ -47,9 +65,9 @@ impl fmt::Debug for EtcdStore {
 }
 
 impl EtcdStore {
-    /// Prepares a client for `config`. Only configuration errors (no endpoint, unreadable TLS
-    /// files, an unsupported TLS option) fail here; etcd itself is contacted on first use, so
-    /// this succeeds while etcd is down.
+    /// Prepares a client for `config`. Only configuration errors (no endpoint, unreadable or
+    /// invalid TLS files, mixed http/https endpoints) fail here; etcd itself is contacted on
+    /// first use, so this succeeds while etcd is down.
     pub async fn connect(config: &EtcdConfig) -> Result<Self, StoreError> {
         let endpoints = config.endpoints();
         if endpoints.is_empty() {
@@ -58,19 +76,18 @@ impl EtcdStore {
             ));
         }
         let timeout = config.timeout().max(Duration::from_millis(1));
-        let mut options = ConnectOptions::new()
+        let options = ConnectOptions::new()
             .with_connect_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(10), timeout.max(Duration::from_secs(1)))
+            .with_keep_alive(KEEP_ALIVE_INTERVAL, keep_alive_timeout(timeout))
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
-        if let Some(tls) = tls_options(config, &endpoints).await? {
-            options = options.with_tls(tls);
-        }
+        let tls_channel = tls_channel(config, &endpoints, timeout).await?;
         let store = Self {
             inner: Arc::new(Inner {
                 endpoints_text: endpoints.join(","),
                 endpoints,
                 options,
+                tls_channel,
                 timeout,
                 client: Mutex::new(None),
             }),
@@ -201,9 +218,13 @@ impl EtcdStore {
         if let Some(client) = guard.as_ref() {
             return Ok(client.clone());
         }
-        let client = Client::connect(&self.inner.endpoints, Some(self.inner.options.clone()))
-            .await
-            .map_err(|e| self.map_err("connect", e))?;
+        let options = Some(self.inner.options.clone());
+        let client = match &self.inner.tls_channel {
+            // Building a client on the lazy channel does not talk to etcd.
+            Some(channel) => Client::from_channel(channel.clone(), options).await,
+            None => Client::connect(&self.inner.endpoints, options).await,
+        }
+        .map_err(|e| self.map_err("connect", e))?;
         *guard = Some(client.clone());
         Ok(client)
     }
@@ -323,11 +344,21 @@ impl WatchState {
     }
 }
 
-/// TLS options for the endpoints, or `None` for plaintext.
-async fn tls_options(
+/// HTTP/2 keep-alive ping interval on etcd connections.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long to wait for a keep-alive ping answer before dropping the connection.
+fn keep_alive_timeout(timeout: Duration) -> Duration {
+    timeout.max(Duration::from_secs(1))
+}
+
+/// The channel for TLS endpoints, or `None` for plaintext. Nothing is dialled here: every
+/// per-endpoint channel connects on first use.
+async fn tls_channel(
     config: &EtcdConfig,
     endpoints: &[String],
-) -> Result<Option<TlsOptions>, StoreError> {
+    timeout: Duration,
+) -> Result<Option<etcd_client::Channel>, StoreError> {
     let tls = &config.tls_configuration;
     let has_material =
         !tls.ca.is_empty() || !tls.client_certificate.is_empty() || !tls.client_key.is_empty();
@@ -340,29 +371,76 @@ async fn tls_options(
             "etcd TLS is configured but endpoint {plain} is http://; use https:// for every endpoint"
         )));
     }
+    let client_config = Arc::new(tls_client_config(config).await?);
     if config.tls_skip_verify {
-        return Err(StoreError::Rejected(
-            "state.etcd.tlsSkipVerify is not supported by the etcd backend (its TLS stack cannot \
-             turn off certificate verification); set state.etcd.tlsConfiguration.ca to the CA \
-             that signed the etcd server certificate instead"
-                .to_owned(),
-        ));
+        tracing::warn!("tlsSkipVerify: etcd server certificates are not verified");
     }
-    let mut options = TlsOptions::new();
-    if !tls.ca.is_empty() {
-        let pem = read_pem(&tls.ca, "tlsConfiguration.ca").await?;
-        options = options.ca_certificate(Certificate::from_pem(pem));
-    }
-    match (tls.client_certificate.is_empty(), tls.client_key.is_empty()) {
-        (true, true) => {}
+    let channels = endpoints
+        .iter()
+        .map(|endpoint| endpoint_channel(endpoint, &client_config, timeout))
+        .collect::<Result<Vec<_>, _>>()?;
+    let failover = Failover {
+        channels: channels.into(),
+        current: Arc::new(AtomicUsize::new(0)),
+    };
+    Ok(Some(etcd_client::Channel::Custom(
+        tower::util::BoxCloneSyncService::new(failover),
+    )))
+}
+
+/// The rustls client configuration: ALPN `h2`, the client identity when configured, and either
+/// the configured CA (the webpki roots without one) or, with `tlsSkipVerify`, no certificate
+/// verification at all.
+async fn tls_client_config(config: &EtcdConfig) -> Result<ClientConfig, StoreError> {
+    let tls = &config.tls_configuration;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Rejected(format!("etcd tls setup failed: {e}")))?;
+    let builder = if config.tls_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoCertificateVerification {
+                algorithms: provider.signature_verification_algorithms,
+            }))
+    } else {
+        let mut roots = RootCertStore::empty();
+        if tls.ca.is_empty() {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        } else {
+            let pem = read_pem(&tls.ca, "tlsConfiguration.ca").await?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| {
+                    StoreError::Rejected(format!(
+                        "state.etcd.tlsConfiguration.ca {}: invalid pem: {e}",
+                        tls.ca
+                    ))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    StoreError::Rejected(format!(
+                        "state.etcd.tlsConfiguration.ca {}: invalid certificate: {e}",
+                        tls.ca
+                    ))
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(StoreError::Rejected(format!(
+                    "state.etcd.tlsConfiguration.ca {} holds no certificate",
+                    tls.ca
+                )));
+            }
+        }
+        builder.with_root_certificates(roots)
+    };
+    let mut client_config = match (tls.client_certificate.is_empty(), tls.client_key.is_empty()) {
+        (true, true) => builder.with_no_client_auth(),
         (false, false) => {
-            let cert = read_pem(
-                &tls.client_certificate,
-                "tlsConfiguration.clientCertificate",
-            )
-            .await?;
-            let key = read_pem(&tls.client_key, "tlsConfiguration.clientKey").await?;
-            options = options.identity(Identity::from_pem(cert, key));
+            let (certs, key) = client_identity(config).await?;
+            builder.with_client_auth_cert(certs, key).map_err(|e| {
+                StoreError::Rejected(format!(
+                    "state.etcd.tlsConfiguration: unusable client certificate or key: {e}"
+                ))
+            })?
         }
         _ => {
             return Err(StoreError::Rejected(
@@ -370,8 +448,200 @@ async fn tls_options(
                     .to_owned(),
             ));
         }
+    };
+    client_config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(client_config)
+}
+
+/// The client certificate chain and key from `tlsConfiguration`.
+async fn client_identity(
+    config: &EtcdConfig,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), StoreError> {
+    let tls = &config.tls_configuration;
+    let cert_pem = read_pem(
+        &tls.client_certificate,
+        "tlsConfiguration.clientCertificate",
+    )
+    .await?;
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            StoreError::Rejected(format!(
+                "state.etcd.tlsConfiguration.clientCertificate {}: invalid pem: {e}",
+                tls.client_certificate
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(StoreError::Rejected(format!(
+            "state.etcd.tlsConfiguration.clientCertificate {} holds no certificate",
+            tls.client_certificate
+        )));
     }
-    Ok(Some(options))
+    let key_pem = read_pem(&tls.client_key, "tlsConfiguration.clientKey").await?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        StoreError::Rejected(format!(
+            "state.etcd.tlsConfiguration.clientKey {}: no usable private key: {e}",
+            tls.client_key
+        ))
+    })?;
+    Ok((certs, key))
+}
+
+/// A lazy channel to one `https://host:port` endpoint through our rustls connector.
+fn endpoint_channel(
+    endpoint: &str,
+    client_config: &Arc<ClientConfig>,
+    timeout: Duration,
+) -> Result<tonic::transport::Channel, StoreError> {
+    let invalid = |reason: String| {
+        StoreError::Rejected(format!("invalid etcd endpoint {endpoint}: {reason}"))
+    };
+    let rest = endpoint.strip_prefix("https://").unwrap_or(endpoint);
+    let uri: http::Uri = format!("https://{rest}")
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| invalid("no host".to_owned()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let server_name = ServerName::try_from(host.clone())
+        .map_err(|e| invalid(format!("not a valid tls server name: {e}")))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| invalid("no host".to_owned()))?
+        .clone();
+    // tonic only dials `http://` URIs through a custom connector (it would add its own TLS to
+    // `https://`); the TLS is ours, and requests still carry the `https` origin.
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
+        .map_err(|e| invalid(e.to_string()))?
+        .origin(uri)
+        .connect_timeout(timeout)
+        .keep_alive_while_idle(true)
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(keep_alive_timeout(timeout));
+    let connector = tokio_rustls::TlsConnector::from(client_config.clone());
+    let connect = tower::service_fn(move |_: http::Uri| {
+        let connector = connector.clone();
+        let server_name = server_name.clone();
+        let host = host.clone();
+        async move {
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(server_name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connect))
+}
+
+/// Sends every request to the current endpoint's channel and moves on to the next endpoint when
+/// that channel fails (or gives no response before the caller gives up), so one dead etcd node
+/// costs one failed call rather than a share of all of them. A request is never replayed: its
+/// body may be a stream, and the caller's retry goes to the next endpoint.
+#[derive(Clone)]
+struct Failover {
+    channels: Arc<[tonic::transport::Channel]>,
+    current: Arc<AtomicUsize>,
+}
+
+impl Service<http::Request<Body>> for Failover {
+    type Response = http::Response<Body>;
+    type Error = tower::BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Each per-endpoint channel is polled for readiness in `call`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let index = self.current.load(Ordering::Relaxed) % self.channels.len().max(1);
+        let channel = self.channels.get(index).cloned();
+        let guard = FailoverGuard {
+            current: self.current.clone(),
+            index,
+            len: self.channels.len(),
+            armed: true,
+        };
+        Box::pin(async move {
+            // Moved in whole, so it lives (and rotates on drop) as long as the call.
+            let mut guard = guard;
+            let Some(channel) = channel else {
+                return Err("no etcd endpoint".into());
+            };
+            let result = channel.oneshot(request).await;
+            guard.armed = result.is_err();
+            result.map_err(Into::into)
+        })
+    }
+}
+
+/// Moves the failover to the next endpoint when dropped armed: the call failed, or was
+/// abandoned before a response.
+struct FailoverGuard {
+    current: Arc<AtomicUsize>,
+    index: usize,
+    len: usize,
+    armed: bool,
+}
+
+impl Drop for FailoverGuard {
+    fn drop(&mut self) {
+        if self.armed && self.len > 1 {
+            // Only the first of several concurrent failures on this endpoint moves on.
+            let _ = self.current.compare_exchange(
+                self.index,
+                (self.index + 1) % self.len,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+/// `tlsSkipVerify`: accepts any server certificate, but still checks the handshake signatures
+/// (proof that the server holds the key of the certificate it presented).
+#[derive(Debug)]
+struct NoCertificateVerification {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for NoCertificateVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }
 
 async fn read_pem(path: &str, what: &str) -> Result<Vec<u8>, StoreError> {
