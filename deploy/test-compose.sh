@@ -62,9 +62,13 @@ compose() {
     "${COMPOSE_CMD[@]}" --project-name "$PROJECT" --file "$ROOT/deploy/docker-compose.yml" "$@"
 }
 
+# Keep the original stdout and stderr: a signal can arrive while a helper runs with its output
+# sent to /dev/null, and the trap would inherit that.
+exec 3>&1 4>&2
 cleanup() {
   local status=$?
   set +e
+  exec 1>&3 2>&4
   if [ "$status" -ne 0 ]; then
     echo "---- container status ----" >&2
     compose ps >&2
