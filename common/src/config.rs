@@ -308,6 +308,9 @@ pub struct EdgeConfig {
     pub admin: String,
     /// Node status and leader lease time-to-live, in seconds.
     pub lease_ttl: u64,
+    /// Redirect plain HTTP to HTTPS (except ACME challenges). Turn off when a TLS-terminating
+    /// load balancer or CDN in front talks plain HTTP to the edge.
+    pub redirect_http: bool,
 }
 
 impl Default for EdgeConfig {
@@ -318,6 +321,7 @@ impl Default for EdgeConfig {
             https: "0.0.0.0:443".into(),
             admin: "127.0.0.1:2266".into(),
             lease_ttl: 10,
+            redirect_http: true,
         }
     }
 }

@@ -224,6 +224,7 @@ pub async fn run(
         .port();
     let handler = Handler::new(table)
         .with_https_port(https_port)
+        .with_http_redirect(config.edge.redirect_http)
         .with_metrics(metrics.clone())
         .with_access_log(config.log.access_log);
     let options = ServerOptions::default();

@@ -43,6 +43,9 @@ pub enum Scheme {
 pub struct Handler {
     table: SharedTable,
     https_port: u16,
+    /// Redirect plain-HTTP requests to HTTPS (`edge.redirectHttp`); when off, plain HTTP serves
+    /// the sites too (a TLS-terminating load balancer or CDN in front).
+    redirect_http: bool,
     metrics: Arc<EdgeMetrics>,
     /// One `statiko::access` line per request.
     access_log: bool,
@@ -65,6 +68,7 @@ impl Handler {
         Self {
             table,
             https_port: 443,
+            redirect_http: true,
             metrics: Arc::default(),
             access_log: false,
         }
@@ -79,6 +83,12 @@ impl Handler {
     /// Logs one line per request at info level, target `statiko::access`.
     pub fn with_access_log(mut self, enabled: bool) -> Self {
         self.access_log = enabled;
+        self
+    }
+
+    /// Whether plain HTTP redirects to HTTPS (the default) or serves the sites as HTTPS does.
+    pub fn with_http_redirect(mut self, redirect: bool) -> Self {
+        self.redirect_http = redirect;
         self
     }
 
@@ -164,18 +174,16 @@ impl Handler {
             Some(Route::Alias { primary }) => Some(self.metrics.site(primary)),
             None => None,
         };
+        if scheme == Scheme::Http && req.uri().path().starts_with(ACME_CHALLENGE_PREFIX) {
+            return Prepared::Ready(acme_challenge(&table, host, req.uri().path(), head));
+        }
         match scheme {
-            Scheme::Http => {
-                if req.uri().path().starts_with(ACME_CHALLENGE_PREFIX) {
-                    return Prepared::Ready(acme_challenge(&table, host, req.uri().path(), head));
-                }
-                match route {
-                    Some(Route::Site(site)) => self.to_https(&site.domain, req, head),
-                    Some(Route::Alias { primary }) => self.to_https(primary, req, head),
-                    None => ready_error(StatusCode::NOT_FOUND, head),
-                }
-            }
-            Scheme::Https => match route {
+            Scheme::Http if self.redirect_http => match route {
+                Some(Route::Site(site)) => self.to_https(&site.domain, req, head),
+                Some(Route::Alias { primary }) => self.to_https(primary, req, head),
+                None => ready_error(StatusCode::NOT_FOUND, head),
+            },
+            Scheme::Http | Scheme::Https => match route {
                 None => ready_error(StatusCode::NOT_FOUND, head),
                 Some(Route::Alias { primary }) => self.to_https(primary, req, head),
                 Some(Route::Site(site)) => match &site.bundle {

@@ -172,6 +172,20 @@ async fn routing_and_redirects() {
 }
 
 #[tokio::test]
+async fn plain_http_serves_when_redirects_are_off() {
+    let h = handler(None).with_http_redirect(false);
+    let (status, _, body) = send(&h, get("example.test", "/"), Scheme::Http).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"home");
+    // Aliases still point at the primary domain, and unknown hosts still get the 404 page.
+    let (status, headers, _) = send(&h, get("www.example.test", "/p"), Scheme::Http).await;
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(headers[header::LOCATION], "https://example.test:8443/p");
+    let (status, _, _) = send(&h, get("other.test", "/"), Scheme::Http).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn files_and_directories() {
     let h = handler(None);
     let (status, headers, body) = send(&h, get("example.test", "/"), Scheme::Https).await;
