@@ -21,7 +21,8 @@ THREADS=${THREADS:-2}
 HS_PROCS=${HS_PROCS:-16}
 QUIET_MAX=${QUIET_MAX:-0.15}     # cores busy before a run (else wait, at most QUIET_WAIT s)
 QUIET_WAIT=${QUIET_WAIT:-600}
-OTHER_MAX=${OTHER_MAX:-0.35}     # unexplained cores during a run (else redo, up to 5 times)
+OTHER_MAX=${OTHER_MAX:-0.35}     # unexplained cores during a run (else redo, up to RETRIES times)
+RETRIES=${RETRIES:-5}
 ALL_CASES="tls-1k tls-100k h2-100k plain-1k plain-10m hs-full hs-resume"
 CASES=${CASES:-$ALL_CASES}
 WITH_SWS=${WITH_SWS:-0}
@@ -83,7 +84,7 @@ state: {store: "file", file: {path: "$WORK/node/state"}}
 repo: {type: "local", local: {path: "$WORK/node/repo"}}
 control: {listen: "$HOST:$CONTROL", tls: {enabled: false}, metrics: ""}
 auth: {tokens: [{name: "bench", token: "bench-admin-token-0123456789", role: "admin"}]}
-edge: {dataDir: "$WORK/node/data", http: "$HOST:$EDGE_HTTP", https: "$HOST:$EDGE_HTTPS", admin: "$HOST:$EDGE_ADMIN"}
+edge: {dataDir: "$WORK/node/data", http: "$HOST:$EDGE_HTTP", https: "$HOST:$EDGE_HTTPS", admin: "$HOST:$EDGE_ADMIN", redirectHttp: false}
 log: {format: "text", level: "warn"}
 EOF
 cat > "$RUN/nginx.conf" <<EOF
@@ -158,9 +159,11 @@ h2_pct() { awk -F'\t' '$2 >= 0 { print $3 }' "$1" | sort -n | awk '{ a[NR]=$1 } 
 STARTED=()
 cleanup() {
   local p
+  trap - EXIT INT TERM
   for p in "${STARTED[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   [ -s "$RUN/nginx.pid" ] && kill -QUIT "$(cat "$RUN/nginx.pid")" 2>/dev/null || true
-  wait 2>/dev/null || true
+  sleep 1
+  for p in "${STARTED[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
 }
 trap cleanup EXIT INT TERM
 
@@ -226,9 +229,9 @@ measure() {
     hs-resume) wrk -t"$THREADS" -c"$CONNS" -d"${dur}s" --latency "${H[@]}" -H 'Connection: close' "$url/1k.bin" > "$out" 2>&1;;
     h2-100k) h2load -t"$THREADS" -c"$CONNS" -m1 -D "$dur" -H ':authority: localhost' --log-file="$out.lat" "$url/100k.bin" > "$out" 2>&1;;
     hs-full)
-      local i; for i in $(seq 1 "$HS_PROCS"); do
-        openssl s_time -connect "$HOST:$sp" -new -time "$dur" > "$out.$i" 2>&1 &
-      done; wait $(jobs -p | grep -vx "$sampler");;
+      local i hs=(); for i in $(seq 1 "$HS_PROCS"); do
+        openssl s_time -connect "$HOST:$sp" -new -time "$dur" > "$out.$i" 2>&1 & hs+=($!)
+      done; wait "${hs[@]}";;
   esac
   } ; } 2> "$out.cpu"
   t1=$(date +%s.%N); b1=$(busy_jiffies); p1=$(proc_jiffies $pids)
@@ -267,11 +270,11 @@ for c in $CASES; do
     wait_quiet
     measure "$s" "$c" "$WARMUP" >/dev/null
     for rep in $(seq 1 "$REPS"); do
-      for try in 1 2 3 4 5; do
+      for try in $(seq 1 "$RETRIES"); do
         wait_quiet
         read -r rps p50 p99 rss scpu other err < <(measure "$s" "$c" "$DURATION")
         awk -v o="$other" -v m="$OTHER_MAX" 'BEGIN{exit !(o > m)}' || break
-        log "$s $c #$rep: $other cores unexplained, redo"
+        [ "$try" -lt "$RETRIES" ] && log "$s $c #$rep: $other cores unexplained, redo"
       done
       echo "$c,$s,$rep,$rps,$p50,$p99,$rss,$scpu,$other,$err" >> "$RAW"
       log "$s $c #$rep: rps=$rps p50=${p50}ms p99=${p99}ms rss=${rss}KiB srv=${scpu} other=${other} errors=$err"

@@ -195,7 +195,22 @@ async fn list_nodes_follows_leases() -> Result<()> {
         .list_nodes(ListNodesRequest::default())
         .await?
         .into_inner();
-    assert!(listed.revision > 0);
+    // The listed revision is the desired state's: node status writes do not move it.
+    assert_eq!(listed.revision, 0, "no desired-state change was made yet");
+    let admin = control.admin().await?;
+    let created = admin
+        .sites()
+        .create_site(statiko_tests::fixtures::site("rev.example.com", &[]))
+        .await?
+        .into_inner()
+        .site
+        .expect("a created site");
+    let relisted = readonly
+        .cluster()
+        .list_nodes(ListNodesRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(relisted.revision, created.revision);
     let names: Vec<&str> = listed.nodes.iter().map(|node| node.name.as_str()).collect();
     assert_eq!(names, ["edge-a", "edge-b"]);
     let a = &listed.nodes[0];

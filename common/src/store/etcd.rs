@@ -36,6 +36,10 @@ use super::{
 };
 use crate::config::EtcdConfig;
 
+/// Keys per range request of a snapshot (certificates are a few KiB each; the client's limit
+/// is 4 MiB per message).
+const SNAPSHOT_PAGE: i64 = 500;
+
 /// The etcd backend. Cheap to clone; clones share one connection.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -112,11 +116,32 @@ impl EtcdStore {
     pub async fn snapshot(&self, prefix: &str) -> Result<Snapshot, StoreError> {
         let prefix = prefix.to_owned();
         self.call("snapshot", |mut client| async move {
-            let resp = client
-                .get(prefix, Some(GetOptions::new().with_prefix()))
-                .await?;
-            let revision = resp.header().map_or(0, |h| h.revision());
-            let mut kvs: Vec<KeyValue> = resp.kvs().iter().map(convert_kv).collect();
+            // In pages at one revision: a single range over a large state (10,000 sites with
+            // their certificates is ~15 MB) exceeds the gRPC client's 4 MiB message limit.
+            let end = crate::keys::prefix_end(&prefix).into_bytes();
+            let mut from = prefix.into_bytes();
+            let mut revision = 0;
+            let mut kvs: Vec<KeyValue> = Vec::new();
+            loop {
+                let mut options = GetOptions::new()
+                    .with_range(end.clone())
+                    .with_limit(SNAPSHOT_PAGE);
+                if revision > 0 {
+                    options = options.with_revision(revision);
+                }
+                let resp = client.get(from.clone(), Some(options)).await?;
+                if revision == 0 {
+                    revision = resp.header().map_or(0, |h| h.revision());
+                }
+                kvs.extend(resp.kvs().iter().map(convert_kv));
+                match resp.kvs().last() {
+                    Some(last) if resp.more() => {
+                        from = last.key().to_vec();
+                        from.push(0);
+                    }
+                    _ => break,
+                }
+            }
             kvs.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(Snapshot { revision, kvs })
         })
