@@ -10,11 +10,9 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow, bail};
 use http::Uri;
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
@@ -23,6 +21,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
+use statiko_common::tls::AcceptAnyServerCert;
 use statiko_proto::v1::app_service_client::AppServiceClient;
 use statiko_proto::v1::certificate_service_client::CertificateServiceClient;
 use statiko_proto::v1::cluster_service_client::ClusterServiceClient;
@@ -49,13 +48,6 @@ type Authed = InterceptedService<Channel, BearerAuth>;
 #[derive(Clone)]
 pub(crate) struct BearerAuth {
     header: Option<AsciiMetadataValue>,
-}
-
-/// A server certificate verifier that accepts any certificate but still checks that the
-/// handshake is signed by the key in it, so the connection is at least internally consistent.
-#[derive(Debug)]
-struct AcceptAnyCertificate {
-    provider: Arc<CryptoProvider>,
 }
 
 impl Api {
@@ -174,53 +166,6 @@ impl fmt::Debug for BearerAuth {
     }
 }
 
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// Host and port to dial, from the endpoint URI.
 #[derive(Debug, Clone)]
 struct Target {
@@ -305,7 +250,7 @@ fn client_config(ca: Option<&Path>, insecure: bool) -> anyhow::Result<ClientConf
     let mut config = if insecure {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate { provider }))
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert::new(&provider)))
             .with_no_client_auth()
     } else {
         let mut roots = RootCertStore::empty();

@@ -14,6 +14,7 @@
 //! - `repo`: the bundle repository (local directory, S3, Azure Blob, GCS) via `object_store`.
 //! - `process`: the shared start-up of the server binaries (flags, config, exit codes).
 //! - `telemetry`: tracing subscriber set-up.
+//! - `tls`: client-side TLS pieces (a verifier that accepts any server certificate).
 //! - `shutdown`: signals to a cancellation token.
 
 pub mod archive;
@@ -30,3 +31,4 @@ pub mod secrets_check;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

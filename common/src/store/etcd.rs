@@ -20,11 +20,9 @@ use etcd_client::{
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tonic::body::Body;
@@ -35,6 +33,7 @@ use super::{
     WatchBatch, WatchEvent, WatchStream,
 };
 use crate::config::EtcdConfig;
+use crate::tls::AcceptAnyServerCert;
 
 /// Keys per range request of a snapshot (certificates are a few KiB each; the client's limit
 /// is 4 MiB per message).
@@ -425,9 +424,7 @@ async fn tls_client_config(config: &EtcdConfig) -> Result<ClientConfig, StoreErr
     let builder = if config.tls_skip_verify {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoCertificateVerification {
-                algorithms: provider.signature_verification_algorithms,
-            }))
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert::new(&provider)))
     } else {
         let mut roots = RootCertStore::empty();
         if tls.ca.is_empty() {
@@ -624,48 +621,6 @@ impl Drop for FailoverGuard {
                 Ordering::Relaxed,
             );
         }
-    }
-}
-
-/// `tlsSkipVerify`: accepts any server certificate, but still checks the handshake signatures
-/// (proof that the server holds the key of the certificate it presented).
-#[derive(Debug)]
-struct NoCertificateVerification {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for NoCertificateVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
     }
 }
 
