@@ -12,6 +12,7 @@
 //! - `secrets_check`: the start-up check that `secretsEncryptionKey` opens the cluster's secrets.
 //! - `manifest`: the app manifest (`_statiko.yaml`): parsing, validation and compiled rules.
 //! - `repo`: the bundle repository (local directory, S3, Azure Blob, GCS) via `object_store`.
+//! - `http_admin`: the small plain-HTTP server behind the operator endpoints.
 //! - `process`: the shared start-up of the server binaries (flags, config, exit codes).
 //! - `telemetry`: tracing subscriber set-up.
 //! - `tls`: client-side TLS pieces (a verifier that accepts any server certificate).
@@ -20,6 +21,7 @@
 pub mod archive;
 pub mod config;
 pub mod crypto;
+pub mod http_admin;
 pub mod ids;
 pub mod keys;
 pub mod manifest;

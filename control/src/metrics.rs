@@ -7,7 +7,6 @@
 //! series (a client may send any path); the rest count under `_other`.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,10 +17,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tower::{Layer, Service};
 use tracing::Instrument as _;
 
@@ -252,36 +249,13 @@ pub async fn serve(
     metrics: Arc<ControlMetrics>,
     shutdown: CancellationToken,
 ) {
-    let tracker = TaskTracker::new();
-    loop {
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::warn!(error = %err, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let metrics = metrics.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(respond(&metrics, &req)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = conn => {}
-                () = shutdown.cancelled() => {}
-            }
-        });
-    }
-    tracker.close();
-    tracker.wait().await;
+    statiko_common::http_admin::serve(
+        listener,
+        "metrics",
+        move |req| respond(&metrics, req),
+        shutdown,
+    )
+    .await;
 }
 
 fn respond<B>(metrics: &ControlMetrics, req: &Request<B>) -> Response<Full<Bytes>> {

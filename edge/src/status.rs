@@ -2,7 +2,6 @@
 //! `stk cluster status` and deploy waits, and served on the admin listener (`/healthz`,
 //! `/readyz`, `/status`, `/metrics`).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,14 +9,12 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use statiko_common::keys::KeySchema;
 use statiko_common::model::{self, NodeCertificateStatus, NodeStatusRecord, now_ms};
 use statiko_common::store::{Store, TxnOp};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::desired::Desired;
 use crate::metrics::{EdgeMetrics, Gauges};
@@ -160,36 +157,13 @@ pub struct AdminState {
 /// Serves `/healthz`, `/readyz`, `/status` and `/metrics` (HTTP/1.1, no TLS: bind it to
 /// loopback).
 pub async fn serve_admin(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
-    let tracker = TaskTracker::new();
-    loop {
-        let (stream, _) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(error = %err, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let state = state.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(admin_response(&state, &req)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = conn => {}
-                () = shutdown.cancelled() => {}
-            }
-        });
-    }
-    tracker.close();
-    tracker.wait().await;
+    statiko_common::http_admin::serve(
+        listener,
+        "admin",
+        move |req| admin_response(&state, req),
+        shutdown,
+    )
+    .await;
 }
 
 fn admin_response(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
