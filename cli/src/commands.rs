@@ -443,6 +443,14 @@ async fn cluster_status(api: &Api, printer: Printer) -> anyhow::Result<()> {
                 text.push('\n');
                 text.push_str(&certs.render());
             }
+            for node in &response.nodes {
+                if node.sites_omitted > 0 || node.certificates_omitted > 0 {
+                    text.push_str(&format!(
+                        "\n{}: {} healthy site(s) and {} later-expiring certificate(s) not listed\n",
+                        node.name, node.sites_omitted, node.certificates_omitted
+                    ));
+                }
+            }
             text
         },
     )

@@ -263,6 +263,8 @@ pub(crate) fn node_json(node: &Node) -> Value {
         "sites": node.sites.iter().map(node_site_json).collect::<Vec<_>>(),
         "certificates": node.certificates.iter().map(node_certificate_json).collect::<Vec<_>>(),
         "disallow_leadership": node.disallow_leadership,
+        "sites_omitted": node.sites_omitted,
+        "certificates_omitted": node.certificates_omitted,
     })
 }
 

@@ -290,10 +290,23 @@ pub struct NodeStatusRecord {
     pub applied_revision: i64,
     #[serde(default)]
     pub updated_at: i64,
+    /// Every site, or, when the node serves more than the record lists, the sites that are
+    /// not healthy (the rest are served as desired at `applied_revision`).
     #[serde(default)]
     pub sites: Vec<NodeSiteStatus>,
+    /// Healthy sites left out of `sites`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sites_omitted: u64,
+    /// Certificates in use, or the ones expiring first when there are more than it lists.
     #[serde(default)]
     pub certificates: Vec<NodeCertificateStatus>,
+    /// Certificates left out of `certificates`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub certificates_omitted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Encodes a record as its stored bytes.

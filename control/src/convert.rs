@@ -170,6 +170,8 @@ pub(crate) fn node_to_proto(node: &NodeStatusRecord) -> pb::Node {
             })
             .collect(),
         disallow_leadership: node.disallow_leadership,
+        sites_omitted: node.sites_omitted,
+        certificates_omitted: node.certificates_omitted,
     }
 }
 

@@ -1,9 +1,14 @@
 //! The desired state as an edge holds it: every site, app and certificate record at one store
 //! revision. Built from a snapshot, advanced by watch batches, persisted in `edge.dataDir` so an
 //! edge restarted while the store is down serves what it had.
+//!
+//! The maps are persistent (`imbl`): a clone is O(1) and shares structure, so publishing a new
+//! state per watch batch costs the same with 10 sites or 10,000. A [`ChangeLog`] of recently
+//! changed keys lets a consumer that applied an earlier state apply only what changed since.
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use statiko_common::keys::{Key, KeySchema};
@@ -12,24 +17,90 @@ use statiko_common::model::{
 };
 use statiko_common::store::{KeyValue, Snapshot, WatchBatch, WatchEvent};
 
+/// A persistent map by record name.
+pub type Map<V> = imbl::OrdMap<String, V>;
+
+/// Changes kept in the log; a consumer further behind applies the whole state instead.
+const CHANGE_LOG_MAX: usize = 4096;
+
 /// The desired-state records this edge follows.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Desired {
     /// Revision of the last desired-state change applied (node status writes do not count).
     pub revision: i64,
     /// Store revision the edge has read up to; a watch resumes from `seen_revision + 1`.
     pub seen_revision: i64,
-    pub sites: BTreeMap<String, SiteRecord>,
+    pub sites: Map<SiteRecord>,
     /// Keyed by `name@version`.
-    pub apps: BTreeMap<String, AppRecord>,
-    pub certificates: BTreeMap<String, CertificateRecord>,
+    pub apps: Map<AppRecord>,
+    pub certificates: Map<CertificateRecord>,
     /// ACME HTTP-01 responses the leader stored, by token (every edge answers them).
     #[serde(default)]
-    pub challenges: BTreeMap<String, ChallengeRecord>,
+    pub challenges: Map<ChallengeRecord>,
     /// ACME orders in flight, by site (their last error shows in the node status).
     #[serde(default)]
-    pub acme_orders: BTreeMap<String, AcmeOrderRecord>,
+    pub acme_orders: Map<AcmeOrderRecord>,
+    /// Store `mod_revision` of each site and certificate record, by store key, for writes that
+    /// compare against the record they replace (the leader's certificate jobs).
+    #[serde(default)]
+    pub revisions: Map<i64>,
+    /// Recent changes (not persisted: a loaded state starts a new lineage).
+    #[serde(skip)]
+    changes: ChangeLog,
+    /// Whether this state was read from the store in this process (a persisted state was not).
+    #[serde(skip)]
+    synced: bool,
+}
+
+impl PartialEq for Desired {
+    /// Equal records at equal revisions; the change log is bookkeeping and does not count.
+    fn eq(&self, other: &Self) -> bool {
+        self.revision == other.revision
+            && self.seen_revision == other.seen_revision
+            && self.sites == other.sites
+            && self.apps == other.apps
+            && self.certificates == other.certificates
+            && self.challenges == other.challenges
+            && self.acme_orders == other.acme_orders
+            && self.revisions == other.revisions
+    }
+}
+
+/// One changed record, by the name the maps of [`Desired`] use.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Changed {
+    Site(String),
+    /// `name@version`.
+    App(String),
+    Certificate(String),
+    Challenge(String),
+    AcmeOrder(String),
+}
+
+/// Where a consumer is: the lineage and revision of the last state it applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    lineage: u64,
+    revision: i64,
+}
+
+/// The keys changed by recent revisions of one lineage of states. A lineage starts with a
+/// snapshot or a persisted load and continues through watch batches; positions in two lineages
+/// cannot be compared (a reload may have missed deletes), so crossing one means applying all.
+#[derive(Debug, Clone, Default)]
+struct ChangeLog {
+    lineage: u64,
+    /// The log is complete for revisions above this.
+    floor: i64,
+    /// `(revision, key)` in revision order.
+    entries: imbl::Vector<(i64, Changed)>,
+}
+
+/// A new lineage number, unique in this process.
+fn next_lineage() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Desired {
@@ -40,27 +111,97 @@ impl Desired {
             ..Self::default()
         };
         for kv in &snapshot.kvs {
-            if desired.put(keys, kv) {
+            if desired.put(keys, kv).is_some() {
                 desired.revision = desired.revision.max(kv.mod_revision);
             }
         }
+        desired.new_lineage();
+        desired.synced = true;
         desired
+    }
+
+    /// Whether this state came from the store in this process, rather than from the state
+    /// persisted by an earlier run (which may be far behind).
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Starts a new lineage at the current revision: consumers of an earlier one apply all.
+    fn new_lineage(&mut self) {
+        self.changes = ChangeLog {
+            lineage: next_lineage(),
+            floor: self.revision,
+            entries: imbl::Vector::new(),
+        };
+    }
+
+    /// This state's position, to remember as applied.
+    pub fn position(&self) -> Position {
+        Position {
+            lineage: self.changes.lineage,
+            revision: self.revision,
+        }
+    }
+
+    /// The records changed since `applied`, or `None` when they are not known (another lineage,
+    /// or further back than the log reaches): then the consumer applies the whole state.
+    pub fn changes_since(&self, applied: Position) -> Option<HashSet<Changed>> {
+        let log = &self.changes;
+        if applied.lineage != log.lineage || applied.revision < log.floor {
+            return None;
+        }
+        // Entries are in revision order: skip what `applied` already has.
+        let start = log
+            .entries
+            .binary_search_by(|(revision, _)| {
+                if *revision <= applied.revision {
+                    std::cmp::Ordering::Less
+                } else {
+                    std::cmp::Ordering::Greater
+                }
+            })
+            .unwrap_or_else(|i| i);
+        Some(
+            log.entries
+                .skip(start)
+                .into_iter()
+                .map(|(_, key)| key)
+                .collect(),
+        )
     }
 
     /// Applies one watch batch. Returns whether any desired-state record changed.
     pub fn apply(&mut self, keys: &KeySchema, batch: &WatchBatch) -> bool {
         let mut changed = false;
         for event in &batch.events {
-            changed |= match event {
+            let key = match event {
                 WatchEvent::Put(kv) => self.put(keys, kv),
                 WatchEvent::Delete { key, .. } => self.delete(keys, key),
             };
+            match key {
+                Some(Some(key)) => {
+                    self.log(batch.revision, key);
+                    changed = true;
+                }
+                Some(None) => changed = true,
+                None => {}
+            }
         }
         self.seen_revision = self.seen_revision.max(batch.revision);
         if changed {
             self.revision = batch.revision;
         }
         changed
+    }
+
+    fn log(&mut self, revision: i64, key: Changed) {
+        let log = &mut self.changes;
+        log.entries.push_back((revision, key));
+        while log.entries.len() > CHANGE_LOG_MAX {
+            if let Some((dropped, _)) = log.entries.pop_front() {
+                log.floor = log.floor.max(dropped);
+            }
+        }
     }
 
     /// The app record a site should serve, if it has one and the record exists.
@@ -70,44 +211,72 @@ impl Desired {
             .and_then(|app| self.apps.get(&app_key(app)))
     }
 
-    fn put(&mut self, keys: &KeySchema, kv: &KeyValue) -> bool {
+    /// Stores one record. `None`: not desired state; `Some(None)`: desired state but no record
+    /// changed (the `meta/state` marker, or an unreadable record, which is ignored).
+    fn put(&mut self, keys: &KeySchema, kv: &KeyValue) -> Option<Option<Changed>> {
         let decoded = match keys.parse(&kv.key) {
             Some(Key::Site(_)) => model::decode(&kv.value).map(|s: SiteRecord| {
-                self.sites.insert(s.domain.clone(), s);
+                let name = s.domain.clone();
+                self.sites.insert(name.clone(), s);
+                self.revisions.insert(kv.key.clone(), kv.mod_revision);
+                Changed::Site(name)
             }),
             Some(Key::App { .. }) => model::decode(&kv.value).map(|a: AppRecord| {
-                self.apps.insert(app_key(&a.app_ref()), a);
+                let name = app_key(&a.app_ref());
+                self.apps.insert(name.clone(), a);
+                Changed::App(name)
             }),
             Some(Key::Certificate(_)) => model::decode(&kv.value).map(|c: CertificateRecord| {
-                self.certificates.insert(c.name.clone(), c);
+                let name = c.name.clone();
+                self.certificates.insert(name.clone(), c);
+                self.revisions.insert(kv.key.clone(), kv.mod_revision);
+                Changed::Certificate(name)
             }),
             Some(Key::AcmeChallenge(token)) => {
                 model::decode(&kv.value).map(|c: ChallengeRecord| {
-                    self.challenges.insert(token, c);
+                    self.challenges.insert(token.clone(), c);
+                    Changed::Challenge(token)
                 })
             }
             Some(Key::AcmeOrder(site)) => model::decode(&kv.value).map(|o: AcmeOrderRecord| {
-                self.acme_orders.insert(site, o);
+                self.acme_orders.insert(site.clone(), o);
+                Changed::AcmeOrder(site)
             }),
-            _ => return kv.key == keys.meta_state(),
+            _ => return (kv.key == keys.meta_state()).then_some(None),
         };
-        if let Err(err) = decoded {
-            tracing::warn!(key = %kv.key, error = %err, "ignoring an unreadable record");
+        match decoded {
+            Ok(changed) => Some(Some(changed)),
+            Err(err) => {
+                tracing::warn!(key = %kv.key, error = %err, "ignoring an unreadable record");
+                Some(None)
+            }
         }
-        true
     }
 
-    fn delete(&mut self, keys: &KeySchema, key: &str) -> bool {
-        match keys.parse(key) {
-            Some(Key::Site(domain)) => self.sites.remove(&domain).is_some(),
+    /// Removes one record; like [`Self::put`], but nothing changed when it was not there.
+    fn delete(&mut self, keys: &KeySchema, key: &str) -> Option<Option<Changed>> {
+        self.revisions.remove(key);
+        let changed = match keys.parse(key) {
+            Some(Key::Site(domain)) => self.sites.remove(&domain).map(|_| Changed::Site(domain)),
             Some(Key::App { name, version }) => {
-                self.apps.remove(&format!("{name}@{version}")).is_some()
+                let name = format!("{name}@{version}");
+                self.apps.remove(&name).map(|_| Changed::App(name))
             }
-            Some(Key::Certificate(name)) => self.certificates.remove(&name).is_some(),
-            Some(Key::AcmeChallenge(token)) => self.challenges.remove(&token).is_some(),
-            Some(Key::AcmeOrder(site)) => self.acme_orders.remove(&site).is_some(),
-            _ => false,
-        }
+            Some(Key::Certificate(name)) => self
+                .certificates
+                .remove(&name)
+                .map(|_| Changed::Certificate(name)),
+            Some(Key::AcmeChallenge(token)) => self
+                .challenges
+                .remove(&token)
+                .map(|_| Changed::Challenge(token)),
+            Some(Key::AcmeOrder(site)) => self
+                .acme_orders
+                .remove(&site)
+                .map(|_| Changed::AcmeOrder(site)),
+            _ => None,
+        };
+        changed.map(Some)
     }
 
     /// Where the last applied state is kept.
@@ -119,7 +288,10 @@ impl Desired {
     pub fn load(data_dir: &Path) -> std::io::Result<Option<Self>> {
         match std::fs::read(Self::path(data_dir)) {
             Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
+                .map(|mut desired: Self| {
+                    desired.new_lineage();
+                    Some(desired)
+                })
                 .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err)),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(err),
@@ -214,6 +386,91 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         desired.save(dir.path()).unwrap();
         assert_eq!(Desired::load(dir.path()).unwrap(), Some(desired));
+    }
+
+    fn put(keys: &KeySchema, domain: &str, revision: i64) -> WatchBatch {
+        WatchBatch {
+            revision,
+            events: vec![WatchEvent::Put(kv(
+                keys.site(domain),
+                model::encode(&site(domain)),
+                revision,
+            ))],
+        }
+    }
+
+    #[test]
+    fn change_log_names_what_changed_since_a_position() {
+        let keys = KeySchema::new("/statiko");
+        let mut desired = Desired::from_snapshot(
+            &keys,
+            &Snapshot {
+                revision: 3,
+                kvs: vec![kv(keys.site("a.test"), model::encode(&site("a.test")), 3)],
+            },
+        );
+        let start = desired.position();
+        assert_eq!(desired.changes_since(start), Some(HashSet::new()));
+
+        desired.apply(&keys, &put(&keys, "b.test", 4));
+        let at_4 = desired.position();
+        desired.apply(
+            &keys,
+            &WatchBatch {
+                revision: 5,
+                events: vec![WatchEvent::Delete {
+                    key: keys.site("a.test"),
+                    mod_revision: 5,
+                }],
+            },
+        );
+        // A copy published to a consumer carries the log with it.
+        let published = desired.clone();
+        assert_eq!(
+            published.changes_since(start),
+            Some(HashSet::from([
+                Changed::Site("b.test".into()),
+                Changed::Site("a.test".into())
+            ]))
+        );
+        assert_eq!(
+            published.changes_since(at_4),
+            Some(HashSet::from([Changed::Site("a.test".into())]))
+        );
+        assert_eq!(
+            published.changes_since(published.position()),
+            Some(HashSet::new())
+        );
+
+        // Another lineage (a reload, a persisted state) cannot be diffed against.
+        let reloaded = Desired::from_snapshot(
+            &keys,
+            &Snapshot {
+                revision: 5,
+                kvs: vec![kv(keys.site("b.test"), model::encode(&site("b.test")), 4)],
+            },
+        );
+        assert_eq!(reloaded.changes_since(at_4), None);
+        assert_eq!(reloaded.changes_since(published.position()), None);
+    }
+
+    #[test]
+    fn change_log_is_bounded() {
+        let keys = KeySchema::new("/statiko");
+        let mut desired = Desired::from_snapshot(&keys, &Snapshot::default());
+        let start = desired.position();
+        desired.apply(&keys, &put(&keys, "first.test", 1));
+        let after_first = desired.position();
+        for i in 0..CHANGE_LOG_MAX {
+            desired.apply(&keys, &put(&keys, &format!("s{i}.test"), 2 + i as i64));
+        }
+        // The first change fell off the log: a consumer from before it applies everything; one
+        // just after it still gets the changes.
+        assert_eq!(desired.changes_since(start), None);
+        assert_eq!(
+            desired.changes_since(after_first).map(|c| c.len()),
+            Some(CHANGE_LOG_MAX)
+        );
     }
 
     #[test]

@@ -7,7 +7,6 @@
 //! scrape. Cardinality is bounded: requests for hosts no site owns count under `_unknown`, and
 //! only the first [`MAX_SITES`] sites get their own series; the rest share `_other`.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -96,12 +95,16 @@ impl Histogram {
     }
 }
 
+/// Per-site counters by primary domain.
+type SiteSeries = imbl::HashMap<Box<str>, Arc<SiteCounters>>;
+
 /// Everything the edge counts. One per process, shared by the handler, the reconciler loop
 /// and the admin listener.
 #[derive(Debug)]
 pub struct EdgeMetrics {
-    /// Counters by primary domain, swapped whole when the set of sites changes.
-    sites: ArcSwap<HashMap<Box<str>, Arc<SiteCounters>>>,
+    /// Counters by primary domain, swapped whole when the set of sites changes (persistent, so
+    /// adding or dropping one site is O(1) whatever the number of sites).
+    sites: ArcSwap<SiteSeries>,
     /// Serializes `set_sites` (cold path only).
     registering: Mutex<()>,
     unknown: Arc<SiteCounters>,
@@ -117,7 +120,7 @@ pub struct EdgeMetrics {
 impl Default for EdgeMetrics {
     fn default() -> Self {
         Self {
-            sites: ArcSwap::from_pointee(HashMap::new()),
+            sites: ArcSwap::from_pointee(SiteSeries::new()),
             registering: Mutex::new(()),
             unknown: Arc::default(),
             other: Arc::default(),
@@ -141,8 +144,8 @@ pub struct Gauges<'a> {
     pub store_connected: bool,
     pub sites: usize,
     pub unhealthy_sites: usize,
-    /// Certificates in use: (name, not_after Unix ms).
-    pub certificates: &'a [(String, i64)],
+    /// Certificates in use: name to `notAfter` (Unix ms).
+    pub certificates: Option<&'a crate::reconcile::CertExpiries>,
 }
 
 impl EdgeMetrics {
@@ -166,7 +169,7 @@ impl EdgeMetrics {
         {
             return;
         }
-        let mut next: HashMap<Box<str>, Arc<SiteCounters>> = HashMap::with_capacity(capped);
+        let mut next = SiteSeries::new();
         // Known domains keep their series first, so a new site never takes an old one's place.
         for domain in domains.clone() {
             if let Some(counters) = current.get(domain) {
@@ -177,7 +180,33 @@ impl EdgeMetrics {
             if next.len() >= MAX_SITES {
                 break;
             }
-            next.entry(domain.into()).or_default();
+            if !next.contains_key(domain) {
+                next.insert(domain.into(), Arc::default());
+            }
+        }
+        self.sites.store(Arc::new(next));
+    }
+
+    /// Adds the series of `added` sites (while there is room) and drops those of `removed`.
+    pub fn update_sites(&self, added: &[&str], removed: &[&str]) {
+        if added.is_empty() && removed.is_empty() {
+            return;
+        }
+        let _serial = self
+            .registering
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut next = SiteSeries::clone(&self.sites.load());
+        for domain in removed {
+            next.remove(*domain);
+        }
+        for domain in added {
+            if next.len() >= MAX_SITES {
+                break;
+            }
+            if !next.contains_key(*domain) {
+                next.insert((*domain).into(), Arc::default());
+            }
         }
         self.sites.store(Arc::new(next));
     }
@@ -391,7 +420,7 @@ impl EdgeMetrics {
             "gauge",
             "notAfter of each certificate in use (Unix seconds).",
         );
-        for (name, not_after) in gauges.certificates.iter().take(MAX_SITES) {
+        for (name, not_after) in gauges.certificates.into_iter().flatten().take(MAX_SITES) {
             let _ = writeln!(
                 out,
                 "statiko_edge_certificate_expiry_timestamp_seconds{{certificate=\"{}\"}} {}",
@@ -442,7 +471,10 @@ mod tests {
         let text = m.render(&Gauges {
             applied_revision: Some(7),
             desired_revision: 9,
-            certificates: &[("c1".into(), 2_000_000)],
+            certificates: Some(&crate::reconcile::CertExpiries::unit(
+                "c1".into(),
+                2_000_000,
+            )),
             ..Gauges::default()
         });
         for line in [
@@ -461,6 +493,23 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn sites_are_added_and_dropped_one_by_one() {
+        let m = EdgeMetrics::default();
+        m.update_sites(&["a.example", "b.example"], &[]);
+        m.record(&m.site("a.example"), 200, 1, Duration::from_micros(80));
+        let a = m.site("a.example");
+        m.update_sites(&["c.example"], &["b.example"]);
+        assert!(
+            Arc::ptr_eq(&a, &m.site("a.example")),
+            "a keeps its counters"
+        );
+        assert!(Arc::ptr_eq(&m.site("b.example"), &m.other));
+        let text = m.render(&Gauges::default());
+        assert!(text.contains("statiko_edge_response_bytes_total{site=\"c.example\"} 0"));
+        assert!(!text.contains("b.example"), "{text}");
     }
 
     #[test]

@@ -1,6 +1,13 @@
 //! Turns each new desired state into what is served: stages the bundles it needs, then swaps the
 //! certificates and the routing table atomically. A site whose new version fails to stage keeps
 //! serving its previous version and reports the error.
+//!
+//! The apply is incremental. What was built (host routes, the certificate map, site statuses) is
+//! kept in persistent maps, and reverse indexes say which sites an app or certificate record
+//! affects; given the records changed since the state applied last
+//! ([`Desired::changes_since`]), only the sites they touch are recomputed, so one change costs
+//! the same with 10 sites or 10,000. The first apply of a lineage (start, a reload after a
+//! compaction) recomputes every site.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -9,18 +16,22 @@ use futures::StreamExt;
 use rustls::sign::CertifiedKey;
 use statiko_common::crypto::{self, SecretBox};
 use statiko_common::model::{
-    self, AppRef, CertificateKind, CertificateRecord, NodeSiteStatus, SiteRecord, TlsChoice,
+    self, AppRecord, AppRef, CertificateKind, CertificateRecord, NodeSiteStatus, SiteRecord,
+    TlsChoice,
 };
 use statiko_common::notify::Notifier;
 
 use crate::bundle::StagedBundle;
-use crate::desired::Desired;
-use crate::serve::tls::{CertResolver, certified_key_from_pem};
+use crate::desired::{Changed, Desired, Position};
+use crate::metrics::EdgeMetrics;
+use crate::serve::tls::{CertMap, CertResolver, certified_key_from_pem};
 use crate::stage::Stager;
-use crate::table::{Challenge, Route, RoutingTable, SharedTable, SiteRoute};
+use crate::table::{Challenge, Hosts, Route, RoutingTable, SharedTable, SiteRoute};
 
-/// A certificate's name and expiry (Unix ms), reported in the node status.
-type CertExpiry = (String, i64);
+/// Certificates in use: name to `notAfter` (Unix ms), reported in the node status.
+pub type CertExpiries = imbl::OrdMap<String, i64>;
+/// Every site's status by primary domain.
+pub type SiteStatuses = imbl::OrdMap<String, NodeSiteStatus>;
 
 /// Bundles staged at the same time.
 const STAGING_CONCURRENCY: usize = 3;
@@ -33,13 +44,67 @@ struct Served {
     error: Option<String>,
 }
 
-/// Outcome of applying one desired state, for the node status.
+/// One site as the last apply left it, with what it depends on.
+#[derive(Debug)]
+struct SiteState {
+    served: Served,
+    /// Host names routed to it: the primary domain and the aliases.
+    hosts: Vec<String>,
+    /// The app (`name@version`) it deploys, whether or not that record exists.
+    app: Option<String>,
+    /// The certificate records whose change can change what it presents.
+    cert_deps: Vec<String>,
+    /// The certificate it presents: its cache key, and its name and expiry when from the store.
+    cert: Option<(String, Option<(String, i64)>)>,
+}
+
+/// The certificate chosen for a site.
+struct Chosen {
+    key: Arc<CertifiedKey>,
+    cache_key: String,
+    /// Name and `notAfter` of a certificate from the store (none for one made here).
+    status: Option<(String, i64)>,
+}
+
+/// Outcome of applying one desired state, for the node status. Clones are O(1).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Applied {
     pub revision: i64,
-    pub sites: Vec<NodeSiteStatus>,
-    /// Certificates in use: (name, not_after ms).
-    pub certificates: Vec<(String, i64)>,
+    pub sites: SiteStatuses,
+    /// Certificates in use.
+    pub certificates: CertExpiries,
+}
+
+impl Applied {
+    /// Sites not served as desired.
+    pub fn unhealthy(&self) -> impl Iterator<Item = &NodeSiteStatus> {
+        self.sites.values().filter(|s| !s.healthy)
+    }
+}
+
+/// Reference counts: how many sites use each key.
+#[derive(Debug, Default)]
+struct Refs(HashMap<String, usize>);
+
+impl Refs {
+    fn add(&mut self, key: &str) {
+        *self.0.entry(key.to_owned()).or_default() += 1;
+    }
+
+    /// Returns whether `key` lost its last user.
+    fn release(&mut self, key: &str) -> bool {
+        match self.0.get_mut(key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                self.0.remove(key);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Applies desired states one after the other; owns the staging cache and certificate cache.
@@ -49,15 +114,29 @@ pub struct Reconciler {
     table: SharedTable,
     certs: Arc<CertResolver>,
     secrets: Option<SecretBox>,
-    served: HashMap<String, Served>,
+    /// The state applied last; `None` before the first apply.
+    position: Option<Position>,
+    sites: HashMap<String, SiteState>,
+    /// Sites by the app they deploy, and by the certificate records they depend on.
+    app_users: HashMap<String, HashSet<String>>,
+    cert_users: HashMap<String, HashSet<String>>,
+    /// What is published: routes and certificates by host name, ACME challenge responses.
+    hosts: Hosts,
+    cert_map: CertMap,
+    challenges: Arc<HashMap<String, Challenge>>,
+    status: SiteStatuses,
+    cert_expiries: CertExpiries,
+    /// Users of each name in `cert_expiries`, of each cached certificate, of each bundle digest.
+    expiry_refs: Refs,
+    cert_refs: Refs,
+    bundle_refs: Refs,
     /// Parsed certificates by a key that changes when the certificate changes.
     cert_cache: HashMap<String, Arc<CertifiedKey>>,
-    /// Cache keys used by the current apply; the rest is dropped after it.
-    cert_used: HashSet<String>,
     /// Where failed deploys are reported.
     notifier: Option<Notifier>,
     /// The last deploy error notified per site, so each distinct failure is sent once.
     notified: HashMap<String, String>,
+    metrics: Option<Arc<EdgeMetrics>>,
 }
 
 impl Reconciler {
@@ -72,11 +151,22 @@ impl Reconciler {
             table,
             certs,
             secrets,
-            served: HashMap::new(),
+            position: None,
+            sites: HashMap::new(),
+            app_users: HashMap::new(),
+            cert_users: HashMap::new(),
+            hosts: Hosts::default(),
+            cert_map: CertMap::default(),
+            challenges: Arc::default(),
+            status: SiteStatuses::default(),
+            cert_expiries: CertExpiries::default(),
+            expiry_refs: Refs::default(),
+            cert_refs: Refs::default(),
+            bundle_refs: Refs::default(),
             cert_cache: HashMap::new(),
-            cert_used: HashSet::new(),
             notifier: None,
             notified: HashMap::new(),
+            metrics: None,
         }
     }
 
@@ -86,20 +176,31 @@ impl Reconciler {
         self
     }
 
+    /// Keeps the per-site series of `metrics` in step with the sites served.
+    pub fn with_metrics(mut self, metrics: Arc<EdgeMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Applies `desired`: stage, then swap certificates and table, then evict unused bundles.
     pub async fn apply(&mut self, desired: &Desired) -> Applied {
+        let (affected, challenges_changed) = self.affected(desired);
+
         // Stage every bundle that differs from what the site serves now, a few at a time.
-        let mut wanted: Vec<(String, statiko_common::model::AppRecord)> = Vec::new();
+        let mut wanted: Vec<(String, AppRecord)> = Vec::new();
         let mut next: HashMap<String, Served> = HashMap::new();
-        for site in desired.sites.values() {
-            let previous = self.served.get(&site.domain).cloned().unwrap_or_default();
+        for domain in &affected {
+            let Some(site) = desired.sites.get(domain) else {
+                continue;
+            };
+            let previous = self.previous(domain);
             match (&site.app, desired.app_for(site)) {
                 (None, _) => {
-                    next.insert(site.domain.clone(), Served::default());
+                    next.insert(domain.clone(), Served::default());
                 }
                 (Some(app), None) => {
                     next.insert(
-                        site.domain.clone(),
+                        domain.clone(),
                         Served {
                             error: Some(format!("app {app} does not exist")),
                             ..previous
@@ -113,9 +214,9 @@ impl Reconciler {
                         .is_some_and(|b| b.digest == record.digest)
                         && previous.app.as_ref() == Some(&record.app_ref());
                     if same {
-                        next.insert(site.domain.clone(), previous);
+                        next.insert(domain.clone(), previous);
                     } else {
-                        wanted.push((site.domain.clone(), record.clone()));
+                        wanted.push((domain.clone(), record.clone()));
                     }
                 }
             }
@@ -147,144 +248,249 @@ impl Reconciler {
                         }
                         self.notified.insert(domain.clone(), message);
                     }
-                    let previous = self.served.get(&domain).cloned().unwrap_or_default();
                     Served {
                         error: Some(format!("staging {} failed: {err}", record.app_ref())),
-                        ..previous
+                        ..self.previous(&domain)
                     }
                 }
             };
             next.insert(domain, served);
         }
 
-        // Certificates first, so no new host is routed before its certificate is there.
-        let mut cert_map = HashMap::new();
-        let mut cert_status = Vec::new();
-        let mut cert_errors: HashMap<String, String> = HashMap::new();
-        for site in desired.sites.values() {
-            match self.certificate_for(site, desired) {
-                Ok((key, status)) => {
-                    for domain in site.all_domains() {
-                        cert_map.insert(domain.to_owned(), key.clone());
+        // Withdraw what the affected sites published; what they release is counted down only
+        // after the new state took its references, so a certificate or bundle kept is not
+        // dropped and remade.
+        let mut released: Vec<SiteState> = Vec::new();
+        let mut added: Vec<&str> = Vec::new();
+        let mut removed: Vec<&str> = Vec::new();
+        for domain in &affected {
+            let present = desired.sites.contains_key(domain);
+            match self.sites.remove(domain) {
+                Some(old) => {
+                    self.withdraw(domain, &old);
+                    if !present {
+                        removed.push(domain);
+                        self.status.remove(domain);
+                        self.notified.remove(domain);
                     }
-                    if let Some(status) = status {
-                        cert_status.push(status);
-                    }
+                    released.push(old);
                 }
-                Err(err) => {
-                    cert_errors.insert(site.domain.clone(), err);
-                }
+                None if present => added.push(domain),
+                None => {}
             }
         }
-        self.certs.replace(cert_map);
 
-        let mut hosts = HashMap::with_capacity(desired.sites.len() * 2);
-        for site in desired.sites.values() {
-            let served = next.get(&site.domain).cloned().unwrap_or_default();
-            let route = Arc::new(SiteRoute {
-                domain: site.domain.clone(),
-                app: served.app.clone(),
-                bundle: served.bundle.clone(),
-            });
-            hosts.insert(site.domain.clone(), Route::Site(route));
-            for alias in &site.aliases {
-                hosts.insert(
-                    alias.clone(),
-                    Route::Alias {
-                        primary: site.domain.clone(),
-                    },
-                );
-            }
+        // Certificates and routes of the affected sites.
+        for domain in &affected {
+            let Some(site) = desired.sites.get(domain) else {
+                continue;
+            };
+            let served = next.remove(domain).unwrap_or_default();
+            let state = self.publish_site(site, served, desired);
+            self.sites.insert(domain.clone(), state);
         }
-        // ACME challenge responses, each for the domains of the site it names.
-        let challenges = desired
-            .challenges
-            .iter()
-            .filter_map(|(token, record)| {
-                let site = desired.sites.get(&record.site)?;
-                let domains: Vec<String> = record
-                    .domains
-                    .iter()
-                    .filter(|d| site.all_domains().any(|s| s == d.as_str()))
-                    .cloned()
-                    .collect();
-                (!domains.is_empty()).then(|| {
-                    (
-                        token.clone(),
-                        Challenge {
-                            key_authorization: record.key_authorization.clone(),
-                            domains,
-                        },
-                    )
-                })
-            })
-            .collect();
+        for old in released {
+            self.release(old);
+        }
+        if challenges_changed {
+            self.challenges = Arc::new(challenges(desired));
+        }
+
+        // Certificates first, so no new host is routed before its certificate is there.
+        self.certs.set(self.cert_map.clone());
         self.table.store(Arc::new(RoutingTable {
             revision: desired.revision,
-            hosts,
-            challenges,
+            hosts: self.hosts.clone(),
+            challenges: self.challenges.clone(),
         }));
-        self.notified
-            .retain(|domain, _| desired.sites.contains_key(domain));
-
-        let in_use: HashSet<String> = next
-            .values()
-            .filter_map(|s| s.bundle.as_ref().map(|b| b.digest.clone()))
-            .collect();
-        self.stager.evict_except(&in_use).await;
-        self.served = next;
-        let used = std::mem::take(&mut self.cert_used);
-        self.cert_cache.retain(|key, _| used.contains(key));
-
-        let sites = desired
-            .sites
-            .values()
-            .map(|site| {
-                let served = self.served.get(&site.domain).cloned().unwrap_or_default();
-                let mut error = match (served.error, cert_errors.remove(&site.domain)) {
-                    (Some(a), Some(b)) => Some(format!("{a}; {b}")),
-                    (a, b) => a.or(b),
-                };
-                if site.tls == TlsChoice::Acme
-                    && let Some(acme) = desired
-                        .acme_orders
-                        .get(&site.domain)
-                        .and_then(|o| o.last_error.as_ref())
-                {
-                    let acme = format!("acme: {acme}");
-                    error = Some(match error {
-                        Some(e) => format!("{e}; {acme}"),
-                        None => acme,
-                    });
-                }
-                NodeSiteStatus {
-                    domain: site.domain.clone(),
-                    app: served.app,
-                    healthy: error.is_none(),
-                    error,
-                }
-            })
-            .collect();
+        if let Some(metrics) = &self.metrics {
+            metrics.update_sites(&added, &removed);
+        }
+        self.position = Some(desired.position());
         Applied {
             revision: desired.revision,
-            sites,
-            certificates: cert_status,
+            sites: self.status.clone(),
+            certificates: self.cert_expiries.clone(),
+        }
+    }
+
+    /// The sites to recompute, and whether the challenge responses must be rebuilt.
+    fn affected(&self, desired: &Desired) -> (Vec<String>, bool) {
+        let changes = self.position.and_then(|at| desired.changes_since(at));
+        let Some(changes) = changes else {
+            // Everything: the sites there are and the sites that were.
+            let mut all: HashSet<&String> = desired.sites.keys().collect();
+            all.extend(self.sites.keys());
+            return (all.into_iter().cloned().collect(), true);
+        };
+        let mut affected: HashSet<String> = HashSet::new();
+        let mut challenges = false;
+        let users = |index: &HashMap<String, HashSet<String>>, key: &str| {
+            index
+                .get(key)
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        for change in changes {
+            match change {
+                Changed::Site(domain) => {
+                    // A challenge answers only for its site's current domains.
+                    challenges |= !desired.challenges.is_empty() || !self.challenges.is_empty();
+                    affected.insert(domain);
+                }
+                Changed::AcmeOrder(domain) => {
+                    affected.insert(domain);
+                }
+                Changed::App(app) => affected.extend(users(&self.app_users, &app)),
+                Changed::Certificate(name) => affected.extend(users(&self.cert_users, &name)),
+                Changed::Challenge(_) => challenges = true,
+            }
+        }
+        (affected.into_iter().collect(), challenges)
+    }
+
+    /// What a site serves now (nothing if it is new).
+    fn previous(&self, domain: &str) -> Served {
+        self.sites
+            .get(domain)
+            .map(|s| s.served.clone())
+            .unwrap_or_default()
+    }
+
+    /// Removes a site's routes, certificates and index entries.
+    fn withdraw(&mut self, domain: &str, old: &SiteState) {
+        for host in &old.hosts {
+            let owned = match self.hosts.get(host) {
+                Some(Route::Site(route)) => route.domain == domain,
+                Some(Route::Alias { primary }) => primary == domain,
+                None => false,
+            };
+            if owned {
+                self.hosts.remove(host);
+                self.cert_map.remove(host);
+            }
+        }
+        if let Some(app) = &old.app {
+            unindex(&mut self.app_users, app, domain);
+        }
+        for name in &old.cert_deps {
+            unindex(&mut self.cert_users, name, domain);
+        }
+    }
+
+    /// Counts down what a replaced or removed site used.
+    fn release(&mut self, old: SiteState) {
+        if let Some((cache_key, status)) = old.cert {
+            if self.cert_refs.release(&cache_key) {
+                self.cert_cache.remove(&cache_key);
+            }
+            if let Some((name, _)) = status
+                && self.expiry_refs.release(&name)
+            {
+                self.cert_expiries.remove(&name);
+            }
+        }
+        if let Some(bundle) = &old.served.bundle
+            && self.bundle_refs.release(&bundle.digest)
+        {
+            let keep: HashSet<String> = self.bundle_refs.0.keys().cloned().collect();
+            let stager = self.stager.clone();
+            // Off the apply path: evicting removes directories.
+            tokio::spawn(async move {
+                stager.evict_except(&keep).await;
+            });
+        }
+    }
+
+    /// Publishes one site's certificate and routes, indexes what it depends on, and records
+    /// its status.
+    fn publish_site(&mut self, site: &SiteRecord, served: Served, desired: &Desired) -> SiteState {
+        let domain = &site.domain;
+        let hosts: Vec<String> = site.all_domains().map(str::to_owned).collect();
+        let cert_deps = certificate_deps(site);
+        let (cert, cert_error) = match self.certificate_for(site, desired) {
+            Ok(chosen) => {
+                for host in &hosts {
+                    self.cert_map.insert(host.clone(), chosen.key.clone());
+                }
+                self.cert_refs.add(&chosen.cache_key);
+                if let Some((name, not_after)) = &chosen.status {
+                    self.expiry_refs.add(name);
+                    self.cert_expiries.insert(name.clone(), *not_after);
+                }
+                (Some((chosen.cache_key, chosen.status)), None)
+            }
+            Err(err) => (None, Some(err)),
+        };
+        let route = Arc::new(SiteRoute {
+            domain: domain.clone(),
+            app: served.app.clone(),
+            bundle: served.bundle.clone(),
+        });
+        self.hosts.insert(domain.clone(), Route::Site(route));
+        for alias in &site.aliases {
+            self.hosts.insert(
+                alias.clone(),
+                Route::Alias {
+                    primary: domain.clone(),
+                },
+            );
+        }
+        if let Some(bundle) = &served.bundle {
+            self.bundle_refs.add(&bundle.digest);
+        }
+        let app = site.app.as_ref().map(crate::desired::app_key);
+        if let Some(app) = &app {
+            index(&mut self.app_users, app, domain);
+        }
+        for name in &cert_deps {
+            index(&mut self.cert_users, name, domain);
+        }
+
+        let mut error = match (served.error.clone(), cert_error) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        };
+        if site.tls == TlsChoice::Acme
+            && let Some(acme) = desired
+                .acme_orders
+                .get(domain)
+                .and_then(|o| o.last_error.as_ref())
+        {
+            let acme = format!("acme: {acme}");
+            error = Some(match error {
+                Some(e) => format!("{e}; {acme}"),
+                None => acme,
+            });
+        }
+        self.status.insert(
+            domain.clone(),
+            NodeSiteStatus {
+                domain: domain.clone(),
+                app: served.app.clone(),
+                healthy: error.is_none(),
+                error,
+            },
+        );
+        SiteState {
+            served,
+            hosts,
+            app,
+            cert_deps,
+            cert,
         }
     }
 
     /// The certificate a site presents, with its expiry for the status.
-    fn certificate_for(
-        &mut self,
-        site: &SiteRecord,
-        desired: &Desired,
-    ) -> Result<(Arc<CertifiedKey>, Option<CertExpiry>), String> {
+    fn certificate_for(&mut self, site: &SiteRecord, desired: &Desired) -> Result<Chosen, String> {
         if let TlsChoice::Imported { certificate } = &site.tls {
             let record = desired
                 .certificates
                 .get(certificate)
                 .ok_or_else(|| format!("certificate {certificate:?} does not exist"))?;
-            let key = self.imported(record)?;
-            return Ok((key, Some((record.name.clone(), record.not_after))));
+            return self.imported(record);
         }
         // The leader's certificates: the ACME one once issued (and covering every domain), else
         // the leader's self-signed one, else (until the leader's arrives) one made here.
@@ -314,31 +520,43 @@ impl Reconciler {
         );
         for record in candidates {
             match self.imported(record) {
-                Ok(key) => return Ok((key, Some((record.name.clone(), record.not_after)))),
+                Ok(chosen) => return Ok(chosen),
                 Err(err) => {
                     tracing::warn!(site = %site.domain, error = %err, "unusable leader certificate")
                 }
             }
         }
         let cache_key = local_cert_key(site);
-        self.cert_used.insert(cache_key.clone());
         if let Some(key) = self.cert_cache.get(&cache_key) {
-            return Ok((key.clone(), None));
+            return Ok(Chosen {
+                key: key.clone(),
+                cache_key,
+                status: None,
+            });
         }
         let domains: Vec<String> = site.all_domains().map(str::to_owned).collect();
         let (cert, key) = crypto::self_signed(&domains, 90)
             .map_err(|err| format!("self-signed certificate: {err}"))?;
         let key = certified_key_from_pem(&cert, &key)
             .map_err(|err| format!("self-signed certificate: {err}"))?;
-        self.cert_cache.insert(cache_key, key.clone());
-        Ok((key, None))
+        self.cert_cache.insert(cache_key.clone(), key.clone());
+        Ok(Chosen {
+            key,
+            cache_key,
+            status: None,
+        })
     }
 
-    fn imported(&mut self, record: &CertificateRecord) -> Result<Arc<CertifiedKey>, String> {
+    /// A certificate record from the store, parsed once per name and fingerprint.
+    fn imported(&mut self, record: &CertificateRecord) -> Result<Chosen, String> {
         let cache_key = format!("store:{}:{}", record.name, record.fingerprint);
-        self.cert_used.insert(cache_key.clone());
+        let status = Some((record.name.clone(), record.not_after));
         if let Some(key) = self.cert_cache.get(&cache_key) {
-            return Ok(key.clone());
+            return Ok(Chosen {
+                key: key.clone(),
+                cache_key,
+                status,
+            });
         }
         let secrets = self
             .secrets
@@ -351,13 +569,241 @@ impl Reconciler {
             .map_err(|_| format!("certificate {:?}: key is not PEM", record.name))?;
         let key = certified_key_from_pem(&record.certificate_pem, &key_pem)
             .map_err(|err| format!("certificate {:?}: {err}", record.name))?;
-        self.cert_cache.insert(cache_key, key.clone());
-        Ok(key)
+        self.cert_cache.insert(cache_key.clone(), key.clone());
+        Ok(Chosen {
+            key,
+            cache_key,
+            status,
+        })
     }
+}
+
+/// The certificate records whose change can change what `site` presents.
+fn certificate_deps(site: &SiteRecord) -> Vec<String> {
+    match &site.tls {
+        TlsChoice::Imported { certificate } => vec![certificate.clone()],
+        TlsChoice::Acme => vec![
+            model::leader_certificate_name(CertificateKind::Acme, &site.domain),
+            model::leader_certificate_name(CertificateKind::SelfSigned, &site.domain),
+        ],
+        TlsChoice::SelfSigned => vec![model::leader_certificate_name(
+            CertificateKind::SelfSigned,
+            &site.domain,
+        )],
+    }
+}
+
+fn index(index: &mut HashMap<String, HashSet<String>>, key: &str, domain: &str) {
+    index
+        .entry(key.to_owned())
+        .or_default()
+        .insert(domain.to_owned());
+}
+
+fn unindex(index: &mut HashMap<String, HashSet<String>>, key: &str, domain: &str) {
+    if let Some(users) = index.get_mut(key) {
+        users.remove(domain);
+        if users.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+/// ACME challenge responses, each for the domains of the site it names.
+fn challenges(desired: &Desired) -> HashMap<String, Challenge> {
+    desired
+        .challenges
+        .iter()
+        .filter_map(|(token, record)| {
+            let site = desired.sites.get(&record.site)?;
+            let domains: Vec<String> = record
+                .domains
+                .iter()
+                .filter(|d| site.all_domains().any(|s| s == d.as_str()))
+                .cloned()
+                .collect();
+            (!domains.is_empty()).then(|| {
+                (
+                    token.clone(),
+                    Challenge {
+                        key_authorization: record.key_authorization.clone(),
+                        domains,
+                    },
+                )
+            })
+        })
+        .collect()
 }
 
 fn local_cert_key(site: &SiteRecord) -> String {
     let mut domains: Vec<&str> = site.all_domains().collect();
     domains.sort_unstable();
     format!("local:{}", domains.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arc_swap::ArcSwap;
+    use statiko_common::config::{LimitsConfig, RepoConfig};
+    use statiko_common::keys::KeySchema;
+    use statiko_common::repo::BundleRepo;
+    use statiko_common::store::{KeyValue, Snapshot, WatchBatch, WatchEvent};
+
+    fn site(domain: &str, aliases: &[&str]) -> SiteRecord {
+        SiteRecord {
+            domain: domain.into(),
+            aliases: aliases.iter().map(|a| (*a).to_owned()).collect(),
+            tls: TlsChoice::SelfSigned,
+            app: None,
+            created_at: 0,
+            updated_at: 0,
+            deployed_at: None,
+        }
+    }
+
+    fn put(keys: &KeySchema, site: &SiteRecord, revision: i64) -> WatchEvent {
+        WatchEvent::Put(KeyValue {
+            key: keys.site(&site.domain),
+            value: model::encode(site),
+            create_revision: revision,
+            mod_revision: revision,
+            version: 1,
+            lease: 0,
+        })
+    }
+
+    fn route<'a>(table: &'a RoutingTable, host: &str) -> &'a Arc<SiteRoute> {
+        match table.route(host) {
+            Some(Route::Site(route)) => route,
+            other => panic!("{host}: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn applies_only_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut repo = RepoConfig::default();
+        repo.local.path = dir.path().join("repo");
+        let stager = Stager::new(
+            dir.path(),
+            BundleRepo::from_config(&repo).unwrap(),
+            LimitsConfig::default(),
+            None,
+            false,
+        );
+        let table: SharedTable = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
+        let certs = Arc::new(CertResolver::new().unwrap());
+        let metrics = Arc::new(EdgeMetrics::default());
+        let mut reconciler = Reconciler::new(stager, table.clone(), certs.clone(), None)
+            .with_metrics(metrics.clone());
+        let keys = KeySchema::new("/statiko");
+
+        let snapshot = Snapshot {
+            revision: 2,
+            kvs: [
+                site("a.test", &["www.a.test"]),
+                site("b.test", &[]),
+                site("c.test", &[]),
+            ]
+            .iter()
+            .map(|s| match put(&keys, s, 2) {
+                WatchEvent::Put(kv) => kv,
+                WatchEvent::Delete { .. } => unreachable!(),
+            })
+            .collect(),
+        };
+        let mut desired = Desired::from_snapshot(&keys, &snapshot);
+        let applied = reconciler.apply(&desired).await;
+        assert_eq!(applied.revision, 2);
+        assert_eq!(applied.sites.len(), 3);
+        assert!(applied.sites.values().all(|s| s.healthy));
+        let before = table.load_full();
+        assert_eq!(before.hosts.len(), 4);
+        assert!(matches!(
+            before.route("www.a.test"),
+            Some(Route::Alias { primary }) if primary == "a.test"
+        ));
+        let a_key = certs.lookup(Some("www.a.test"));
+        assert!(!Arc::ptr_eq(&a_key, certs.default_key()));
+        assert!(Arc::ptr_eq(&a_key, &certs.lookup(Some("a.test"))));
+        let c_key = certs.lookup(Some("c.test"));
+
+        // a.test drops its alias, b.test goes, d.test comes; c.test is untouched.
+        desired.apply(
+            &keys,
+            &WatchBatch {
+                revision: 3,
+                events: vec![
+                    put(&keys, &site("a.test", &[]), 3),
+                    WatchEvent::Delete {
+                        key: keys.site("b.test"),
+                        mod_revision: 3,
+                    },
+                    put(&keys, &site("d.test", &["www.d.test"]), 3),
+                ],
+            },
+        );
+        let applied = reconciler.apply(&desired).await;
+        assert_eq!(applied.revision, 3);
+        assert_eq!(
+            applied.sites.keys().collect::<Vec<_>>(),
+            ["a.test", "c.test", "d.test"]
+        );
+        let after = table.load_full();
+        assert_eq!(after.revision, 3);
+        let mut hosts: Vec<&String> = after.hosts.keys().collect();
+        hosts.sort();
+        assert_eq!(hosts, ["a.test", "c.test", "d.test", "www.d.test"]);
+        // The untouched site kept its route object and its certificate.
+        assert!(Arc::ptr_eq(
+            route(&before, "c.test"),
+            route(&after, "c.test")
+        ));
+        assert!(Arc::ptr_eq(&c_key, &certs.lookup(Some("c.test"))));
+        // The gone names fall back to the default certificate.
+        assert!(Arc::ptr_eq(
+            &certs.lookup(Some("www.a.test")),
+            certs.default_key()
+        ));
+        assert!(Arc::ptr_eq(
+            &certs.lookup(Some("b.test")),
+            certs.default_key()
+        ));
+        assert!(!Arc::ptr_eq(
+            &certs.lookup(Some("www.d.test")),
+            certs.default_key()
+        ));
+        // The old certificate of a.test (for a.test + www.a.test) is no longer cached.
+        assert_eq!(reconciler.cert_cache.len(), 3);
+
+        // Another lineage (a reload) recomputes everything and lands on the same result.
+        let reloaded = Desired::from_snapshot(
+            &keys,
+            &Snapshot {
+                revision: 3,
+                kvs: [site("a.test", &[]), site("c.test", &[])]
+                    .iter()
+                    .map(|s| match put(&keys, s, 3) {
+                        WatchEvent::Put(kv) => kv,
+                        WatchEvent::Delete { .. } => unreachable!(),
+                    })
+                    .collect(),
+            },
+        );
+        let applied = reconciler.apply(&reloaded).await;
+        assert_eq!(
+            applied.sites.keys().collect::<Vec<_>>(),
+            ["a.test", "c.test"]
+        );
+        assert_eq!(table.load().hosts.len(), 2);
+        assert_eq!(reconciler.cert_cache.len(), 2);
+        assert_eq!(reconciler.cert_refs.0.len(), 2);
+        assert!(reconciler.app_users.is_empty());
+        assert_eq!(reconciler.cert_users.len(), 2);
+        let text = metrics.render(&crate::metrics::Gauges::default());
+        assert!(!text.contains("site=\"b.test\""), "{text}");
+        assert!(!text.contains("site=\"d.test\""), "{text}");
+        assert!(text.contains("site=\"c.test\""), "{text}");
+    }
 }

@@ -40,6 +40,48 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
+/// Least time between two saves of the applied state (a save writes the whole state).
+const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Saves each applied state to `edge.dataDir` (the newest when several came meanwhile), and
+/// the last one once more at shutdown if it was not saved yet.
+async fn save_applied(
+    mut states: watch::Receiver<Option<Arc<Desired>>>,
+    data_dir: PathBuf,
+    shutdown: CancellationToken,
+) {
+    let save = |desired: Arc<Desired>| {
+        let dir = data_dir.clone();
+        async move {
+            let saved = tokio::task::spawn_blocking(move || desired.save(&dir)).await;
+            if let Ok(Err(err)) | Err(err) = saved.map_err(std::io::Error::other) {
+                tracing::warn!(error = %err, "could not persist the applied state");
+            }
+        }
+    };
+    let mut saved: Option<Arc<Desired>> = None;
+    loop {
+        let stop = tokio::select! {
+            () = shutdown.cancelled() => true,
+            changed = states.changed() => changed.is_err(),
+        };
+        let newest = states.borrow_and_update().clone();
+        if let Some(desired) = newest
+            && !saved.as_ref().is_some_and(|s| Arc::ptr_eq(s, &desired))
+        {
+            save(desired.clone()).await;
+            saved = Some(desired);
+        }
+        if stop {
+            return;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = tokio::time::sleep(SAVE_INTERVAL) => {}
+        }
+    }
+}
+
 /// Runs the edge until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
@@ -88,8 +130,10 @@ pub async fn run(
         config.node_name.clone(),
         notifier.clone(),
     ));
-    let mut reconciler =
-        Reconciler::new(stager, table.clone(), certs.clone(), secrets).with_notifier(notifier);
+    let metrics = Arc::new(EdgeMetrics::default());
+    let mut reconciler = Reconciler::new(stager, table.clone(), certs.clone(), secrets)
+        .with_notifier(notifier)
+        .with_metrics(metrics.clone());
 
     let info = NodeInfo {
         name: config.node_name.clone(),
@@ -108,12 +152,7 @@ pub async fn run(
         }
     };
     let initial = Arc::new(persisted.clone().unwrap_or_default());
-    let metrics = Arc::new(EdgeMetrics::default());
     if let Some(desired) = &persisted {
-        metrics.set_sites(
-            desired.sites.keys().map(String::as_str),
-            desired.sites.len(),
-        );
         let applied = reconciler.apply(desired).await;
         tracing::info!(
             revision = applied.revision,
@@ -169,9 +208,12 @@ pub async fn run(
             }
         }
     });
+    // What was applied is saved in the background, at most once per SAVE_INTERVAL, off the
+    // path that reports the revision applied.
+    let (save_tx, save_rx) = watch::channel::<Option<Arc<Desired>>>(None);
+    tasks.spawn(save_applied(save_rx, data_dir.clone(), background.clone()));
     {
         let background = background.clone();
-        let data_dir = data_dir.clone();
         let metrics = metrics.clone();
         tasks.spawn(async move {
             loop {
@@ -181,10 +223,6 @@ pub async fn run(
                 }
                 let desired = desired_rx.borrow_and_update().clone();
                 let started = std::time::Instant::now();
-                metrics.set_sites(
-                    desired.sites.keys().map(String::as_str),
-                    desired.sites.len(),
-                );
                 let applied = reconciler
                     .apply(&desired)
                     .instrument(tracing::info_span!("apply", revision = desired.revision))
@@ -195,12 +233,8 @@ pub async fn run(
                     sites = applied.sites.len(),
                     "applied desired state"
                 );
-                let dir = data_dir.clone();
-                let saved = tokio::task::spawn_blocking(move || desired.save(&dir)).await;
-                if let Ok(Err(err)) | Err(err) = saved.map_err(std::io::Error::other) {
-                    tracing::warn!(error = %err, "could not persist the applied state");
-                }
                 let _ = applied_tx.send(Some(applied));
+                let _ = save_tx.send(Some(desired));
             }
         });
     }

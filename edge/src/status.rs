@@ -28,8 +28,36 @@ pub struct NodeInfo {
     pub disallow_leadership: bool,
 }
 
-/// Builds the status record from the last applied state.
-pub fn record(info: &NodeInfo, applied: &Applied, leader: bool) -> NodeStatusRecord {
+/// Sites and certificates the stored node record lists in full; beyond this it lists only the
+/// sites that need attention and the certificates that expire first, so the record stays far
+/// below etcd's request limit (1.5 MiB by default) at any number of sites.
+pub const RECORD_LIST_MAX: usize = 1000;
+
+/// Builds the status record from the last applied state, listing at most `max` sites and
+/// certificates (the admin listener's `/status` lists all).
+pub fn record(info: &NodeInfo, applied: &Applied, leader: bool, max: usize) -> NodeStatusRecord {
+    let (sites, sites_omitted) = if applied.sites.len() <= max {
+        (applied.sites.values().cloned().collect(), 0)
+    } else {
+        let unhealthy: Vec<_> = applied.unhealthy().take(max).cloned().collect();
+        let omitted = applied.sites.len() - unhealthy.len();
+        (unhealthy, omitted)
+    };
+    let mut certificates: Vec<NodeCertificateStatus> = applied
+        .certificates
+        .iter()
+        .map(|(name, not_after)| NodeCertificateStatus {
+            name: name.clone(),
+            not_after: *not_after,
+        })
+        .collect();
+    let mut certificates_omitted = 0;
+    if certificates.len() > max {
+        certificates.sort_by_key(|c| c.not_after);
+        certificates_omitted = certificates.len() - max;
+        certificates.truncate(max);
+        certificates.sort_by(|a, b| a.name.cmp(&b.name));
+    }
     NodeStatusRecord {
         name: info.name.clone(),
         version: info.version.clone(),
@@ -37,15 +65,10 @@ pub fn record(info: &NodeInfo, applied: &Applied, leader: bool) -> NodeStatusRec
         disallow_leadership: info.disallow_leadership,
         applied_revision: applied.revision,
         updated_at: now_ms(),
-        sites: applied.sites.clone(),
-        certificates: applied
-            .certificates
-            .iter()
-            .map(|(name, not_after)| NodeCertificateStatus {
-                name: name.clone(),
-                not_after: *not_after,
-            })
-            .collect(),
+        sites,
+        sites_omitted: sites_omitted as u64,
+        certificates,
+        certificates_omitted: certificates_omitted as u64,
     }
 }
 
@@ -92,7 +115,7 @@ impl Publisher {
             let current = self.applied.borrow_and_update().clone();
             let leader = *self.leader.borrow_and_update();
             if let Some(applied) = current {
-                let record = record(&self.info, &applied, leader);
+                let record = record(&self.info, &applied, leader, RECORD_LIST_MAX);
                 let unchanged = last_written
                     .as_ref()
                     .is_some_and(|last| same_content(last, &record));
@@ -195,7 +218,9 @@ fn admin_response(state: &AdminState, req: &Request<Incoming>) -> Response<Full<
         },
         "/status" => {
             let leader = *state.leader.borrow();
-            let node = applied.as_ref().map(|a| record(&state.info, a, leader));
+            let node = applied
+                .as_ref()
+                .map(|a| record(&state.info, a, leader, usize::MAX));
             let body = serde_json::json!({
                 "node": node,
                 "ready": applied.is_some(),
@@ -215,9 +240,8 @@ fn admin_response(state: &AdminState, req: &Request<Incoming>) -> Response<Full<
                 leader: *state.leader.borrow(),
                 store_connected: *state.store_connected.borrow(),
                 sites: applied.map_or(0, |a| a.sites.len()),
-                unhealthy_sites: applied
-                    .map_or(0, |a| a.sites.iter().filter(|s| !s.healthy).count()),
-                certificates: applied.map_or(&[], |a| a.certificates.as_slice()),
+                unhealthy_sites: applied.map_or(0, |a| a.unhealthy().count()),
+                certificates: applied.map(|a| &a.certificates),
             };
             reply(
                 StatusCode::OK,
@@ -226,5 +250,70 @@ fn admin_response(state: &AdminState, req: &Request<Incoming>) -> Response<Full<
             )
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use statiko_common::model::NodeSiteStatus;
+
+    fn applied(sites: usize, unhealthy: usize, certificates: usize) -> Applied {
+        Applied {
+            revision: 9,
+            sites: (0..sites)
+                .map(|i| {
+                    let domain = format!("s{i:05}.test");
+                    let status = NodeSiteStatus {
+                        domain: domain.clone(),
+                        app: None,
+                        healthy: i >= unhealthy,
+                        error: (i < unhealthy).then(|| "boom".to_owned()),
+                    };
+                    (domain, status)
+                })
+                .collect(),
+            // c00000 expires last, c{n-1} first.
+            certificates: (0..certificates)
+                .map(|i| (format!("c{i:05}"), 10_000_000 - i as i64))
+                .collect(),
+        }
+    }
+
+    fn info() -> NodeInfo {
+        NodeInfo {
+            name: "edge-1".into(),
+            version: "0".into(),
+            disallow_leadership: false,
+        }
+    }
+
+    #[test]
+    fn small_records_list_everything() {
+        let record = record(&info(), &applied(3, 1, 2), false, RECORD_LIST_MAX);
+        assert_eq!(record.sites.len(), 3);
+        assert_eq!(record.sites_omitted, 0);
+        assert_eq!(record.certificates.len(), 2);
+        assert_eq!(record.certificates_omitted, 0);
+        let json = String::from_utf8(model::encode(&record)).unwrap();
+        assert!(!json.contains("Omitted"), "{json}");
+    }
+
+    #[test]
+    fn large_records_list_only_what_needs_attention() {
+        let record = record(&info(), &applied(10_000, 2, 10_000), false, RECORD_LIST_MAX);
+        let listed: Vec<&str> = record.sites.iter().map(|s| s.domain.as_str()).collect();
+        assert_eq!(listed, ["s00000.test", "s00001.test"]);
+        assert_eq!(record.sites_omitted, 9_998);
+        assert_eq!(record.certificates.len(), RECORD_LIST_MAX);
+        assert_eq!(record.certificates_omitted, 9_000);
+        // The ones that expire first, listed by name.
+        assert_eq!(record.certificates[0].name, "c09000");
+        assert_eq!(record.certificates[999].name, "c09999");
+        let bytes = model::encode(&record);
+        assert!(bytes.len() < 200_000, "{} bytes", bytes.len());
+        // The admin listener's view lists everything.
+        let full = super::record(&info(), &applied(10_000, 2, 10), false, usize::MAX);
+        assert_eq!((full.sites.len(), full.sites_omitted), (10_000, 0));
     }
 }

@@ -1,5 +1,6 @@
 //! Follows the store: a snapshot at revision R, then a watch from R + 1, resumed after a dropped
-//! connection and reloaded after a compaction. Each desired-state change is published whole.
+//! connection and reloaded after a compaction. Each desired-state change is published whole
+//! (an O(1) clone of persistent maps, carrying the log of what changed).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,6 +96,9 @@ impl Syncer {
                     sites = desired.sites.len(),
                     "loaded state snapshot"
                 );
+                // The store answered: say so before the state is applied, so an edge that reports
+                // ready (applied) never reports the store unreachable for the same snapshot.
+                let _ = self.connected.send(true);
                 self.publish(&desired);
                 desired
             }

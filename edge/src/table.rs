@@ -36,15 +36,18 @@ pub struct Challenge {
     pub domains: Vec<String>,
 }
 
+/// Lowercase host name (no port) to route; persistent, so the reconciler patches a copy in
+/// O(changed) and publishes it whole.
+pub type Hosts = imbl::HashMap<String, Route>;
+
 /// Everything a request needs to be routed.
 #[derive(Debug, Default)]
 pub struct RoutingTable {
     /// Store revision this table reflects.
     pub revision: i64,
-    /// Lowercase host name (no port) to route.
-    pub hosts: HashMap<String, Route>,
+    pub hosts: Hosts,
     /// ACME HTTP-01 challenge responses by token.
-    pub challenges: HashMap<String, Challenge>,
+    pub challenges: Arc<HashMap<String, Challenge>>,
 }
 
 impl RoutingTable {

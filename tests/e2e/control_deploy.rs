@@ -147,6 +147,41 @@ async fn deploy_and_wait_for_edges() -> Result<()> {
     let revision = revision?;
     assert_eq!(waited.ready_nodes, ["edge-a"]);
     assert_eq!(waited.revision, revision);
+
+    // An edge with more sites than its record lists (`sitesOmitted`) lists only the unhealthy
+    // ones: a site left out serves the desired state at the applied revision...
+    let compact_catch_up = async {
+        let revision = wait_until(secs(20), async || {
+            let site = get_site(&admin, "deploy.example.com").await?;
+            anyhow::Ok((site.app == Some(app_ref("web", "1.0.0"))).then_some(site.revision))
+        })
+        .await?;
+        let compact = json!({"name": "edge-a", "appliedRevision": revision, "sites": [], "sitesOmitted": 5000});
+        put_node_status(&mut edge_client, "/statiko", &compact, Some(lease)).await?;
+        anyhow::Ok(())
+    };
+    let (waited, caught_up) = tokio::join!(
+        waiting_client.deploy(deploy("deploy.example.com", "1.0.0", Some(30))),
+        compact_catch_up
+    );
+    caught_up?;
+    assert_eq!(waited?.into_inner().ready_nodes, ["edge-a"]);
+    // ...and a listed one is not served as deployed, whatever the applied revision.
+    let failing = json!({
+        "name": "edge-a",
+        "appliedRevision": 1_000_000,
+        "sites": [{"domain": "deploy.example.com", "app": {"name": "web", "version": "1.0.0"},
+                   "healthy": false, "error": "staging web@2.0.0 failed: boom"}],
+        "sitesOmitted": 4999,
+    });
+    put_node_status(&mut edge_client, "/statiko", &failing, Some(lease)).await?;
+    assert_status(
+        waiting_client
+            .deploy(deploy("deploy.example.com", "2.0.0", Some(1)))
+            .await,
+        Code::DeadlineExceeded,
+        &["edge-a", "boom"],
+    );
     Ok(())
 }
 

@@ -99,12 +99,11 @@ async fn main() -> Result<()> {
 
     // Cold start.
     let started = Instant::now();
-    let edge = Edge::start(EdgeOptions::new(
-        "edge-scale",
-        StateStore::etcd(&etcd),
-        &control.repo_dir(),
-    ))
-    .await?;
+    let mut options = EdgeOptions::new("edge-scale", StateStore::etcd(&etcd), &control.repo_dir());
+    if std::env::var_os("SCALE_NO_LEADER").is_some() {
+        options = options.config(serde_json::json!({"disallowLeadership": true}));
+    }
+    let edge = Edge::start(options).await?;
     let listening = started.elapsed();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -174,6 +173,16 @@ async fn main() -> Result<()> {
         }
     }
     let rss_after = vm_rss_kib(pid)?;
+    end_to_end.sort_unstable();
+    let slow = end_to_end
+        .iter()
+        .filter(|d| **d > Duration::from_millis(10))
+        .count();
+    println!(
+        "put -> routed: p90 {} ms, max {} ms, {slow} of {changes} over 10 ms",
+        ms(percentile(&mut end_to_end, 90.0)),
+        ms(end_to_end.last().copied().unwrap_or_default()),
+    );
     println!(
         "one changed site ({changes} changes): put -> routed p50 {} ms, p99 {} ms; edge apply p50 {} ms, p99 {} ms; RSS after {:.1} MiB",
         ms(percentile(&mut end_to_end, 50.0)),

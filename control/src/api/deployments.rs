@@ -88,7 +88,12 @@ impl Api {
             let mut lagging = Vec::new();
             for node in &nodes {
                 let site = node.sites.iter().find(|s| s.domain == domain);
-                let serving = site.and_then(|s| s.app.as_ref()) == Some(app);
+                // A record that omits healthy sites lists the site only when it is unhealthy;
+                // left out, it serves the desired state at the applied revision.
+                let serving = match site {
+                    Some(s) => s.app.as_ref() == Some(app),
+                    None => node.sites_omitted > 0,
+                };
                 if node.applied_revision >= revision && serving {
                     ready.push(node.name.clone());
                 } else {

@@ -37,8 +37,12 @@ pub enum TlsError {
 
 /// Certificates by SNI name: exact lowercase names, plus `*.example.com` entries that match
 /// exactly one label. Anything else (including no SNI at all) gets the default certificate.
+/// Site certificates by lowercase DNS name or `*.domain` wildcard; persistent, so the
+/// reconciler patches a copy in O(changed) and publishes it whole.
+pub type CertMap = imbl::HashMap<String, Arc<CertifiedKey>>;
+
 pub struct CertResolver {
-    certs: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+    certs: ArcSwap<CertMap>,
     default: Arc<CertifiedKey>,
 }
 
@@ -59,7 +63,7 @@ impl CertResolver {
     /// A resolver with no site certificates and the given default.
     pub fn with_default(default: Arc<CertifiedKey>) -> Self {
         Self {
-            certs: ArcSwap::from_pointee(HashMap::new()),
+            certs: ArcSwap::from_pointee(CertMap::new()),
             default,
         }
     }
@@ -71,6 +75,11 @@ impl CertResolver {
             .into_iter()
             .map(|(name, key)| (normalize_name(&name), key))
             .collect();
+        self.certs.store(Arc::new(map));
+    }
+
+    /// Publishes `map` as it is: its names must already be lowercase, without a trailing dot.
+    pub fn set(&self, map: CertMap) {
         self.certs.store(Arc::new(map));
     }
 
@@ -101,7 +110,7 @@ impl ResolvesServerCert for CertResolver {
 }
 
 /// Exact match first, then a wildcard for the parent domain (one label only).
-fn find(certs: &HashMap<String, Arc<CertifiedKey>>, name: &str) -> Option<Arc<CertifiedKey>> {
+fn find(certs: &CertMap, name: &str) -> Option<Arc<CertifiedKey>> {
     if let Some(key) = certs.get(name) {
         return Some(key.clone());
     }
