@@ -7,9 +7,10 @@
 //! persisted by an earlier run) and the small ACME records from the store; every write carries
 //! the leadership fence plus a compare on each record it was decided from, at the revision it
 //! was read, so a decision made on a copy that fell behind fails and is retried. Writes put
-//! `meta/state`, so edges treat leader-made records as desired state. A pass runs on every
-//! desired-state change (at most one per [`PASS_GAP_FACTOR`] times the last pass's duration)
-//! and every [`PASS_INTERVAL`].
+//! `meta/state`, so edges treat leader-made records as desired state. A desired-state change
+//! triggers a pass over the sites it touched (at most one per [`PASS_GAP_FACTOR`] times the
+//! last pass's duration); every [`PASS_INTERVAL`] a full pass covers every site, collects
+//! garbage and sends reminders, so work is O(changed) per change and O(sites) per interval.
 //!
 //! Naming (see `model::leader_certificate_name`): `certificates/selfsigned-<h>` and
 //! `certificates/acme-<h>`, `h` derived from the site's primary domain, with `site` set.
@@ -49,7 +50,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::desired::Desired;
+use crate::desired::{Changed, Desired, Position};
 use crate::leader::Leadership;
 
 const DAY_MS: i64 = 86_400_000;
@@ -71,6 +72,25 @@ const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(10);
 const ACME_POLL_TIMEOUT: Duration = Duration::from_secs(90);
 const MIN_BACKOFF_MS: i64 = 5_000;
 const MAX_BACKOFF_MS: i64 = 3_600_000;
+
+/// The sites a pass after `changes` must look at, or `None` when that takes a full pass (a
+/// certificate record went and the sites that wanted it are not known).
+fn changed_sites(desired: &Desired, changes: HashSet<Changed>) -> Option<HashSet<String>> {
+    let mut sites = HashSet::new();
+    for change in changes {
+        match change {
+            Changed::Site(domain) | Changed::AcmeOrder(domain) => {
+                sites.insert(domain);
+            }
+            Changed::Certificate(name) => match desired.certificates.get(&name) {
+                Some(record) => sites.extend(record.site.clone()),
+                None => return None,
+            },
+            Changed::App(_) | Changed::Challenge(_) => {}
+        }
+    }
+    Some(sites)
+}
 
 /// Why one issuance attempt failed.
 #[derive(Debug)]
@@ -182,10 +202,14 @@ impl CertJobs {
         // PASS_GAP_FACTOR times that, so at 10,000 sites a stream of changes cannot keep the
         // leader busy re-reading the store (a pass over 10 sites takes a millisecond or two).
         let mut last: Option<(tokio::time::Instant, Duration)> = None;
+        // The state the last successful pass worked on: a change triggers a pass over the
+        // sites changed since (the tick's pass covers everything, garbage and reminders too).
+        let mut passed: Option<Position> = None;
         loop {
+            let mut full = false;
             tokio::select! {
                 () = lead.token.cancelled() => break,
-                _ = tick.tick() => {}
+                _ = tick.tick() => full = true,
                 changed = desired.changed(), if desired_open => {
                     desired_open = changed.is_ok();
                     desired.borrow_and_update();
@@ -202,14 +226,19 @@ impl CertJobs {
                 // Not read from the store yet: a pass would take every record for garbage.
                 continue;
             }
+            let scope = passed
+                .filter(|_| !full)
+                .and_then(|at| state.changes_since(at))
+                .and_then(|changes| changed_sites(&state, changes));
             let started = tokio::time::Instant::now();
             let pass = tokio::select! {
                 () = lead.token.cancelled() => break,
-                pass = self.pass(&lead, &mut tasks, &state) => pass,
+                pass = self.pass(&lead, &mut tasks, &state, scope.as_ref()) => pass,
             };
             last = Some((tokio::time::Instant::now(), started.elapsed()));
-            if let Err(err) = pass {
-                tracing::warn!(error = %err, "certificate pass failed; retrying");
+            match pass {
+                Ok(()) => passed = Some(state.position()),
+                Err(err) => tracing::warn!(error = %err, "certificate pass failed; retrying"),
             }
         }
         for task in tasks.values() {
@@ -221,7 +250,8 @@ impl CertJobs {
         tracing::info!("leader jobs stopped");
     }
 
-    /// One pass over every site and every leader-made record. Sites and certificates come from
+    /// One pass over every site and every leader-made record, or, with `scope`, over those sites
+    /// only (no garbage collection, no reminders). Sites and certificates come from
     /// the edge's synced copy of the store (`desired`, the state that triggered the pass), not
     /// from a fresh read: at 10,000 sites a read is 15 MB. Acting on it is safe because every
     /// write compares the records it depends on at the revisions that copy holds; a write based
@@ -231,20 +261,20 @@ impl CertJobs {
         lead: &Leadership,
         tasks: &mut HashMap<String, AcmeTask>,
         desired: &Desired,
+        scope: Option<&HashSet<String>>,
     ) -> Result<(), StoreError> {
         // Forget finished tasks before reading, so one finishing meanwhile is not started again.
         tasks.retain(|_, t| !t.handle.is_finished());
         let now = model::now_ms();
-        let sites: Vec<&SiteRecord> = desired.sites.values().collect();
-        let revision = |key: &str| desired.revisions.get(key).copied().unwrap_or(0);
-        let certs: HashMap<&str, (&CertificateRecord, i64)> = desired
-            .certificates
-            .iter()
-            .map(|(name, record)| {
-                let rev = revision(&self.keys.certificate(name));
-                (name.as_str(), (record, rev))
-            })
-            .collect();
+        let sites: Vec<&SiteRecord> = match scope {
+            None => desired.sites.values().collect(),
+            Some(scope) => scope.iter().filter_map(|d| desired.sites.get(d)).collect(),
+        };
+        let cert = |name: &str| {
+            let record = desired.certificates.get(name)?;
+            let revision = desired.revisions.get(&self.keys.certificate(name));
+            Some((record, revision.copied().unwrap_or(0)))
+        };
         let acme = self.store.snapshot(&self.keys.acme()).await?;
         let mut orders: HashMap<String, (AcmeOrderRecord, i64)> = HashMap::new();
         let mut challenges: Vec<(String, ChallengeRecord, i64)> = Vec::new();
@@ -273,7 +303,7 @@ impl CertJobs {
             let domains = site_domains(site);
             let name = model::leader_certificate_name(CertificateKind::SelfSigned, &site.domain);
             wanted.insert(name.clone());
-            let existing = certs.get(name.as_str());
+            let existing = cert(&name);
             if !existing.is_some_and(|(r, _)| self_signed_fresh(r, site, &domains, now)) {
                 if existing.is_some_and(|(r, _)| r.kind == CertificateKind::Imported) {
                     tracing::warn!(name = %name, "an imported certificate holds the self-signed name");
@@ -282,7 +312,7 @@ impl CertJobs {
                         lead,
                         site,
                         &domains,
-                        existing.map(|(_, rev)| *rev),
+                        existing.map(|(_, rev)| rev),
                         desired
                             .revisions
                             .get(&self.keys.site(&site.domain))
@@ -299,10 +329,7 @@ impl CertJobs {
             }
             let name = model::leader_certificate_name(CertificateKind::Acme, &site.domain);
             wanted.insert(name.clone());
-            if certs
-                .get(name.as_str())
-                .is_some_and(|(r, _)| acme_fresh(r, site, now))
-            {
+            if cert(&name).is_some_and(|(r, _)| acme_fresh(r, site, now)) {
                 if let Some(task) = tasks.remove(&site.domain) {
                     task.token.cancel();
                 }
@@ -340,6 +367,20 @@ impl CertJobs {
                 },
             );
         }
+        if let Some(scope) = scope {
+            // Orders of the changed sites that no longer want ACME stop now; their records go
+            // in the next full pass.
+            for domain in scope {
+                let acme = desired
+                    .sites
+                    .get(domain)
+                    .is_some_and(|s| s.tls == TlsChoice::Acme);
+                if !acme && let Some(task) = tasks.remove(domain) {
+                    task.token.cancel();
+                }
+            }
+            return Ok(());
+        }
         let acme_sites: HashSet<&str> = sites
             .iter()
             .filter(|s| s.tls == TlsChoice::Acme)
@@ -353,6 +394,11 @@ impl CertJobs {
             keep
         });
 
+        let certs: HashMap<&str, (&CertificateRecord, i64)> = desired
+            .certificates
+            .keys()
+            .filter_map(|name| Some((name.as_str(), cert(name)?)))
+            .collect();
         // Garbage: leader-made certificates no site needs, orders and challenges of no order.
         // Each delete also compares the site it was made for as this copy has it, so a site
         // created or changed meanwhile keeps its certificate.
