@@ -8,7 +8,9 @@
 //! `._*` entries are skipped, as are pax global headers. An archive whose entries all live under
 //! one top-level folder is flattened, as the original does.
 //!
-//! Both entry points are blocking; async callers use `spawn_blocking`.
+//! Every entry point is blocking; async callers use `spawn_blocking`. [`unpack_stream`] reads a
+//! tar archive from any reader (a download in flight) and [`unpack_file`] any archive from a
+//! file; both hash each file while writing it, so a caller never reads a file back for its hash.
 
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -20,6 +22,7 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::LimitsConfig;
+use crate::crypto::Sha256Hasher;
 use crate::model::BundleFormat;
 
 /// Default cap on the length of one entry's path, in bytes.
@@ -73,6 +76,29 @@ pub struct UnpackStats {
     pub skipped: u64,
     /// The single top-level folder that was flattened, if any.
     pub flattened: Option<String>,
+}
+
+/// One regular file written by [`unpack_stream`] or [`unpack_file`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnpackedFile {
+    /// Relative path under the destination, `/`-separated, after flattening.
+    pub path: String,
+    pub len: u64,
+    /// The archived modification time, else the time the file was written.
+    pub mtime: SystemTime,
+    /// SHA-256 of the file's content, computed while it was written.
+    pub sha256: [u8; 32],
+}
+
+/// What [`unpack_stream`] and [`unpack_file`] wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unpacked {
+    pub stats: UnpackStats,
+    /// Every regular file, in archive order.
+    pub files: Vec<UnpackedFile>,
+    /// Every directory (explicit or implied), relative and after flattening, sorted; the
+    /// destination itself is not listed.
+    pub dirs: Vec<String>,
 }
 
 /// Why an archive was refused. Messages name the offending entry and never a host path.
@@ -130,7 +156,49 @@ pub fn unpack(
     dest: &Path,
     limits: &ArchiveLimits,
 ) -> Result<UnpackStats, ArchiveError> {
-    run(archive, format, Some(dest), limits)
+    run(archive, format, Unpacker::new(Some(dest), limits)).map(|u| u.stats)
+}
+
+/// Like [`unpack`], also hashing every file as it is written and listing what was written.
+pub fn unpack_file(
+    archive: &Path,
+    format: BundleFormat,
+    dest: &Path,
+    limits: &ArchiveLimits,
+) -> Result<Unpacked, ArchiveError> {
+    run(
+        archive,
+        format,
+        Unpacker::new(Some(dest), limits).recording(),
+    )
+}
+
+/// Like [`unpack_file`], reading a tar archive (`tar.gz` or `tar.zst`) from `reader` as it
+/// comes, e.g. straight from a download. A zip archive needs random access: use
+/// [`unpack_file`]. The reader is read up to the archive's end marker, not necessarily to
+/// its own end.
+pub fn unpack_stream<R: Read>(
+    reader: R,
+    format: BundleFormat,
+    dest: &Path,
+    limits: &ArchiveLimits,
+) -> Result<Unpacked, ArchiveError> {
+    let mut unpacker = Unpacker::new(Some(dest), limits).recording();
+    match format {
+        BundleFormat::Zip => {
+            return Err(ArchiveError::Io {
+                action: "unpacking a zip archive".into(),
+                source: io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "a zip archive cannot be read as a stream",
+                ),
+            });
+        }
+        BundleFormat::TarGz | BundleFormat::TarZst => {
+            unpack_tar_format(reader, format, &mut unpacker)?;
+        }
+    }
+    unpacker.finish()
 }
 
 /// Applies the same checks as [`unpack`] without writing anything.
@@ -139,30 +207,43 @@ pub fn inspect(
     format: BundleFormat,
     limits: &ArchiveLimits,
 ) -> Result<UnpackStats, ArchiveError> {
-    run(archive, format, None, limits)
+    run(archive, format, Unpacker::new(None, limits)).map(|u| u.stats)
 }
 
 fn run(
     archive: &Path,
     format: BundleFormat,
-    dest: Option<&Path>,
-    limits: &ArchiveLimits,
-) -> Result<UnpackStats, ArchiveError> {
+    mut unpacker: Unpacker<'_>,
+) -> Result<Unpacked, ArchiveError> {
     let file = File::open(archive).map_err(io_err("opening the archive"))?;
-    let mut unpacker = Unpacker::new(dest, limits);
     match format {
-        BundleFormat::TarGz => {
-            let decoder = flate2::read::MultiGzDecoder::new(io::BufReader::new(file));
-            unpack_tar(decoder, "tar.gz", &mut unpacker)?;
-        }
-        BundleFormat::TarZst => {
-            let decoder =
-                zstd::stream::read::Decoder::new(file).map_err(|e| corrupt("tar.zst", e))?;
-            unpack_tar(decoder, "tar.zst", &mut unpacker)?;
+        BundleFormat::TarGz | BundleFormat::TarZst => {
+            unpack_tar_format(file, format, &mut unpacker)?;
         }
         BundleFormat::Zip => unpack_zip(io::BufReader::new(file), &mut unpacker)?,
     }
     unpacker.finish()
+}
+
+/// Decompresses and unpacks a `tar.gz` or `tar.zst` stream.
+fn unpack_tar_format<R: Read>(
+    reader: R,
+    format: BundleFormat,
+    unpacker: &mut Unpacker<'_>,
+) -> Result<(), ArchiveError> {
+    match format {
+        BundleFormat::TarGz => {
+            let decoder =
+                flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(CHUNK, reader));
+            unpack_tar(decoder, "tar.gz", unpacker)
+        }
+        BundleFormat::TarZst => {
+            let decoder =
+                zstd::stream::read::Decoder::new(reader).map_err(|e| corrupt("tar.zst", e))?;
+            unpack_tar(decoder, "tar.zst", unpacker)
+        }
+        BundleFormat::Zip => Err(corrupt("zip", "not a tar archive")),
+    }
 }
 
 fn io_err(action: &str) -> impl FnOnce(io::Error) -> ArchiveError {
@@ -254,6 +335,9 @@ struct Unpacker<'a> {
     dirs: HashSet<String>,
     explicit_dirs: HashSet<String>,
     buf: Vec<u8>,
+    /// Hash and list the files written (see [`Unpacker::recording`]).
+    record: bool,
+    written: Vec<UnpackedFile>,
 }
 
 impl<'a> Unpacker<'a> {
@@ -268,7 +352,15 @@ impl<'a> Unpacker<'a> {
             dirs: HashSet::new(),
             explicit_dirs: HashSet::new(),
             buf: vec![0; CHUNK],
+            record: false,
+            written: Vec::new(),
         }
+    }
+
+    /// Also hashes every file while writing it, and lists the files written.
+    fn recording(mut self) -> Self {
+        self.record = self.dest.is_some();
+        self
     }
 
     /// Counts one archive entry of any kind.
@@ -359,6 +451,8 @@ impl<'a> Unpacker<'a> {
             ),
             None => None,
         };
+        let mut hasher = self.record.then(Sha256Hasher::new);
+        let mut len = 0u64;
         loop {
             let n = match reader.read(&mut self.buf) {
                 Ok(0) => break,
@@ -367,12 +461,16 @@ impl<'a> Unpacker<'a> {
                 Err(e) => return Err(io_err(&format!("reading {:?}", entry()))(e)),
             };
             self.bytes += n as u64;
+            len += n as u64;
             if self.bytes > self.limits.max_unpacked_size {
                 return Err(self.too_large(rel));
             }
             if let Some(out) = out.as_mut() {
                 out.write_all(&self.buf[..n])
                     .map_err(io_err(&format!("writing {:?}", entry())))?;
+            }
+            if let Some(hasher) = hasher.as_mut() {
+                hasher.update(&self.buf[..n]);
             }
         }
         if let Some(out) = out {
@@ -382,12 +480,27 @@ impl<'a> Unpacker<'a> {
             if let Some(mtime) = mtime {
                 out.set_modified(mtime).map_err(io_err(&action))?;
             }
+            if let Some(hasher) = hasher {
+                let mtime = match mtime {
+                    Some(mtime) => mtime,
+                    None => out
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .map_err(io_err(&action))?,
+                };
+                self.written.push(UnpackedFile {
+                    path: rel.to_owned(),
+                    len,
+                    mtime,
+                    sha256: hasher.finish(),
+                });
+            }
         }
         Ok(())
     }
 
     /// Applies the end-of-archive rules (empty archive, single top-level folder).
-    fn finish(self) -> Result<UnpackStats, ArchiveError> {
+    fn finish(self) -> Result<Unpacked, ArchiveError> {
         if self.files.is_empty() {
             return Err(ArchiveError::Empty);
         }
@@ -395,14 +508,29 @@ impl<'a> Unpacker<'a> {
         if let (Some(top), Some(dest)) = (flattened.as_deref(), self.dest) {
             flatten(dest, top)?;
         }
-        let dirs = self.dirs.len() as u64 - u64::from(flattened.is_some());
-        Ok(UnpackStats {
+        let stats = UnpackStats {
             files: self.files.len() as u64,
-            dirs,
+            dirs: self.dirs.len() as u64 - u64::from(flattened.is_some()),
             bytes: self.bytes,
             skipped: self.skipped,
-            flattened,
-        })
+            flattened: flattened.clone(),
+        };
+        // Paths as they are after flattening.
+        let prefix = flattened.map(|top| format!("{top}/"));
+        // `None` for the top folder itself: it is now the destination.
+        let unflatten = |path: String| match &prefix {
+            Some(prefix) => path.strip_prefix(prefix.as_str()).map(str::to_owned),
+            None => Some(path),
+        };
+        let mut dirs: Vec<String> = self.dirs.into_iter().filter_map(&unflatten).collect();
+        dirs.sort();
+        let mut files = self.written;
+        for file in &mut files {
+            if let Some(path) = unflatten(std::mem::take(&mut file.path)) {
+                file.path = path;
+            }
+        }
+        Ok(Unpacked { stats, files, dirs })
     }
 
     /// The folder every entry lives under, when there is exactly one.
@@ -779,12 +907,66 @@ mod tests {
             (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
             _ => panic!("inspect {inspected:?} vs unpack {unpacked:?}"),
         }
+        // So do the hashing entry points, from a file and (tar) from a stream.
+        let dest_file = tmp.path().join("out-file");
+        std::fs::create_dir(&dest_file).unwrap();
+        let listed = unpack_file(&archive, format, &dest_file, limits);
+        same_outcome(&unpacked, &listed);
+        if format != BundleFormat::Zip {
+            let dest_stream = tmp.path().join("out-stream");
+            std::fs::create_dir(&dest_stream).unwrap();
+            let streamed = unpack_stream(bytes, format, &dest_stream, limits);
+            same_outcome(&unpacked, &streamed);
+            if let (Ok(a), Ok(b)) = (&listed, &streamed) {
+                assert_eq!(a, b);
+            }
+        }
+        if let Ok(listed) = &listed {
+            check_listing(listed, &dest_file);
+        }
         let stats = unpacked?;
         Ok(Unpacked {
             _tmp: tmp,
             dest,
             stats,
         })
+    }
+
+    fn same_outcome(
+        plain: &Result<UnpackStats, ArchiveError>,
+        listed: &Result<super::Unpacked, ArchiveError>,
+    ) {
+        match (plain, listed) {
+            (Ok(a), Ok(b)) => assert_eq!(*a, b.stats),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+            _ => panic!("unpack {plain:?} vs {listed:?}"),
+        }
+    }
+
+    /// The listing matches the tree on disk: paths, lengths, hashes and times.
+    fn check_listing(listed: &super::Unpacked, dest: &Path) {
+        let mut expected: Vec<String> = listed
+            .files
+            .iter()
+            .map(|f| f.path.clone())
+            .chain(listed.dirs.iter().map(|d| format!("{d}/")))
+            .collect();
+        expected.sort();
+        assert_eq!(tree(dest), expected);
+        assert_eq!(listed.files.len() as u64, listed.stats.files);
+        assert_eq!(listed.dirs.len() as u64, listed.stats.dirs);
+        for f in &listed.files {
+            let path = dest.join(&f.path);
+            let data = std::fs::read(&path).unwrap();
+            assert_eq!(f.len, data.len() as u64, "{}", f.path);
+            assert_eq!(f.sha256, crate::crypto::sha256(&data), "{}", f.path);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().modified().unwrap(),
+                f.mtime,
+                "{}",
+                f.path
+            );
+        }
     }
 
     fn tgz(entries: &[Raw<'_>]) -> Result<Unpacked, ArchiveError> {
@@ -1288,6 +1470,45 @@ mod tests {
         assert_eq!(stats.files, 1);
         assert_eq!(stats.flattened.as_deref(), Some("site"));
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn listing_is_flattened_and_hashed() {
+        let bytes = gz(&tar_of(&[
+            dir("site/"),
+            file("site/index.html", b"<h1>hi</h1>"),
+            file("site/css/a.css", b"a{}"),
+            dir("site/empty/"),
+        ]));
+        let tmp = tempfile::tempdir().unwrap();
+        let listed = unpack_stream(&bytes[..], BundleFormat::TarGz, tmp.path(), &limits()).unwrap();
+        let paths: Vec<&str> = listed.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["index.html", "css/a.css"]);
+        assert_eq!(listed.dirs, ["css", "empty"]);
+        assert_eq!(
+            listed.files[0].sha256,
+            crate::crypto::sha256(b"<h1>hi</h1>")
+        );
+        assert_eq!(
+            listed.files[0].mtime,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000)
+        );
+        check_listing(&listed, tmp.path());
+    }
+
+    #[test]
+    fn streaming_refuses_zip_and_stops_at_the_end_marker() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = unpack_stream(&b"PK"[..], BundleFormat::Zip, tmp.path(), &limits()).unwrap_err();
+        assert!(err.to_string().contains("zip"), "{err}");
+        // Whatever follows the tar end marker inside the compressed stream is not read as
+        // entries; the caller still reads (and hashes) its reader to the end.
+        let mut tar = tar_of(&[file("a.txt", b"a")]);
+        tar.extend_from_slice(&[7u8; 4096]);
+        let bytes = zstd::encode_all(&tar[..], 3).unwrap();
+        let listed =
+            unpack_stream(&bytes[..], BundleFormat::TarZst, tmp.path(), &limits()).unwrap();
+        assert_eq!(listed.files.len(), 1);
     }
 
     #[test]

@@ -6,19 +6,29 @@
 //!
 //! Errors are [`RepoError`]: `NotFound`, `Unavailable` (network or server-side trouble: retry
 //! later) and the rest. Error messages never include credentials.
+//!
+//! Bundles are read through [`BundleReader`], a blocking `Read` for `spawn_blocking` consumers
+//! (hash, decompress and unpack in one pass): a local repository's file is read directly, and a
+//! cloud object's body is forwarded by a task through a small bounded channel, so neither costs
+//! a runtime round trip per chunk and memory stays bounded.
 
 use std::fmt;
+use std::io::{self, Read as _, Seek as _, Write as _};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
+use bytes::{Buf as _, Bytes};
 use futures::StreamExt as _;
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload, RetryConfig, WriteMultipart};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use object_store::{
+    GetResultPayload, ObjectStore, ObjectStoreExt as _, PutPayload, RetryConfig, WriteMultipart,
+};
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::mpsc;
 
 use crate::config::{RepoConfig, RepoKind};
 use crate::crypto::{Sha256Hasher, hex, parse_hex32};
@@ -40,6 +50,10 @@ fn retry_config() -> RetryConfig {
 }
 /// Read buffer for streaming a local file into a multipart upload.
 const READ_CHUNK: usize = 1024 * 1024;
+/// Chunks of a cloud object's body buffered between the network and a [`BundleReader`].
+const STREAM_CHUNKS: usize = 32;
+/// Copy buffer of [`BundleRepo::download_to`].
+const DOWNLOAD_CHUNK: usize = 256 * 1024;
 
 /// Errors of the bundle repository. Messages never include credentials.
 #[derive(Debug, thiserror::Error)]
@@ -404,57 +418,75 @@ impl BundleRepo {
         }
     }
 
-    /// Streams the bundle to `dest` (written as `<dest>.partial`, renamed when complete) while
-    /// hashing it, and returns the SHA-256 of what was written. The caller compares it with
-    /// the expected digest.
-    pub async fn download_to(
-        &self,
-        digest_hex: &str,
-        dest: &FsPath,
-    ) -> Result<[u8; 32], RepoError> {
+    /// Opens the bundle for reading. A missing bundle fails here, before any byte is read.
+    pub async fn open(&self, digest_hex: &str) -> Result<BundleReader, RepoError> {
         let (digest, location) = self.path_for(digest_hex)?;
         let result = self
             .store
             .get(&location)
             .await
             .map_err(|e| self.map_err(&digest, e))?;
-        let partial = partial_path(dest);
-        let outcome = self.stream_to(&digest, result, &partial).await;
-        match outcome {
-            Ok(hash) => {
-                tokio::fs::rename(&partial, dest)
-                    .await
-                    .map_err(io_err("renaming into", dest))?;
-                Ok(hash)
+        let size = result.range.end.saturating_sub(result.range.start);
+        let source = match result.payload {
+            GetResultPayload::File(mut file, path) => {
+                // A seek on a regular file does not block.
+                file.seek(io::SeekFrom::Start(result.range.start))
+                    .map_err(io_err("reading", &path))?;
+                Source::File { file, path }
             }
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&partial).await;
-                Err(e)
+            GetResultPayload::Stream(mut stream) => {
+                let (sender, chunks) = mpsc::channel(STREAM_CHUNKS);
+                let repo = self.clone();
+                let pump_digest = digest.clone();
+                let pump = tokio::spawn(async move {
+                    while let Some(item) = stream.next().await {
+                        let item = item.map_err(|e| repo.map_err(&pump_digest, e));
+                        let failed = item.is_err();
+                        if sender.send(item).await.is_err() || failed {
+                            break;
+                        }
+                    }
+                });
+                Source::Stream {
+                    chunks,
+                    current: Bytes::new(),
+                    pump,
+                }
             }
-        }
+        };
+        Ok(BundleReader {
+            location: self.location.clone(),
+            size,
+            read: 0,
+            source,
+        })
     }
 
-    async fn stream_to(
+    /// Streams the bundle to `dest` (written as `<dest>.partial`, synced, renamed when
+    /// complete) while hashing it, and returns the SHA-256 of what was written. The caller
+    /// compares it with the expected digest.
+    pub async fn download_to(
         &self,
-        digest: &str,
-        result: object_store::GetResult,
-        partial: &FsPath,
+        digest_hex: &str,
+        dest: &FsPath,
     ) -> Result<[u8; 32], RepoError> {
-        let mut file = tokio::fs::File::create(partial)
-            .await
-            .map_err(io_err("creating", partial))?;
-        let mut hasher = Sha256Hasher::new();
-        let mut stream = result.into_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.map_err(digest, e))?;
-            hasher.update(&chunk);
-            file.write_all(&chunk)
-                .await
-                .map_err(io_err("writing", partial))?;
-        }
-        file.flush().await.map_err(io_err("writing", partial))?;
-        file.sync_all().await.map_err(io_err("syncing", partial))?;
-        Ok(hasher.finish())
+        let reader = self.open(digest_hex).await?;
+        let dest = dest.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let partial = partial_path(&dest);
+            match copy_hashed(reader, &partial) {
+                Ok(hash) => {
+                    std::fs::rename(&partial, &dest).map_err(io_err("renaming into", &dest))?;
+                    Ok(hash)
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| RepoError::Other(format!("download task failed: {e}")))?
     }
 
     /// Digests (lowercase hex) of every bundle in the repository, sorted. Objects under the
@@ -481,6 +513,137 @@ impl BundleRepo {
         digests.dedup();
         Ok(digests)
     }
+}
+
+/// A bundle being read from the repository (see [`BundleRepo::open`]). Its reads block: use
+/// it from `spawn_blocking` or a thread of its own, never on an async task.
+///
+/// A failed read is an `io::Error` wrapping the [`RepoError`] (see [`BundleReader::repo_error`]),
+/// so a consumer that wraps the reader can still tell a failed download from a bad archive.
+/// The bundle must have exactly the size the repository announced: ending early is an error.
+pub struct BundleReader {
+    location: String,
+    size: u64,
+    read: u64,
+    source: Source,
+}
+
+enum Source {
+    File {
+        file: std::fs::File,
+        path: PathBuf,
+    },
+    Stream {
+        chunks: mpsc::Receiver<Result<Bytes, RepoError>>,
+        current: Bytes,
+        pump: tokio::task::JoinHandle<()>,
+    },
+}
+
+impl fmt::Debug for BundleReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BundleReader")
+            .field("location", &self.location)
+            .field("size", &self.size)
+            .field("read", &self.read)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BundleReader {
+    /// The bundle's size in bytes, as the repository reported it.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The repository error behind a read error of this reader, if it is one.
+    pub fn repo_error(err: &io::Error) -> Option<&RepoError> {
+        err.get_ref()?.downcast_ref::<RepoError>()
+    }
+
+    fn read_source(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.source {
+            Source::File { file, path } => loop {
+                match file.read(buf) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io::Error::other(io_err("reading", path)(e))),
+                }
+            },
+            Source::Stream {
+                chunks, current, ..
+            } => {
+                while current.is_empty() {
+                    match chunks.blocking_recv() {
+                        Some(Ok(chunk)) => *current = chunk,
+                        Some(Err(e)) => return Err(io::Error::other(e)),
+                        None => return Ok(0),
+                    }
+                }
+                let n = buf.len().min(current.len());
+                buf[..n].copy_from_slice(&current[..n]);
+                current.advance(n);
+                Ok(n)
+            }
+        }
+    }
+}
+
+impl io::Read for BundleReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.size - self.read;
+        if left == 0 || buf.is_empty() {
+            // A local file may have grown since: the announced size is the object.
+            return Ok(0);
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.read_source(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                // No location: the message may be shown to users, and a local one is a path.
+                RepoError::Unavailable(format!(
+                    "the bundle ended after {} of {} bytes",
+                    self.read, self.size
+                )),
+            ));
+        }
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+impl Drop for BundleReader {
+    fn drop(&mut self) {
+        if let Source::Stream { pump, .. } = &self.source {
+            pump.abort();
+        }
+    }
+}
+
+/// Copies `reader` into a new file at `path` while hashing it; syncs the file.
+fn copy_hashed(mut reader: BundleReader, path: &FsPath) -> Result<[u8; 32], RepoError> {
+    let mut file = std::fs::File::create(path).map_err(io_err("creating", path))?;
+    let mut hasher = Sha256Hasher::new();
+    let mut buf = vec![0u8; DOWNLOAD_CHUNK];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let text = e.to_string();
+                return Err(match e.into_inner().map(|e| e.downcast::<RepoError>()) {
+                    Some(Ok(repo)) => *repo,
+                    _ => RepoError::Other(text),
+                });
+            }
+        };
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n]).map_err(io_err("writing", path))?;
+    }
+    file.sync_all().map_err(io_err("syncing", path))?;
+    Ok(hasher.finish())
 }
 
 fn partial_path(dest: &FsPath) -> PathBuf {
@@ -527,4 +690,122 @@ fn is_unavailable(err: &object_store::Error) -> bool {
         source = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use object_store::memory::InMemory;
+
+    use super::*;
+    use crate::crypto::sha256;
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    async fn read_all(reader: BundleReader) -> io::Result<Vec<u8>> {
+        tokio::task::spawn_blocking(move || {
+            let mut reader = reader;
+            let mut out = Vec::new();
+            reader.read_to_end(&mut out).map(|_| out)
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn reads_a_local_file_directly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = crate::config::RepoConfig::default();
+        config.local.path = tmp.path().join("repo");
+        let repo = BundleRepo::from_config(&config).unwrap();
+        let bytes = data(300_000);
+        let digest = hex(&sha256(&bytes));
+        let upload = tmp.path().join("upload");
+        std::fs::write(&upload, &bytes).unwrap();
+        repo.put_file(&digest, &upload).await.unwrap();
+
+        let reader = repo.open(&digest).await.unwrap();
+        assert!(matches!(reader.source, Source::File { .. }));
+        assert_eq!(reader.size(), bytes.len() as u64);
+        assert_eq!(read_all(reader).await.unwrap(), bytes);
+
+        let dest = tmp.path().join("copy");
+        assert_eq!(
+            hex(&repo.download_to(&digest, &dest).await.unwrap()),
+            digest
+        );
+        assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+    }
+
+    #[tokio::test]
+    async fn streams_a_remote_object_through_a_bounded_channel() {
+        let repo = BundleRepo::from_store(Arc::new(InMemory::new()), "p").unwrap();
+        // More chunks than the channel holds, so the pump waits for the reader.
+        let bytes = data(3 << 20);
+        let digest = hex(&sha256(&bytes));
+        repo.store
+            .put(
+                &repo.path_for(&digest).unwrap().1,
+                PutPayload::from(bytes.clone()),
+            )
+            .await
+            .unwrap();
+        let reader = repo.open(&digest).await.unwrap();
+        assert!(matches!(reader.source, Source::Stream { .. }));
+        assert_eq!(read_all(reader).await.unwrap(), bytes);
+
+        let missing = hex(&sha256(b"missing"));
+        let err = repo.open(&missing).await.unwrap_err();
+        assert!(err.is_not_found(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_short_or_failed_stream_is_an_error() {
+        let reader = |items: Vec<Result<Bytes, RepoError>>, size: u64| {
+            let (sender, chunks) = mpsc::channel(STREAM_CHUNKS);
+            for item in items {
+                sender.try_send(item).unwrap();
+            }
+            BundleReader {
+                location: "test".into(),
+                size,
+                read: 0,
+                source: Source::Stream {
+                    chunks,
+                    current: Bytes::new(),
+                    pump: tokio::spawn(async {}),
+                },
+            }
+        };
+        let short = reader(vec![Ok(Bytes::from_static(b"abc"))], 10);
+        let err = read_all(short).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        let repo_err = BundleReader::repo_error(&err).unwrap();
+        assert!(repo_err.is_unavailable(), "{repo_err}");
+        assert!(
+            repo_err.to_string().contains("after 3 of 10 bytes"),
+            "{repo_err}"
+        );
+
+        let failed = reader(
+            vec![
+                Ok(Bytes::from_static(b"abc")),
+                Err(RepoError::Unavailable("connection reset".into())),
+            ],
+            10,
+        );
+        let err = read_all(failed).await.unwrap_err();
+        let repo_err = BundleReader::repo_error(&err).unwrap();
+        assert!(
+            repo_err.to_string().contains("connection reset"),
+            "{repo_err}"
+        );
+
+        // Bytes past the announced size are not part of the bundle.
+        let long = reader(vec![Ok(Bytes::from_static(b"abcdef"))], 4);
+        assert_eq!(read_all(long).await.unwrap(), b"abcd");
+    }
 }

@@ -37,15 +37,14 @@ fn big_content(len: usize) -> Vec<u8> {
 }
 
 fn memory(body: &[u8], content_type: &str, etag: &str) -> StaticFile {
-    StaticFile {
-        len: body.len() as u64,
-        body: Body::Memory(Bytes::copy_from_slice(body)),
-        content_type: content_type.into(),
-        etag: format!("\"{etag}\""),
-        last_modified: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-        gzip: None,
-        brotli: None,
-    }
+    StaticFile::new(
+        body.len() as u64,
+        Body::Memory(Bytes::copy_from_slice(body)),
+        content_type,
+        &format!("\"{etag}\""),
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+    )
+    .unwrap()
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -73,17 +72,10 @@ fn bundle(dir: &std::path::Path, big_len: usize, tag: &str) -> StagedBundle {
 
     let mut app = memory(APP_JS, "text/javascript; charset=utf-8", "app");
     let gz = gzip(APP_JS);
-    app.gzip = Some(Variant {
-        len: gz.len() as u64,
-        body: Body::Memory(gz.into()),
-        etag: "\"app-gz\"".into(),
-    });
+    app.gzip = Some(Variant::new(gz.len() as u64, Body::Memory(gz.into()), "\"app-gz\"").unwrap());
     let br = brotli(APP_JS);
-    app.brotli = Some(Variant {
-        len: br.len() as u64,
-        body: Body::Memory(br.into()),
-        etag: "\"app-br\"".into(),
-    });
+    app.brotli =
+        Some(Variant::new(br.len() as u64, Body::Memory(br.into()), "\"app-br\"").unwrap());
     let mut big = memory(b"", "application/octet-stream", "big");
     big.len = big_len as u64;
     big.body = Body::Disk(big_path);

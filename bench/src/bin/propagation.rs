@@ -7,9 +7,15 @@
 //! reports a revision only after swapping its routing table and saving its local copy, so this
 //! is an upper bound. After each timed deploy, an HTTPS request checks the page (not timed).
 //!
+//! The edges log as JSON; after the fresh deploys, every edge's `bundle staged` and `bundle
+//! sealed` lines (one per staging, with the time each step took) are summed up per step, so a
+//! slow propagation shows where the staging time goes.
+//!
 //! Run (release binaries beside this one): `cargo build --release -p statiko-edge
 //! -p statiko-control -p statiko-bench && target/release/propagation [N]`.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
@@ -33,11 +39,14 @@ async fn main() -> Result<()> {
     let mut edges = Vec::new();
     for i in 0..3 {
         edges.push(
-            Edge::start(EdgeOptions::new(
-                &format!("edge-{i}"),
-                StateStore::etcd(&etcd),
-                &control.repo_dir(),
-            ))
+            Edge::start(
+                EdgeOptions::new(
+                    &format!("edge-{i}"),
+                    StateStore::etcd(&etcd),
+                    &control.repo_dir(),
+                )
+                .config(serde_json::json!({"log": {"format": "json"}})),
+            )
             .await?,
         );
     }
@@ -70,6 +79,11 @@ async fn main() -> Result<()> {
     );
 
     // Fresh: a new 10 MB bundle each time (upload not timed).
+    let logs: Vec<PathBuf> = edges.iter().map(|e| e.dir().join("edge.log")).collect();
+    let log_starts: Vec<u64> = logs
+        .iter()
+        .map(|path| std::fs::metadata(path).map_or(0, |m| m.len()))
+        .collect();
     let mut fresh = Vec::with_capacity(n);
     let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
     for i in 0..n {
@@ -91,7 +105,62 @@ async fn main() -> Result<()> {
         ms(percentile(&mut fresh, 99.0)),
         ms(percentile(&mut fresh, 100.0)),
     );
+    // The last bundles' seals run after their deploys were served.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let steps = staging_steps(&logs, &log_starts)?;
+    if !steps.is_empty() {
+        println!("fresh 10 MB bundle, staging steps on the edges (ms, p50 / p99 / max):");
+    }
+    for (step, mut samples) in steps {
+        println!(
+            "  {step:<16} {} / {} / {} (n = {})",
+            ms(percentile(&mut samples, 50.0)),
+            ms(percentile(&mut samples, 99.0)),
+            ms(percentile(&mut samples, 100.0)),
+            samples.len(),
+        );
+    }
     Ok(())
+}
+
+/// The per-step durations (fields ending in `_ms`) of every staging logged after `starts`
+/// (byte offsets into each log), by step name.
+fn staging_steps(logs: &[PathBuf], starts: &[u64]) -> Result<BTreeMap<String, Vec<Duration>>> {
+    let mut steps: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    for (path, start) in logs.iter().zip(starts) {
+        for line in read_from(path, *start)?.lines() {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let Some(fields) = event["fields"].as_object() else {
+                continue;
+            };
+            // `bundle staged` times the steps up to serving; `bundle sealed` the durability
+            // work done after.
+            let prefix = match fields.get("message").and_then(|m| m.as_str()) {
+                Some("bundle staged") => "",
+                Some("bundle sealed") => "sealed: ",
+                _ => continue,
+            };
+            for (name, value) in fields {
+                if let (Some(step), Some(ms)) = (name.strip_suffix("_ms"), value.as_f64()) {
+                    steps
+                        .entry(format!("{prefix}{step}"))
+                        .or_default()
+                        .push(Duration::from_secs_f64(ms / 1000.0));
+                }
+            }
+        }
+    }
+    Ok(steps)
+}
+
+fn read_from(path: &Path, start: u64) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    let start = usize::try_from(start)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    Ok(String::from_utf8_lossy(&bytes[start..]).into_owned())
 }
 
 /// Deploys; returns the instant the call returned and the deploy's store revision.

@@ -443,15 +443,15 @@ fn entity_tags(header: &[u8]) -> Option<Vec<EntityTag<'_>>> {
     }
 }
 
-fn split_etag(etag: &str) -> (bool, &[u8]) {
-    match etag.strip_prefix("W/") {
-        Some(opaque) => (true, opaque.as_bytes()),
-        None => (false, etag.as_bytes()),
+fn split_etag(etag: &[u8]) -> (bool, &[u8]) {
+    match etag.strip_prefix(b"W/") {
+        Some(opaque) => (true, opaque),
+        None => (false, etag),
     }
 }
 
 /// Weak comparison (If-None-Match): `*` or any tag with the same opaque value.
-pub fn none_match(header: &[u8], etag: &str) -> bool {
+pub fn none_match(header: &[u8], etag: &[u8]) -> bool {
     if trim(header) == b"*" {
         return true;
     }
@@ -460,7 +460,7 @@ pub fn none_match(header: &[u8], etag: &str) -> bool {
 }
 
 /// Strong comparison (If-Match): `*` or a strong tag equal to a strong current tag.
-pub fn any_match(header: &[u8], etag: &str) -> bool {
+pub fn any_match(header: &[u8], etag: &[u8]) -> bool {
     if trim(header) == b"*" {
         return true;
     }
@@ -500,9 +500,9 @@ pub enum Precondition {
 }
 
 /// RFC 9110 §13.2.2 order: If-Match, else If-Unmodified-Since; then If-None-Match, else
-/// If-Modified-Since.
-pub fn evaluate(pre: &Preconditions<'_>, etag: &str, last_modified: SystemTime) -> Precondition {
-    let modified = http_seconds(last_modified);
+/// If-Modified-Since. `etag` is the current entity tag as sent (quoted, maybe `W/`);
+/// `modified` the modification time in whole seconds since the epoch ([`http_seconds`]).
+pub fn evaluate(pre: &Preconditions<'_>, etag: &[u8], modified: u64) -> Precondition {
     if let Some(h) = pre.if_match {
         if !any_match(h, etag) {
             return Precondition::Failed;
@@ -524,14 +524,15 @@ pub fn evaluate(pre: &Preconditions<'_>, etag: &str, last_modified: SystemTime) 
     Precondition::Proceed
 }
 
-/// `If-Range`: an entity tag must match strongly, a date must equal Last-Modified.
-pub fn if_range_matches(header: &[u8], etag: &str, last_modified: SystemTime) -> bool {
+/// `If-Range`: an entity tag must match strongly, a date must equal Last-Modified (`modified`,
+/// whole seconds since the epoch).
+pub fn if_range_matches(header: &[u8], etag: &[u8], modified: u64) -> bool {
     let value = trim(header);
     if value.starts_with(b"\"") || value.starts_with(b"W/") {
         let (weak, current) = split_etag(etag);
         return !weak && !value.starts_with(b"W/") && value == current;
     }
-    parse_date(value).is_some_and(|date| date == http_seconds(last_modified))
+    parse_date(value).is_some_and(|date| date == modified)
 }
 
 #[cfg(test)]

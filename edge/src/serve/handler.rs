@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::files::{self, CleanPath, Coding, Precondition, Preconditions, RangeRequest, Resolved};
 use super::response::{self, NOSNIFF, ResponseBody};
-use crate::bundle::{Body, StagedBundle, StaticFile};
+use crate::bundle::{Body, HeaderText, StagedBundle, StaticFile};
 use crate::metrics::{EdgeMetrics, SiteCounters};
 use crate::table::{Route, RoutingTable, SharedTable};
 
@@ -428,11 +428,7 @@ fn manifest_error(
     let mut response = Response::new(ResponseBody::empty());
     *response.status_mut() = status;
     let out = response.headers_mut();
-    insert_opt(
-        out,
-        header::CONTENT_TYPE,
-        HeaderValue::from_str(&file.content_type).ok(),
-    );
+    out.insert(header::CONTENT_TYPE, file.content_type.header().clone());
     out.insert(header::CONTENT_LENGTH, HeaderValue::from(file.len));
     out.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
     out.insert(header::CACHE_CONTROL, response::NO_CACHE);
@@ -473,7 +469,7 @@ fn add_slash(path: &CleanPath<'_>, query: Option<&str>, head: bool) -> Prepared 
 struct Selected<'a> {
     len: u64,
     body: &'a Body,
-    etag: &'a str,
+    etag: &'a HeaderText,
     encoding: Option<HeaderValue>,
 }
 
@@ -517,8 +513,9 @@ fn serve_file(file: &StaticFile, headers: &HeaderMap, head: bool, identity_only:
         },
     };
 
-    let etag = HeaderValue::from_str(selected.etag).ok();
-    let last_modified = HeaderValue::try_from(httpdate::fmt_http_date(file.last_modified)).ok();
+    // Built at staging: a clone shares the bytes.
+    let etag = selected.etag.header();
+    let last_modified = file.last_modified.header();
     let preconditions = Preconditions {
         if_match: headers.get(header::IF_MATCH).map(HeaderValue::as_bytes),
         if_none_match: headers
@@ -531,14 +528,18 @@ fn serve_file(file: &StaticFile, headers: &HeaderMap, head: bool, identity_only:
             .get(header::IF_UNMODIFIED_SINCE)
             .map(HeaderValue::as_bytes),
     };
-    match files::evaluate(&preconditions, selected.etag, file.last_modified) {
+    match files::evaluate(
+        &preconditions,
+        selected.etag.as_bytes(),
+        file.last_modified.secs(),
+    ) {
         Precondition::Proceed => {}
         Precondition::NotModified => {
             let mut response = Response::new(ResponseBody::empty());
             *response.status_mut() = StatusCode::NOT_MODIFIED;
             let out = response.headers_mut();
-            insert_opt(out, header::ETAG, etag);
-            insert_opt(out, header::LAST_MODIFIED, last_modified);
+            out.insert(header::ETAG, etag.clone());
+            out.insert(header::LAST_MODIFIED, last_modified.clone());
             if has_variants {
                 out.insert(header::VARY, VARY_ACCEPT_ENCODING);
             }
@@ -558,7 +559,11 @@ fn serve_file(file: &StaticFile, headers: &HeaderMap, head: bool, identity_only:
     let range = match range {
         Some(value)
             if headers.get(header::IF_RANGE).is_none_or(|v| {
-                files::if_range_matches(v.as_bytes(), &file.etag, file.last_modified)
+                files::if_range_matches(
+                    v.as_bytes(),
+                    file.etag.as_bytes(),
+                    file.last_modified.secs(),
+                )
             }) =>
         {
             files::parse_range(value.as_bytes(), selected.len)
@@ -590,14 +595,10 @@ fn serve_file(file: &StaticFile, headers: &HeaderMap, head: bool, identity_only:
     let mut response = Response::new(ResponseBody::empty());
     *response.status_mut() = status;
     let out = response.headers_mut();
-    insert_opt(
-        out,
-        header::CONTENT_TYPE,
-        HeaderValue::from_str(&file.content_type).ok(),
-    );
+    out.insert(header::CONTENT_TYPE, file.content_type.header().clone());
     out.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    insert_opt(out, header::ETAG, etag);
-    insert_opt(out, header::LAST_MODIFIED, last_modified);
+    out.insert(header::ETAG, etag.clone());
+    out.insert(header::LAST_MODIFIED, last_modified.clone());
     out.insert(header::ACCEPT_RANGES, BYTES);
     out.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
     if has_variants {

@@ -12,29 +12,22 @@ use crate::bundle::Variant;
 use crate::table::SiteRoute;
 
 fn memory(body: &'static [u8], etag: &str) -> StaticFile {
-    StaticFile {
-        len: body.len() as u64,
-        body: Body::Memory(Bytes::from_static(body)),
-        content_type: "text/plain; charset=utf-8".into(),
-        etag: etag.into(),
-        last_modified: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-        gzip: None,
-        brotli: None,
-    }
+    StaticFile::new(
+        body.len() as u64,
+        Body::Memory(Bytes::from_static(body)),
+        "text/plain; charset=utf-8",
+        etag,
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+    )
+    .unwrap()
 }
 
 fn handler(disk: Option<std::path::PathBuf>) -> Handler {
     let mut app = memory(b"0123456789", "\"app\"");
-    app.gzip = Some(Variant {
-        len: 4,
-        body: Body::Memory(Bytes::from_static(b"GZIP")),
-        etag: "\"app-gz\"".into(),
-    });
-    app.brotli = Some(Variant {
-        len: 2,
-        body: Body::Memory(Bytes::from_static(b"BR")),
-        etag: "\"app-br\"".into(),
-    });
+    app.gzip =
+        Some(Variant::new(4, Body::Memory(Bytes::from_static(b"GZIP")), "\"app-gz\"").unwrap());
+    app.brotli =
+        Some(Variant::new(2, Body::Memory(Bytes::from_static(b"BR")), "\"app-br\"").unwrap());
     let mut files = HashMap::from([
         (
             "/index.html".to_owned(),
@@ -298,6 +291,78 @@ async fn negotiation_conditionals_and_ranges() {
     )
     .await;
     assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+}
+
+#[tokio::test]
+async fn conditionals_answer_with_the_staged_headers() {
+    let h = handler(None);
+    let req =
+        |name: header::HeaderName, value: &str| get("example.test", "/app.js").header(name, value);
+    let (status, headers, _) = send(&h, get("example.test", "/app.js"), Scheme::Https).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+    assert_eq!(headers[header::ETAG], "\"app\"");
+    let modified = headers[header::LAST_MODIFIED].clone();
+    assert_eq!(modified, "Tue, 14 Nov 2023 22:13:20 GMT");
+
+    // If-None-Match on the identity representation: 304 with the validators, no body.
+    let (status, headers, body) = send(
+        &h,
+        req(header::IF_NONE_MATCH, "\"x\", W/\"app\""),
+        Scheme::Https,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    assert!(body.is_empty());
+    assert_eq!(headers[header::ETAG], "\"app\"");
+    assert_eq!(headers[header::LAST_MODIFIED], modified);
+    let (status, _, _) = send(&h, req(header::IF_NONE_MATCH, "\"app-gz\""), Scheme::Https).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // If-Modified-Since: the same or a later date is not modified, an earlier one is.
+    for (date, expected) in [
+        ("Tue, 14 Nov 2023 22:13:20 GMT", StatusCode::NOT_MODIFIED),
+        ("Wed, 15 Nov 2023 00:00:00 GMT", StatusCode::NOT_MODIFIED),
+        ("Tue, 14 Nov 2023 22:13:19 GMT", StatusCode::OK),
+        ("not a date", StatusCode::OK),
+    ] {
+        let (status, headers, _) =
+            send(&h, req(header::IF_MODIFIED_SINCE, date), Scheme::Https).await;
+        assert_eq!(status, expected, "{date}");
+        assert_eq!(headers[header::LAST_MODIFIED], modified, "{date}");
+    }
+    // If-None-Match wins over If-Modified-Since.
+    let (status, _, _) = send(
+        &h,
+        req(header::IF_NONE_MATCH, "\"other\"")
+            .header(header::IF_MODIFIED_SINCE, "Wed, 15 Nov 2023 00:00:00 GMT"),
+        Scheme::Https,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // If-Unmodified-Since before the modification fails.
+    let (status, _, _) = send(
+        &h,
+        req(header::IF_UNMODIFIED_SINCE, "Tue, 14 Nov 2023 22:13:19 GMT"),
+        Scheme::Https,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+
+    // If-Range with the exact Last-Modified date or the strong ETag keeps the range.
+    for validator in ["Tue, 14 Nov 2023 22:13:20 GMT", "\"app\""] {
+        let (status, _, body) = send(
+            &h,
+            req(header::RANGE, "bytes=0-1").header(header::IF_RANGE, validator),
+            Scheme::Https,
+        )
+        .await;
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::PARTIAL_CONTENT, &b"01"[..])
+        );
+    }
 }
 
 #[tokio::test]
