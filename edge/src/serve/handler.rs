@@ -4,7 +4,6 @@
 //! table (and one whole bundle) even while a deploy swaps it.
 
 use std::borrow::Cow;
-use std::io::SeekFrom;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -14,7 +13,6 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use statiko_common::manifest::{Manifest, RuleOptions};
 use statiko_common::telemetry::ACCESS_LOG_TARGET;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::files::{self, CleanPath, Coding, Precondition, Preconditions, RangeRequest, Resolved};
 use super::response::{self, NOSNIFF, ResponseBody};
@@ -143,8 +141,8 @@ impl Handler {
                 path,
                 start,
                 len,
-            } => match open_range(&path, start, len).await {
-                Ok(file) => response.map(|_| ResponseBody::file(file, len)),
+            } => match open_file(&path).await {
+                Ok(file) => response.map(|_| ResponseBody::file(file, start, len)),
                 Err(err) => {
                     tracing::warn!(path = %path.display(), error = %err, "open staged file");
                     response::error_page(StatusCode::INTERNAL_SERVER_ERROR, false)
@@ -643,16 +641,12 @@ fn slice(bytes: &Bytes, start: u64, len: u64) -> Bytes {
     bytes.slice(start..end)
 }
 
-async fn open_range(
-    path: &std::path::Path,
-    start: u64,
-    len: u64,
-) -> std::io::Result<tokio::io::Take<tokio::fs::File>> {
-    let mut file = tokio::fs::File::open(path).await?;
-    if start > 0 {
-        file.seek(SeekFrom::Start(start)).await?;
-    }
-    Ok(file.take(len))
+/// Opens a staged file (one blocking-pool hop).
+async fn open_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || std::fs::File::open(path))
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 fn insert_opt(headers: &mut HeaderMap, name: header::HeaderName, value: Option<HeaderValue>) {
