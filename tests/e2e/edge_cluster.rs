@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::{Context, Result, ensure};
-use statiko_proto::v1::{DeployRequest, DeployResponse};
-use statiko_tests::fixtures::{self, app_ref, digest_of, site, site_bundle};
+use statiko_proto::v1::DeployResponse;
+use statiko_tests::fixtures::{self, digest_of, site, site_bundle};
 use statiko_tests::{
     Control, ControlOptions, Edge, EdgeOptions, Etcd, OutputExt, StateStore, require_tool, secs,
     wait_until,
@@ -51,20 +51,7 @@ impl Cluster {
         wait: bool,
     ) -> Result<DeployResponse> {
         let api = self.control.admin().await?;
-        let response = api
-            .deployments()
-            .deploy(DeployRequest {
-                domain: domain.to_owned(),
-                app: Some(app_ref(name, version)),
-                wait,
-                wait_timeout: Some(prost_types::Duration {
-                    seconds: 30,
-                    nanos: 0,
-                }),
-            })
-            .await
-            .with_context(|| format!("deploy {name}@{version} to {domain}"))?;
-        Ok(response.into_inner())
+        fixtures::deploy(&api, domain, name, version, wait, secs(30)).await
     }
 }
 

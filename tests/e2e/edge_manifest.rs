@@ -4,8 +4,7 @@
 //! serving with its rules and other sites are unaffected.
 
 use anyhow::{Context, Result, ensure};
-use statiko_proto::v1::DeployRequest;
-use statiko_tests::fixtures::{self, Upload, app_ref, site};
+use statiko_tests::fixtures::{self, Upload, site};
 use statiko_tests::{
     Control, ControlOptions, Edge, EdgeOptions, Etcd, StateStore, require_tool, secs, wait_until,
 };
@@ -59,18 +58,7 @@ async fn deploy(
     wait: bool,
 ) -> Result<()> {
     let api = control.admin().await?;
-    api.deployments()
-        .deploy(DeployRequest {
-            domain: domain.to_owned(),
-            app: Some(app_ref(name, version)),
-            wait,
-            wait_timeout: Some(prost_types::Duration {
-                seconds: 30,
-                nanos: 0,
-            }),
-        })
-        .await
-        .with_context(|| format!("deploy {name}@{version} to {domain}"))?;
+    fixtures::deploy(&api, domain, name, version, wait, secs(30)).await?;
     Ok(())
 }
 

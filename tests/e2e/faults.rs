@@ -14,11 +14,9 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, ensure};
-use statiko_proto::v1::{
-    DeployRequest, DeployResponse, ListAppsRequest, ListNodesRequest, UploadAppRequest,
-};
+use statiko_proto::v1::{DeployResponse, ListAppsRequest, ListNodesRequest, UploadAppRequest};
 use statiko_tests::cluster::{Cluster, Converged, assert_converged_at};
-use statiko_tests::fixtures::{self, app_ref, site};
+use statiko_tests::fixtures::{self, site};
 use statiko_tests::{Edge, require_tool, secs, wait_until};
 
 /// The page `fixtures::site_bundle("name@version")` serves at `/`.
@@ -34,20 +32,7 @@ async fn deploy(
     wait: bool,
 ) -> Result<DeployResponse> {
     let api = cluster.control.admin().await?;
-    let response = api
-        .deployments()
-        .deploy(DeployRequest {
-            domain: domain.to_owned(),
-            app: Some(app_ref(name, version)),
-            wait,
-            wait_timeout: Some(prost_types::Duration {
-                seconds: 20,
-                nanos: 0,
-            }),
-        })
-        .await
-        .with_context(|| format!("deploy {name}@{version} to {domain}"))?;
-    Ok(response.into_inner())
+    fixtures::deploy(&api, domain, name, version, wait, secs(20)).await
 }
 
 /// Converges and checks the agreed state: at least `revision`, and `expected` pages per site.

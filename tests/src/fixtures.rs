@@ -7,8 +7,8 @@ use std::io::Write as _;
 use anyhow::{Context, Result};
 use statiko_common::crypto;
 use statiko_proto::v1::{
-    self as pb, App, BundleFormat, CreateSiteRequest, TlsConfig, TlsType, UploadAppRequest,
-    UploadMetadata, upload_app_request::Data,
+    self as pb, App, BundleFormat, CreateSiteRequest, DeployRequest, DeployResponse, TlsConfig,
+    TlsType, UploadAppRequest, UploadMetadata, upload_app_request::Data,
 };
 use tonic::Status;
 
@@ -205,6 +205,32 @@ pub async fn upload_app(api: &Api, name: &str, version: &str) -> Result<App> {
         .send(api)
         .await
         .with_context(|| format!("upload {name}@{version}"))
+}
+
+/// Deploys `name@version` to `domain`; with `wait`, the call returns once every live edge
+/// serves it, or fails after `wait_timeout`.
+pub async fn deploy(
+    api: &Api,
+    domain: &str,
+    name: &str,
+    version: &str,
+    wait: bool,
+    wait_timeout: std::time::Duration,
+) -> Result<DeployResponse> {
+    let response = api
+        .deployments()
+        .deploy(DeployRequest {
+            domain: domain.to_owned(),
+            app: Some(app_ref(name, version)),
+            wait,
+            wait_timeout: Some(prost_types::Duration {
+                seconds: i64::try_from(wait_timeout.as_secs()).unwrap_or(i64::MAX),
+                nanos: 0,
+            }),
+        })
+        .await
+        .with_context(|| format!("deploy {name}@{version} to {domain}"))?;
+    Ok(response.into_inner())
 }
 
 /// A `CreateSiteRequest` for `domain` with `aliases`, TLS unset (self-signed).

@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use statiko_bench::{ms, percentile};
-use statiko_proto::v1::DeployRequest;
-use statiko_tests::fixtures::{self, Upload, app_ref, site};
+use statiko_tests::fixtures::{self, Upload, site};
 use statiko_tests::{Api, Control, ControlOptions, Edge, EdgeOptions, Etcd, StateStore, http_get};
 
 #[allow(clippy::print_stdout)]
@@ -171,20 +170,8 @@ async fn deploy(
     version: &str,
     wait: bool,
 ) -> Result<(Instant, i64)> {
-    let reply = api
-        .deployments()
-        .deploy(DeployRequest {
-            domain: domain.to_owned(),
-            app: Some(app_ref(name, version)),
-            wait,
-            wait_timeout: Some(prost_types::Duration {
-                seconds: 60,
-                nanos: 0,
-            }),
-        })
-        .await
-        .with_context(|| format!("deploy {name}@{version} to {domain}"))?;
-    Ok((Instant::now(), reply.into_inner().revision))
+    let reply = fixtures::deploy(api, domain, name, version, wait, Duration::from_secs(60)).await?;
+    Ok((Instant::now(), reply.revision))
 }
 
 /// Until every edge reports `revision` applied, polling all three at once.
