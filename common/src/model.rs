@@ -161,6 +161,30 @@ pub struct CertificateRecord {
 }
 
 impl CertificateRecord {
+    /// The record of a parsed certificate whose private key `sealed_key` holds (sealed with
+    /// `crypto::SecretBox`); `site` for a leader-made one.
+    pub fn new(
+        name: String,
+        kind: CertificateKind,
+        parsed: crate::crypto::ParsedCertificate,
+        sealed_key: String,
+        site: Option<String>,
+        created_at: i64,
+    ) -> Self {
+        Self {
+            name,
+            kind,
+            certificate_pem: parsed.chain_pem,
+            key: sealed_key,
+            domains: parsed.domains,
+            not_before: parsed.not_before,
+            not_after: parsed.not_after,
+            fingerprint: parsed.fingerprint,
+            created_at,
+            site,
+        }
+    }
+
     /// Whether the certificate names every one of `domains` (exactly or by a one-label wildcard).
     pub fn covers<'a>(&self, mut domains: impl Iterator<Item = &'a str>) -> bool {
         domains.all(|d| {

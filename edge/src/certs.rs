@@ -541,18 +541,14 @@ impl CertJobs {
         let (cert_pem, key_pem) = crypto::self_signed(domains, SELF_SIGNED_DAYS)?;
         let parsed = crypto::parse_certificate_and_key(&cert_pem, &key_pem)?;
         let name = model::leader_certificate_name(CertificateKind::SelfSigned, &site.domain);
-        let record = CertificateRecord {
-            name: name.clone(),
-            kind: CertificateKind::SelfSigned,
-            certificate_pem: parsed.chain_pem,
-            key: secrets.seal(key_pem.as_bytes()),
-            domains: parsed.domains,
-            not_before: parsed.not_before,
-            not_after: parsed.not_after,
-            fingerprint: parsed.fingerprint,
-            created_at: model::now_ms(),
-            site: Some(site.domain.clone()),
-        };
+        let record = CertificateRecord::new(
+            name.clone(),
+            CertificateKind::SelfSigned,
+            parsed,
+            secrets.seal(key_pem.as_bytes()),
+            Some(site.domain.clone()),
+            model::now_ms(),
+        );
         let key = self.keys.certificate(&name);
         let mut compares = lead.compares();
         compares.push(match revision {
@@ -687,18 +683,14 @@ impl CertJobs {
             .await?;
         let parsed = crypto::parse_certificate_and_key(&chain, &key_pem)?;
         let name = model::leader_certificate_name(CertificateKind::Acme, site);
-        let certificate = CertificateRecord {
-            name: name.clone(),
-            kind: CertificateKind::Acme,
-            certificate_pem: parsed.chain_pem,
-            key: secrets.seal(key_pem.as_bytes()),
-            domains: parsed.domains,
-            not_before: parsed.not_before,
-            not_after: parsed.not_after,
-            fingerprint: parsed.fingerprint,
-            created_at: model::now_ms(),
-            site: Some(site.to_owned()),
-        };
+        let certificate = CertificateRecord::new(
+            name.clone(),
+            CertificateKind::Acme,
+            parsed,
+            secrets.seal(key_pem.as_bytes()),
+            Some(site.to_owned()),
+            model::now_ms(),
+        );
         let mut compares = lead.compares();
         compares.push(Compare::unchanged_since(order_key.clone(), revision));
         let mut ops = vec![

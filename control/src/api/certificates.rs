@@ -47,18 +47,14 @@ impl Api {
                 ));
             }
         }
-        let record = CertificateRecord {
-            name: name.clone(),
-            kind: CertificateKind::Imported,
-            certificate_pem: parsed.chain_pem.clone(),
-            key: secrets.seal(req.key_pem.as_bytes()),
-            domains: parsed.domains.clone(),
-            not_before: parsed.not_before,
-            not_after: parsed.not_after,
-            fingerprint: parsed.fingerprint.clone(),
-            created_at: now,
-            site: None,
-        };
+        let record = CertificateRecord::new(
+            name.clone(),
+            CertificateKind::Imported,
+            parsed,
+            secrets.seal(req.key_pem.as_bytes()),
+            None,
+            now,
+        );
         let key = state.keys.certificate(&name);
         for _ in 0..MAX_ATTEMPTS {
             let existing = state.get_certificate(&name).await?;
