@@ -105,7 +105,7 @@ pub struct EdgeMetrics {
     /// Counters by primary domain, swapped whole when the set of sites changes (persistent, so
     /// adding or dropping one site is O(1) whatever the number of sites).
     sites: ArcSwap<SiteSeries>,
-    /// Serializes `set_sites` (cold path only).
+    /// Serializes `update_sites` (cold path only).
     registering: Mutex<()>,
     unknown: Arc<SiteCounters>,
     other: Arc<SiteCounters>,
@@ -149,45 +149,9 @@ pub struct Gauges<'a> {
 }
 
 impl EdgeMetrics {
-    /// Gives each domain in `domains` its counters (keeping the counters of domains already
-    /// known), up to [`MAX_SITES`]; drops domains no longer listed. Cheap when nothing changed.
-    pub fn set_sites<'a, I>(&self, domains: I, count: usize)
-    where
-        I: Iterator<Item = &'a str> + Clone,
-    {
-        let _serial = self
-            .registering
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let current = self.sites.load();
-        let capped = count.min(MAX_SITES);
-        if current.len() == capped
-            && domains
-                .clone()
-                .take(capped)
-                .all(|d| current.contains_key(d))
-        {
-            return;
-        }
-        let mut next = SiteSeries::new();
-        // Known domains keep their series first, so a new site never takes an old one's place.
-        for domain in domains.clone() {
-            if let Some(counters) = current.get(domain) {
-                next.insert(domain.into(), counters.clone());
-            }
-        }
-        for domain in domains {
-            if next.len() >= MAX_SITES {
-                break;
-            }
-            if !next.contains_key(domain) {
-                next.insert(domain.into(), Arc::default());
-            }
-        }
-        self.sites.store(Arc::new(next));
-    }
-
-    /// Adds the series of `added` sites (while there is room) and drops those of `removed`.
+    /// Adds the series of `added` sites (while there is room) and drops those of `removed`;
+    /// sites already known keep theirs, so a new site never takes an old one's place. A site
+    /// added while there was no room counts under [`OTHER`] until it is added again.
     pub fn update_sites(&self, added: &[&str], removed: &[&str]) {
         if added.is_empty() && removed.is_empty() {
             return;
@@ -463,7 +427,7 @@ mod tests {
     fn counts_by_site_and_class_with_bounded_labels() {
         let m = EdgeMetrics::default();
         let sites = ["a.example", "b.example"];
-        m.set_sites(sites.iter().copied(), sites.len());
+        m.update_sites(&sites, &[]);
         m.record(&m.site("a.example"), 200, 1024, Duration::from_micros(80));
         m.record(&m.site("a.example"), 304, 0, Duration::from_micros(80));
         m.record(&m.site("gone.example"), 200, 10, Duration::from_millis(2));
@@ -518,12 +482,13 @@ mod tests {
         let many: Vec<String> = (0..MAX_SITES + 5)
             .map(|i| format!("s{i}.example"))
             .collect();
-        m.set_sites(many.iter().map(String::as_str), many.len());
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        m.update_sites(&many, &[]);
         assert_eq!(m.sites.load().len(), MAX_SITES);
         let first = m.site("s0.example");
         m.record(&first, 200, 1, Duration::ZERO);
-        // Same set again: nothing rebuilt; s0 keeps its counters.
-        m.set_sites(many.iter().map(String::as_str), many.len());
+        // Added again: s0 keeps its counters.
+        m.update_sites(&many, &[]);
         assert!(Arc::ptr_eq(&first, &m.site("s0.example")));
         // A site over the cap counts under _other.
         let over = &many[MAX_SITES..];
