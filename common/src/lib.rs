@@ -8,6 +8,7 @@
 //! - `store`: one store interface, two backends (`etcd`, `file`).
 //! - `config`: the shared YAML configuration with environment overrides.
 //! - `crypto`: AES-256-GCM sealing of secrets, Ed25519 bundle signatures, certificate parsing.
+//! - `backoff`: exponential retry back-off with random jitter.
 //! - `notify`: webhook notifications (failed deploys and issuance, expiry reminders).
 //! - `secrets_check`: the start-up check that `secretsEncryptionKey` opens the cluster's secrets.
 //! - `manifest`: the app manifest (`_statiko.yaml`): parsing, validation and compiled rules.
@@ -19,6 +20,7 @@
 //! - `shutdown`: signals to a cancellation token.
 
 pub mod archive;
+pub mod backoff;
 pub mod config;
 pub mod crypto;
 pub mod http_admin;

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use statiko_common::backoff::Backoff;
 use statiko_common::model::{CertificateKind, CertificateRecord, SiteRecord};
 
 pub(super) const DAY_MS: i64 = 86_400_000;
@@ -22,8 +23,10 @@ pub(super) const STALE_CHALLENGE_MS: i64 = 10 * 60_000;
 pub(super) const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Polling of the ACME server for authorization and issuance.
 pub(super) const ACME_POLL_TIMEOUT: Duration = Duration::from_secs(90);
-const MIN_BACKOFF_MS: i64 = 5_000;
-pub(super) const MAX_BACKOFF_MS: i64 = 3_600_000;
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+pub(super) const MAX_BACKOFF_MS: i64 = MAX_BACKOFF.as_millis() as i64;
+/// Failed issuance: 5 s doubling up to an hour, by the attempts counted in the order record.
+const ISSUE_RETRY: Backoff = Backoff::new(Duration::from_secs(5), MAX_BACKOFF);
 
 /// The primary domain followed by the aliases, as ordered.
 pub(super) fn site_domains(site: &SiteRecord) -> Vec<String> {
@@ -73,7 +76,8 @@ pub(super) fn reminder_threshold(left_ms: i64) -> Option<i64> {
         .min()
 }
 
+/// The delay before the next attempt after `attempts` failures (ms). No jitter: the next
+/// attempt time is stored, and only the leader retries.
 pub(super) fn backoff_ms(attempts: u32) -> i64 {
-    let shift = attempts.saturating_sub(1).min(20);
-    (MIN_BACKOFF_MS << shift).min(MAX_BACKOFF_MS)
+    i64::try_from(ISSUE_RETRY.base(attempts).as_millis()).unwrap_or(MAX_BACKOFF_MS)
 }

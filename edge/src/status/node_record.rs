@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use statiko_common::backoff::Backoff;
 use statiko_common::keys::KeySchema;
 use statiko_common::model::{self, NodeCertificateStatus, NodeStatusRecord, now_ms};
 use statiko_common::store::{Store, TxnOp};
@@ -22,6 +23,10 @@ pub struct NodeInfo {
 /// sites that need attention and the certificates that expire first, so the record stays far
 /// below etcd's request limit (1.5 MiB by default) at any number of sites.
 pub const RECORD_LIST_MAX: usize = 1000;
+
+/// Retries after a failed session: 200 ms doubling up to 5 s, plus up to 200 ms of jitter.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5))
+    .with_jitter(Duration::from_millis(200));
 
 /// Builds the status record from the last applied state, listing at most `max` sites and
 /// certificates (the admin listener's `/status` lists all).
@@ -77,23 +82,25 @@ pub struct Publisher {
 impl Publisher {
     /// Runs until `shutdown`; then revokes the lease so the node disappears at once.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = RETRY;
         loop {
-            match self.session(&shutdown).await {
+            match self.session(&shutdown, &mut backoff).await {
                 Ok(()) => return,
                 Err(err) => tracing::warn!(error = %err, "node status not published; retrying"),
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(backoff.next_delay()) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
+    /// One lease and the record on it, until shutdown or a store error; `backoff` is reset once
+    /// the record is written.
     async fn session(
         &mut self,
         shutdown: &CancellationToken,
+        backoff: &mut Backoff,
     ) -> Result<(), statiko_common::store::StoreError> {
         let lease = self.store.grant_lease(self.ttl).await?;
         let key = self.keys.node(&self.info.name);
@@ -117,6 +124,7 @@ impl Publisher {
                     };
                     self.store.txn(Vec::new(), vec![put]).await?;
                     last_written = Some(record);
+                    backoff.reset();
                 }
             }
             tokio::select! {
