@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::handler::{Handler, Scheme};
+pub use crate::metrics::{ServerStats, StatsSnapshot};
 
 /// How long to pause accepting after an accept error such as EMFILE.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -65,43 +66,6 @@ impl Default for ServerOptions {
             tls_handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             stats: Arc::default(),
-        }
-    }
-}
-
-/// Connection and handshake counters of a listener.
-#[derive(Debug, Default)]
-pub struct ServerStats {
-    accepted: AtomicU64,
-    rejected: AtomicU64,
-    active: AtomicU64,
-    tls_handshakes: AtomicU64,
-    tls_failures: AtomicU64,
-}
-
-/// A copy of [`ServerStats`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    /// Connections taken in under the cap.
-    pub connections_accepted: u64,
-    /// Connections closed at once because the cap was reached.
-    pub connections_rejected: u64,
-    /// Connections open now.
-    pub connections_active: u64,
-    /// Completed TLS handshakes.
-    pub tls_handshakes: u64,
-    /// TLS handshakes that failed or timed out.
-    pub tls_handshake_failures: u64,
-}
-
-impl ServerStats {
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
-            connections_accepted: self.accepted.load(Ordering::Relaxed),
-            connections_rejected: self.rejected.load(Ordering::Relaxed),
-            connections_active: self.active.load(Ordering::Relaxed),
-            tls_handshakes: self.tls_handshakes.load(Ordering::Relaxed),
-            tls_handshake_failures: self.tls_failures.load(Ordering::Relaxed),
         }
     }
 }
