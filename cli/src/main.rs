@@ -11,7 +11,7 @@
 //! as `error: <CODE>: <message>`), 64 usage error (bad flags or arguments, unreadable input).
 
 // Printing to stdout and stderr is this binary's whole job.
-#![allow(clippy::print_stdout, clippy::print_stderr)]
+#![expect(clippy::print_stderr)]
 
 mod cli;
 mod commands;

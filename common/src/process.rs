@@ -38,7 +38,7 @@ pub struct CommonArgs {
 /// Runs a server binary: loads and validates the config (`prepare` adds the binary's own checks
 /// and runs for `--check-config` too), then starts telemetry and a multi-threaded runtime and
 /// runs `serve` to completion. Returns the process exit code.
-#[allow(clippy::print_stdout, clippy::print_stderr)]
+#[expect(clippy::print_stdout, clippy::print_stderr)]
 pub fn main<P, F, Fut>(
     args: CommonArgs,
     name: &str,

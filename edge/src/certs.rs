@@ -51,11 +51,9 @@ use statiko_common::store::{Store, StoreError, TxnOp};
 use tokio::sync::watch;
 
 use self::pass::{AcmeTask, changed_sites};
-use self::policy::PASS_GAP_FACTOR;
+use self::policy::{PASS_GAP_FACTOR, PASS_INTERVAL};
 use crate::desired::{Desired, Position};
 use crate::leader::Leadership;
-
-pub use self::policy::PASS_INTERVAL;
 
 /// The certificates a full pass saw, by name, with their revisions.
 type Certs<'a> = HashMap<&'a str, (&'a CertificateRecord, i64)>;
@@ -94,7 +92,7 @@ impl IssueError {
 }
 
 /// The leader's certificate jobs. Cheap to share (`Arc`).
-pub struct CertJobs {
+pub(crate) struct CertJobs {
     store: Store,
     keys: KeySchema,
     secrets: Option<SecretBox>,
@@ -116,8 +114,7 @@ impl std::fmt::Debug for CertJobs {
 }
 
 impl CertJobs {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         keys: KeySchema,
         secrets: Option<SecretBox>,
@@ -139,7 +136,7 @@ impl CertJobs {
     }
 
     /// Runs the jobs until `lead.token` is cancelled; `desired` only triggers passes.
-    pub async fn run(
+    pub(crate) async fn run(
         self: Arc<Self>,
         lead: Leadership,
         mut desired: watch::Receiver<Arc<Desired>>,

@@ -211,7 +211,6 @@ impl Election {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use statiko_common::store::FileStore;

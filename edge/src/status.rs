@@ -5,5 +5,5 @@
 mod admin;
 mod node_record;
 
-pub use self::admin::{AdminState, serve_admin};
-pub use self::node_record::{NodeInfo, Publisher, RECORD_LIST_MAX, record};
+pub(crate) use self::admin::{AdminState, serve_admin};
+pub(crate) use self::node_record::{NodeInfo, Publisher};

@@ -1,6 +1,6 @@
 //! Staging against a local bundle repository: fetch, verify, unpack, precompute, cache, evict.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(clippy::unwrap_used)]
 
 use std::collections::HashSet;
 use std::io::{Cursor, Read as _, Write as _};

@@ -12,7 +12,7 @@ pub(super) const SELF_SIGNED_DAYS: u32 = 365;
 /// A self-signed certificate is re-made when less than this is left.
 const SELF_SIGNED_RENEW_MS: i64 = 14 * DAY_MS;
 /// How often the leader re-checks everything even without a change.
-pub const PASS_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const PASS_INTERVAL: Duration = Duration::from_secs(5);
 /// A pass triggered by a change waits this many times the last pass's duration after it.
 pub(super) const PASS_GAP_FACTOR: u32 = 4;
 /// Expiry reminders, in days before `notAfter` (0: expired).

@@ -17,19 +17,23 @@ use crate::reconcile::Applied;
 
 /// What the admin listener reports.
 #[derive(Debug, Clone)]
-pub struct AdminState {
-    pub info: NodeInfo,
-    pub applied: watch::Receiver<Option<Applied>>,
-    pub store_connected: watch::Receiver<bool>,
-    pub leader: watch::Receiver<bool>,
+pub(crate) struct AdminState {
+    pub(crate) info: NodeInfo,
+    pub(crate) applied: watch::Receiver<Option<Applied>>,
+    pub(crate) store_connected: watch::Receiver<bool>,
+    pub(crate) leader: watch::Receiver<bool>,
     /// The newest desired state from the store sync (for the sync lag).
-    pub desired: watch::Receiver<Arc<Desired>>,
-    pub metrics: Arc<EdgeMetrics>,
+    pub(crate) desired: watch::Receiver<Arc<Desired>>,
+    pub(crate) metrics: Arc<EdgeMetrics>,
 }
 
 /// Serves `/healthz`, `/readyz`, `/status` and `/metrics` (HTTP/1.1, no TLS: bind it to
 /// loopback).
-pub async fn serve_admin(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
+pub(crate) async fn serve_admin(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) {
     statiko_common::http_admin::serve(
         listener,
         "admin",

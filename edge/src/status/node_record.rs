@@ -13,16 +13,16 @@ use crate::reconcile::Applied;
 
 /// Static facts about this node.
 #[derive(Debug, Clone)]
-pub struct NodeInfo {
-    pub name: String,
-    pub version: String,
-    pub disallow_leadership: bool,
+pub(crate) struct NodeInfo {
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) disallow_leadership: bool,
 }
 
 /// Sites and certificates the stored node record lists in full; beyond this it lists only the
 /// sites that need attention and the certificates that expire first, so the record stays far
 /// below etcd's request limit (1.5 MiB by default) at any number of sites.
-pub const RECORD_LIST_MAX: usize = 1000;
+pub(crate) const RECORD_LIST_MAX: usize = 1000;
 
 /// Retries after a failed session: 200 ms doubling up to 5 s, plus up to 200 ms of jitter.
 const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5))
@@ -30,7 +30,12 @@ const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_s
 
 /// Builds the status record from the last applied state, listing at most `max` sites and
 /// certificates (the admin listener's `/status` lists all).
-pub fn record(info: &NodeInfo, applied: &Applied, leader: bool, max: usize) -> NodeStatusRecord {
+pub(crate) fn record(
+    info: &NodeInfo,
+    applied: &Applied,
+    leader: bool,
+    max: usize,
+) -> NodeStatusRecord {
     let (sites, sites_omitted) = if applied.sites.len() <= max {
         (applied.sites.values().cloned().collect(), 0)
     } else {
@@ -69,19 +74,19 @@ pub fn record(info: &NodeInfo, applied: &Applied, leader: bool, max: usize) -> N
 
 /// Keeps the node record in the store, on a lease that dies with this edge.
 #[derive(Debug)]
-pub struct Publisher {
-    pub store: Store,
-    pub keys: KeySchema,
-    pub info: NodeInfo,
-    pub ttl: Duration,
-    pub applied: watch::Receiver<Option<Applied>>,
+pub(crate) struct Publisher {
+    pub(crate) store: Store,
+    pub(crate) keys: KeySchema,
+    pub(crate) info: NodeInfo,
+    pub(crate) ttl: Duration,
+    pub(crate) applied: watch::Receiver<Option<Applied>>,
     /// Whether this edge leads now.
-    pub leader: watch::Receiver<bool>,
+    pub(crate) leader: watch::Receiver<bool>,
 }
 
 impl Publisher {
     /// Runs until `shutdown`; then revokes the lease so the node disappears at once.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = RETRY;
         loop {
             match self.session(&shutdown, &mut backoff).await {
