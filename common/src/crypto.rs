@@ -272,6 +272,32 @@ pub fn verify_bundle_signature(
         .map_err(|_| CryptoError::BadSignature)
 }
 
+/// The text form of a bundle signature in an app record: standard, padded base64.
+pub fn encode_signature(signature: &[u8]) -> String {
+    BASE64.encode(signature)
+}
+
+/// Decodes the text form of a bundle signature: standard or URL-safe base64, padded or not,
+/// surrounding whitespace ignored. `None` when it is not base64.
+pub fn decode_signature(text: &str) -> Option<Vec<u8>> {
+    use base64::alphabet::{self, Alphabet};
+    use base64::engine::DecodePaddingMode;
+    use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+
+    const fn unpadded(alphabet: &Alphabet) -> GeneralPurpose {
+        let config =
+            GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::RequireNone);
+        GeneralPurpose::new(alphabet, config)
+    }
+    const STANDARD: GeneralPurpose = unpadded(&alphabet::STANDARD);
+    const URL_SAFE: GeneralPurpose = unpadded(&alphabet::URL_SAFE);
+    let text = text.trim().trim_end_matches('=');
+    STANDARD
+        .decode(text)
+        .or_else(|_| URL_SAFE.decode(text))
+        .ok()
+}
+
 fn ed25519_key_pair(pkcs8_pem: &str) -> Result<Ed25519KeyPair, CryptoError> {
     let der = PrivatePkcs8KeyDer::from_pem_slice(pkcs8_pem.as_bytes()).map_err(|e| match e {
         pem::Error::NoItemsFound => {

@@ -169,7 +169,8 @@ impl Api {
             digest,
             size: spooled.size,
             format,
-            signature: (!meta.signature.is_empty()).then(|| base64_encode(&meta.signature)),
+            signature: (!meta.signature.is_empty())
+                .then(|| crypto::encode_signature(&meta.signature)),
             created_at: now_ms(),
         };
         let result = state
@@ -250,11 +251,6 @@ impl Api {
             tracing::warn!(%digest, error = %err, "could not delete unused bundle; it stays in the repository");
         }
     }
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[tonic::async_trait]
