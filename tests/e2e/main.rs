@@ -17,3 +17,4 @@ mod edge_manifest;
 mod faults;
 mod harness_smoke;
 mod observability;
+mod sdk_python;
