@@ -9,6 +9,7 @@
 //! - `config`: the shared YAML configuration with environment overrides.
 //! - `crypto`: AES-256-GCM sealing of secrets, Ed25519 bundle signatures, certificate parsing.
 //! - `backoff`: exponential retry back-off with random jitter.
+//! - `grpc`: gRPC pieces shared by the control plane and the CLI (status code names).
 //! - `notify`: webhook notifications (failed deploys and issuance, expiry reminders).
 //! - `secrets_check`: the start-up check that `secretsEncryptionKey` opens the cluster's secrets.
 //! - `manifest`: the app manifest (`_statiko.yaml`): parsing, validation and compiled rules.
@@ -23,6 +24,7 @@ pub mod archive;
 pub mod backoff;
 pub mod config;
 pub mod crypto;
+pub mod grpc;
 pub mod http_admin;
 pub mod ids;
 pub mod keys;
