@@ -53,6 +53,7 @@ use std::sync::{Arc, Mutex};
 use statiko_common::archive::ArchiveError;
 use statiko_common::config::LimitsConfig;
 use statiko_common::crypto::{decode_signature, hex, parse_digest, verify_bundle_signature};
+pub use statiko_common::manifest::MANIFEST_FILE;
 use statiko_common::manifest::{MAX_MANIFEST_LEN, Manifest};
 use statiko_common::model::AppRecord;
 use statiko_common::repo::BundleRepo;
@@ -62,8 +63,6 @@ use self::meta::BundleMeta;
 pub use self::precompress::MIN_COMPRESS_LEN;
 use crate::bundle::StagedBundle;
 
-/// The app manifest in the bundle root. It is never served.
-pub const MANIFEST_FILE: &str = "_statiko.yaml";
 /// Variant trees under `variants/`. Mirroring `root/` (rather than `<file>.gz` side files)
 /// means no file or directory name in a bundle can collide with a variant.
 const GZIP_DIR: &str = "gz";
