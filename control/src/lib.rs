@@ -25,7 +25,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use statiko_common::config::Config;
-use statiko_common::crypto::{self, SecretBox};
+use statiko_common::crypto::SecretBox;
 use statiko_common::keys::KeySchema;
 use statiko_common::process::InvalidConfig;
 use statiko_common::repo::BundleRepo;
@@ -47,14 +47,7 @@ pub struct Prepared {
 /// Validates the control-specific parts of the config.
 pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     let secrets = config.secrets_key().map(SecretBox::new);
-    let codesign_key = if config.codesign.public_key.is_empty() {
-        None
-    } else {
-        Some(
-            crypto::parse_ed25519_public_key(&config.codesign.public_key)
-                .context("codesign.publicKey")?,
-        )
-    };
+    let codesign_key = statiko_common::process::codesign_key(config)?;
     if config.codesign.required && codesign_key.is_none() {
         anyhow::bail!("codesign.required: needs codesign.publicKey");
     }

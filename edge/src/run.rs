@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use statiko_common::config::Config;
-use statiko_common::crypto::{self, SecretBox};
+use statiko_common::crypto::SecretBox;
 use statiko_common::keys::KeySchema;
 use statiko_common::notify::Notifier;
 use statiko_common::process::InvalidConfig;
@@ -104,14 +104,7 @@ pub async fn run(
         return Err(InvalidConfig(err.to_string()).into());
     }
     let notifier = Notifier::new(&config.notifications.webhook, &config.node_name);
-    let codesign_key = if config.codesign.public_key.is_empty() {
-        None
-    } else {
-        Some(
-            crypto::parse_ed25519_public_key(&config.codesign.public_key)
-                .context("codesign.publicKey")?,
-        )
-    };
+    let codesign_key = statiko_common::process::codesign_key(&config)?;
     let stager = Stager::new(
         &data_dir,
         repo,

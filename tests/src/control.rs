@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
+use statiko_common::process::ReadyFile;
 use tempfile::TempDir;
 use tokio::process::Command;
 
@@ -502,15 +503,7 @@ impl Control {
             .flatten();
         self.grpc_addr = process
             .wait_ready(READY_TIMEOUT, async || {
-                let text = std::fs::read_to_string(&ready_path).context("no ready file yet")?;
-                let ready: Value = serde_json::from_str(&text)
-                    .with_context(|| format!("ready file is not JSON yet: {text:?}"))?;
-                let grpc = ready["grpc"]
-                    .as_str()
-                    .with_context(|| format!("ready file has no \"grpc\" address: {text}"))?;
-                let addr: SocketAddr = grpc
-                    .parse()
-                    .with_context(|| format!("ready file \"grpc\" is not an address: {grpc}"))?;
+                let addr = ReadyFile::read(&ready_path)?.address("grpc")?;
                 if let Some(cert_path) = &cert_path
                     && !cert_path.exists()
                 {
