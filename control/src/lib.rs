@@ -21,8 +21,6 @@ mod server;
 mod state;
 mod tls;
 
-use std::path::PathBuf;
-
 use anyhow::Context as _;
 use statiko_common::config::Config;
 use statiko_common::crypto::SecretBox;
@@ -88,7 +86,7 @@ pub async fn run(
         codesign_key: prepared.codesign_key,
         codesign_required: config.codesign.required,
         limits: config.limits.clone(),
-        upload_dir: upload_dir(),
+        upload_dir: config.control.data_dir.join("uploads"),
     });
     let metrics = std::sync::Arc::new(metrics::ControlMetrics::default());
     // Metrics are not worth refusing to serve the API for: a busy port is logged, not fatal.
@@ -112,8 +110,4 @@ pub async fn run(
         shutdown,
     )
     .await
-}
-
-fn upload_dir() -> PathBuf {
-    std::env::temp_dir().join("statiko-uploads")
 }

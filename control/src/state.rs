@@ -1,6 +1,7 @@
 //! Desired-state operations over the store: every write is one transaction guarded by compares,
 //! so a lost race is detected (and retried or reported), never a lost update.
 
+use statiko_common::ids;
 use statiko_common::keys::KeySchema;
 use statiko_common::model::{self, AppRecord, CertificateRecord, DomainRecord, SiteRecord};
 use statiko_common::store::{Compare, KeyValue, Store, TxnOp, TxnResult};
@@ -83,7 +84,8 @@ impl DesiredState {
 
     /// A site by primary domain or alias.
     pub(crate) async fn find_site(&self, domain: &str) -> Result<Versioned<SiteRecord>> {
-        let not_found = || ControlError::NotFound(format!("site {domain:?} not found"));
+        let not_found =
+            || ControlError::NotFound(format!("site {} not found", ids::quoted(domain)));
         let primary = self.domain_owner(domain).await?.ok_or_else(not_found)?;
         self.get::<SiteRecord>(&self.keys.site(&primary))
             .await?

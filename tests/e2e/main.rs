@@ -1,6 +1,7 @@
 //! End-to-end scenarios: real etcd, `statiko-control`, `stk` and edge processes on loopback,
 //! driven through `statiko_tests`. This file only declares the scenario modules.
 
+mod archive_bombs;
 mod config_examples;
 mod control_apps;
 mod control_auth;

@@ -217,6 +217,7 @@ impl ControlOptions {
             "control": {
                 "listen": "127.0.0.1:0",
                 "tls": {"enabled": true, "selfSignedDir": dir.join("control-tls")},
+                "dataDir": dir.join("control-data"),
             },
             "auth": {"tokens": tokens},
             "repo": {"type": "local", "local": {"path": dir.join("repo")}},
@@ -328,6 +329,14 @@ impl Control {
     /// The tail of the process log.
     pub fn log_tail(&self) -> String {
         crate::process::log_tail(&self.log_path(), crate::process::LOG_TAIL_LINES)
+    }
+
+    /// Peak resident set size of the running process, in KiB.
+    pub fn peak_rss_kib(&self) -> Result<u64> {
+        self.process
+            .as_ref()
+            .context("statiko-control is not running")?
+            .peak_rss_kib()
     }
 
     /// The process, e.g. to send another signal.

@@ -156,6 +156,14 @@ impl Edge {
         self.dir.path()
     }
 
+    /// Peak resident set size of the running process, in KiB.
+    pub fn peak_rss_kib(&self) -> Result<u64> {
+        self.process
+            .as_ref()
+            .context("statiko-edge is not running")?
+            .peak_rss_kib()
+    }
+
     /// The process log tail.
     pub fn log_tail(&self) -> String {
         crate::process::log_tail(
