@@ -47,6 +47,12 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod net;
+pub use net::{
+    Cidr, ControlLimitsConfig, EdgeLimitsConfig, PerClientConfig, PerSiteConfig,
+    ProxyProtocolConfig, mask_bits,
+};
+
 /// The whole configuration, after defaults, file, environment and `*File` secrets are merged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -162,6 +168,7 @@ pub struct ControlConfig {
     pub tls: ControlTlsConfig,
     /// Plain-HTTP Prometheus `/metrics` listener; empty disables it.
     pub metrics: String,
+    pub limits: ControlLimitsConfig,
 }
 
 impl Default for ControlConfig {
@@ -170,6 +177,7 @@ impl Default for ControlConfig {
             listen: "0.0.0.0:2265".into(),
             tls: ControlTlsConfig::default(),
             metrics: "127.0.0.1:2267".into(),
+            limits: ControlLimitsConfig::default(),
         }
     }
 }
@@ -311,6 +319,8 @@ pub struct EdgeConfig {
     /// Redirect plain HTTP to HTTPS (except ACME challenges). Turn off when a TLS-terminating
     /// load balancer or CDN in front talks plain HTTP to the edge.
     pub redirect_http: bool,
+    pub limits: EdgeLimitsConfig,
+    pub proxy_protocol: ProxyProtocolConfig,
 }
 
 impl Default for EdgeConfig {
@@ -322,6 +332,8 @@ impl Default for EdgeConfig {
             admin: "127.0.0.1:2266".into(),
             lease_ttl: 10,
             redirect_http: true,
+            limits: EdgeLimitsConfig::default(),
+            proxy_protocol: ProxyProtocolConfig::default(),
         }
     }
 }
@@ -724,6 +736,12 @@ impl Config {
                 format!("must be between {MIN_LEASE_TTL} and {MAX_LEASE_TTL} seconds"),
             ));
         }
+
+        net::validate(
+            &self.edge.limits,
+            &self.edge.proxy_protocol,
+            &self.control.limits,
+        )?;
 
         // acme and notifications
         if !is_http_url(&self.acme.directory) {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::serve::ServerStats;
+use crate::serve::{LimitStats, ServerStats};
 
 /// Sites with series of their own; the rest count under [`OTHER`].
 pub const MAX_SITES: usize = 10_000;
@@ -115,6 +115,9 @@ pub struct EdgeMetrics {
     /// Counters of the HTTP and HTTPS listeners.
     pub http: Arc<ServerStats>,
     pub https: Arc<ServerStats>,
+    /// Connections and requests refused by the per-client and per-site limits and the PROXY
+    /// protocol, by reason.
+    pub limited: Arc<LimitStats>,
 }
 
 impl Default for EdgeMetrics {
@@ -129,6 +132,7 @@ impl Default for EdgeMetrics {
             last_apply_ms: AtomicI64::new(0),
             http: Arc::default(),
             https: Arc::default(),
+            limited: Arc::default(),
         }
     }
 }
@@ -303,6 +307,17 @@ impl EdgeMetrics {
             "TLS handshakes that failed or timed out.",
             tls.tls_handshake_failures,
         );
+
+        header(
+            &mut out,
+            "statiko_edge_limited_total",
+            "counter",
+            "Connections (closed) and requests (429) refused by the per-client and per-site \
+             limits and the PROXY protocol, by reason.",
+        );
+        for (reason, n) in self.limited.snapshot() {
+            let _ = writeln!(out, "statiko_edge_limited_total{{reason=\"{reason}\"}} {n}");
+        }
 
         gauge(
             &mut out,
