@@ -288,10 +288,11 @@ pub struct TrackedBody<B> {
 }
 
 impl<B> TrackedBody<B> {
-    pub fn new(inner: B, guard: RequestGuard) -> Self {
+    /// `inner`, counted as a request until it ends when `guard` is given.
+    pub fn new(inner: B, guard: impl Into<Option<RequestGuard>>) -> Self {
         Self {
             inner,
-            guard: Some(guard),
+            guard: guard.into(),
         }
     }
 }
