@@ -10,8 +10,8 @@
 //!   (`first_request` before the first request). Requests are counted by the protocol layer
 //!   through [`ConnState::request`] and [`TrackedBody`], so an HTTP/2 connection kept busy
 //!   with PINGs only, or a silent connection that never sends a byte, is still closed.
-//!   The check is one timer per connection, re-armed every quarter of the timeout: no task,
-//!   no CPU while nothing happens.
+//!   The check is one timer per connection, set for the earliest moment it could be idle
+//!   and re-armed from there: no task, no CPU while nothing happens.
 //! - [`Throttle`]: "log at most once per interval" for anything a client can trigger.
 
 use std::collections::HashMap;
@@ -249,13 +249,16 @@ pub struct IdlePolicy {
     pub first_request: Duration,
 }
 
-/// What the protocol layer tells the socket about its requests.
+/// What the socket and the protocol layer record about a connection's activity (times in
+/// [`now_ms`] milliseconds).
 #[derive(Debug, Default)]
 pub struct ConnState {
-    /// Successful reads and writes (moves on every byte transfer, PINGs included).
-    io: AtomicU64,
-    /// Requests started and finished (moves on each).
-    events: AtomicU64,
+    /// Last successful read or write (PINGs included).
+    last_io_ms: AtomicU64,
+    /// Last request start or end.
+    last_event_ms: AtomicU64,
+    /// Requests started on the connection.
+    requests: AtomicU64,
     in_flight: AtomicU32,
 }
 
@@ -264,7 +267,8 @@ impl ConnState {
     /// with [`TrackedBody`], so a long download is one request until its last byte).
     pub fn request(self: &Arc<Self>) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.events.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.last_event_ms.store(now_ms(), Ordering::Relaxed);
         RequestGuard(self.clone())
     }
 }
@@ -275,8 +279,8 @@ pub struct RequestGuard(Arc<ConnState>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
+        self.0.last_event_ms.store(now_ms(), Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.events.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -330,13 +334,9 @@ pub struct Guarded<T> {
     prefix: bytes::Bytes,
     state: Arc<ConnState>,
     policy: IdlePolicy,
+    /// Fires at the earliest moment the connection could be idle; re-armed from there.
     timer: Pin<Box<Sleep>>,
-    tick: Duration,
-    started: Instant,
-    seen_io: u64,
-    last_io: Instant,
-    seen_events: u64,
-    last_event: Instant,
+    started_ms: u64,
     expired: bool,
     _hold: Option<Box<dyn Send + Sync>>,
 }
@@ -353,21 +353,19 @@ impl<T> std::fmt::Debug for Guarded<T> {
 impl<T> Guarded<T> {
     /// Wraps `inner`; `hold` is dropped with the connection.
     pub fn new(inner: T, policy: IdlePolicy, hold: Option<Box<dyn Send + Sync>>) -> Self {
-        let now = Instant::now();
-        let shortest = policy.idle.min(policy.first_request);
-        let tick = (shortest / 4).max(Duration::from_millis(10));
+        let now = now_ms();
+        let state = ConnState {
+            last_io_ms: AtomicU64::new(now),
+            ..ConnState::default()
+        };
+        let first = policy.idle.min(policy.first_request);
         Self {
             inner,
             prefix: bytes::Bytes::new(),
-            state: Arc::default(),
+            state: Arc::new(state),
             policy,
-            timer: Box::pin(tokio::time::sleep(tick)),
-            tick,
-            started: now,
-            seen_io: 0,
-            last_io: now,
-            seen_events: 0,
-            last_event: now,
+            timer: Box::pin(tokio::time::sleep(first)),
+            started_ms: now,
             expired: false,
             _hold: hold,
         }
@@ -394,37 +392,43 @@ impl<T> Guarded<T> {
             return Err(idle_error());
         }
         while self.timer.as_mut().poll(cx).is_ready() {
-            let now = Instant::now();
-            let io = self.state.io.load(Ordering::Relaxed);
-            if io != self.seen_io {
-                self.seen_io = io;
-                self.last_io = now;
-            }
-            let events = self.state.events.load(Ordering::Relaxed);
-            if events != self.seen_events {
-                self.seen_events = events;
-                self.last_event = now;
-            }
-            let quiet_io = now.duration_since(self.last_io);
-            let no_request = if self.state.in_flight.load(Ordering::Relaxed) > 0 {
-                false
-            } else if events == 0 {
-                now.duration_since(self.started) >= self.policy.first_request
-            } else {
-                now.duration_since(self.last_event) >= self.policy.idle
-            };
-            if quiet_io >= self.policy.idle || no_request {
+            let deadline = self.deadline_ms();
+            let now = now_ms();
+            if now >= deadline {
                 self.expired = true;
                 return Err(idle_error());
             }
-            self.timer.as_mut().reset((now + self.tick).into());
+            let wait = Duration::from_millis(deadline - now);
+            self.timer.as_mut().reset((Instant::now() + wait).into());
         }
         Ok(())
     }
 
+    /// When the connection becomes idle if nothing happens until then.
+    fn deadline_ms(&self) -> u64 {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let state = &self.state;
+        let quiet = state
+            .last_io_ms
+            .load(Ordering::Relaxed)
+            .saturating_add(ms(self.policy.idle));
+        let no_request = if state.in_flight.load(Ordering::Relaxed) > 0 {
+            u64::MAX
+        } else if state.requests.load(Ordering::Relaxed) == 0 {
+            self.started_ms
+                .saturating_add(ms(self.policy.first_request))
+        } else {
+            state
+                .last_event_ms
+                .load(Ordering::Relaxed)
+                .saturating_add(ms(self.policy.idle))
+        };
+        quiet.min(no_request)
+    }
+
     fn bump<R>(&self, poll: &Poll<io::Result<R>>) {
         if let Poll::Ready(Ok(_)) = poll {
-            self.state.io.fetch_add(1, Ordering::Relaxed);
+            self.state.last_io_ms.store(now_ms(), Ordering::Relaxed);
         }
     }
 }
