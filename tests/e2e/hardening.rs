@@ -296,7 +296,10 @@ async fn request_flood_from_one_address_gets_429_while_another_is_served() -> Re
     statiko_tests::init();
     let (_control, edge) = control_and_edge(json!({"edge": {
         "redirectHttp": false,
-        "limits": {"perClient": {"requestsPerSecond": 10, "requestBurst": 20}},
+        "limits": {"perClient": {
+            "requestsPerSecond": 10, "requestBurst": 20,
+            "handshakesPerSecond": 5, "handshakeBurst": 10,
+        }},
     }}))
     .await?;
     wait_until(secs(15), async || {
@@ -336,6 +339,44 @@ async fn request_flood_from_one_address_gets_429_while_another_is_served() -> Re
     )
     .await?;
     ensure!(counted >= f64::from(limited), "counted {counted}");
+
+    // New TLS connections over the per-client rate are closed before the handshake.
+    let started = Instant::now();
+    let (mut done, mut refused) = (0u32, 0u32);
+    for _ in 0..100 {
+        let tcp = connect_from(ATTACKER, edge.addrs().https).await?;
+        match tls_over(tcp, b"http/1.1").await {
+            Ok(_) => done += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    let elapsed = started.elapsed();
+    let reply = edge.https_get(SITE, "/").await?;
+    ensure!(
+        reply.status == 200,
+        "normal client during the handshake flood: {}",
+        reply.status
+    );
+    let allowed = 10.0 + 5.0 * elapsed.as_secs_f64() + 1.0;
+    ensure!(
+        f64::from(done) <= allowed && refused >= 50,
+        "handshakes: {done} done, {refused} refused in {elapsed:?}"
+    );
+    let counted = metric(
+        &edge,
+        "statiko_edge_limited_total{reason=\"client_handshakes\"}",
+    )
+    .await?;
+    ensure!(counted >= f64::from(refused), "counted {counted}");
+    // The figures in bench/RESULTS.md (shown with --no-capture).
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!(
+            "edge: flood of 100 requests: {ok} served, {limited} got 429; 100 TLS connections \
+             in {elapsed:?}: {done} handshakes, {refused} refused ({:.0}/s refused)",
+            f64::from(refused) / elapsed.as_secs_f64()
+        );
+    }
     Ok(())
 }
 
@@ -506,10 +547,10 @@ async fn control_answers_under_thousands_of_idle_connections() -> Result<()> {
         refused >= 100,
         "over the per-client cap: {refused} closed at once"
     );
-    let cpu = cpu_over(pid, secs(2)).await?;
+    let idle_cpu = cpu_over(pid, secs(2)).await?;
     ensure!(
-        cpu <= 10,
-        "control used {cpu} ticks over 2 s with idle connections"
+        idle_cpu <= 10,
+        "control used {idle_cpu} ticks over 2 s with idle connections"
     );
     let call = Instant::now();
     let api = tokio::time::timeout(secs(2), async {
@@ -578,8 +619,9 @@ async fn control_answers_under_thousands_of_idle_connections() -> Result<()> {
     #[allow(clippy::print_stderr)]
     {
         eprintln!(
-            "control: 3,100 idle connections opened in {opened:?}, call answered in {took:?}; \
-         after EMFILE with {} connections queued, answered in {:?}",
+            "control: 3,100 idle connections opened in {opened:?}, {idle_cpu} CPU ticks over 2 s, \
+             call answered in {took:?}; out of file descriptors with {} connections queued: \
+             {cpu} CPU ticks over 2 s, then answered in {:?}",
             flood.len(),
             recovered.elapsed()
         );
