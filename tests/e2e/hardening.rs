@@ -8,7 +8,7 @@
 //! - a request flood from one address gets 429 while another address is served;
 //! - the PROXY protocol v1 and v2: the client address reaches the limits and the access log,
 //!   a missing, malformed or untrusted header is dropped;
-//! - control under thousands of idle connections answers within 2 s, uses no CPU while they
+//! - control under 2,000 idle connections from one address answers within 2 s, uses no CPU while they
 //!   sit, closes them after its handshake timeout, and does not spin when out of file
 //!   descriptors (EMFILE); `Authorization: BEARER` works.
 
@@ -57,11 +57,22 @@ async fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> Result<TcpStream> {
     Ok(stream)
 }
 
-/// `n` connections from `src`, opened concurrently.
-async fn connect_many(src: Ipv4Addr, dst: SocketAddr, n: usize) -> Result<Vec<TcpStream>> {
+/// `n` connections from `src`, opened 100 at a time, each sending `first` (one byte makes
+/// sure the server has the connection even when its accept queue overflowed and SYN cookies
+/// answered for it; a TLS record type byte alone keeps a handshake waiting).
+async fn connect_many(
+    src: Ipv4Addr,
+    dst: SocketAddr,
+    n: usize,
+    first: &[u8],
+) -> Result<Vec<TcpStream>> {
     let mut streams = Vec::with_capacity(n);
-    for batch in (0..n).collect::<Vec<_>>().chunks(200) {
-        let connects = batch.iter().map(|_| connect_from(src, dst));
+    for batch in (0..n).collect::<Vec<_>>().chunks(100) {
+        let connects = batch.iter().map(|_| async {
+            let mut stream = connect_from(src, dst).await?;
+            stream.write_all(first).await?;
+            anyhow::Ok(stream)
+        });
         for stream in futures::future::join_all(connects).await {
             streams.push(stream?);
         }
@@ -202,8 +213,8 @@ async fn edge_serves_others_while_one_address_holds_idle_connections() -> Result
     let addrs = edge.addrs();
 
     // Silent TCP, more than the per-client cap, on both listeners.
-    let mut silent_http = connect_many(ATTACKER, addrs.http, 120).await?;
-    let mut silent_https = connect_many(ATTACKER, addrs.https, 120).await?;
+    let mut silent_http = connect_many(ATTACKER, addrs.http, 120, b"").await?;
+    let mut silent_https = connect_many(ATTACKER, addrs.https, 120, b"").await?;
     let opened = Instant::now();
     // Silent TLS: a finished handshake, then nothing.
     let mut silent_tls = Vec::new();
@@ -512,6 +523,20 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
 }
 
+/// Resident memory of `pid`, in MiB.
+fn rss_mib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kib / 1024)
+}
+
 /// CPU ticks `pid` used over `window`.
 async fn cpu_over(pid: u32, window: Duration) -> Result<u64> {
     let before = cpu_ticks(pid)?;
@@ -526,9 +551,9 @@ async fn control_answers_under_thousands_of_idle_connections() -> Result<()> {
     let mut control = Control::start(ControlOptions::default().config(
         json!({"control": {"limits": {
             "maxConnections": 5000,
-            "maxConnectionsPerClient": 3000,
-            "tlsHandshakeTimeout": 4000,
-            "idleTimeout": 3000,
+            "maxConnectionsPerClient": 2000,
+            "tlsHandshakeTimeout": 8000,
+            "idleTimeout": 8000,
         }}}),
     ))
     .await?;
@@ -538,20 +563,26 @@ async fn control_answers_under_thousands_of_idle_connections() -> Result<()> {
         .context("control pid")?;
     let addr = control.grpc_addr();
 
-    // 3,100 silent connections from one address: the 100 over its cap are closed at once.
+    // 2,000 silent connections from one address (its cap), then 100 more: closed at once.
     let started = Instant::now();
-    let mut idle = connect_many(ATTACKER, addr, 3100).await?;
+    let mut idle = connect_many(ATTACKER, addr, 2000, &[0x16]).await?;
     let opened = started.elapsed();
-    let refused = count_closed(&mut idle, millis(500)).await;
+    // Let control take them all from its accept queue first.
+    tokio::time::sleep(secs(1)).await;
+    let mut over = connect_many(ATTACKER, addr, 100, &[0x16]).await?;
+    // "At once": after control has accepted them (a debug build on a busy machine accepts a
+    // few hundred per second), far before the 8 s timeouts.
+    let refused = count_closed(&mut over, secs(3)).await;
     ensure!(
-        refused >= 100,
-        "over the per-client cap: {refused} closed at once"
+        refused == 100,
+        "over the per-client cap: {refused}/100 closed at once (the 2,000 opened in {opened:?})"
     );
     let idle_cpu = cpu_over(pid, secs(2)).await?;
     ensure!(
         idle_cpu <= 10,
         "control used {idle_cpu} ticks over 2 s with idle connections"
     );
+    let rss = rss_mib(pid)?;
     let call = Instant::now();
     let api = tokio::time::timeout(secs(2), async {
         let api = control.admin().await?;
@@ -562,8 +593,8 @@ async fn control_answers_under_thousands_of_idle_connections() -> Result<()> {
     .context("a gRPC call took over 2 s")??;
     let took = call.elapsed();
     drop(api);
-    // Closed by the handshake timeout (4 s after they were accepted).
-    let limit = millis(4000 + 2500).saturating_sub(started.elapsed()) + opened;
+    // Closed by the handshake timeout (8 s after they were accepted).
+    let limit = millis(8000 + 2500).saturating_sub(started.elapsed()) + opened;
     let closed = count_closed(&mut idle, limit).await;
     ensure!(
         closed == idle.len(),
@@ -603,8 +634,9 @@ async fn control_answers_under_thousands_of_idle_connections() -> Result<()> {
         cpu <= 20,
         "control used {cpu} ticks over 2 s out of file descriptors"
     );
+    // The accepted ones are closed by the handshake timeout, then the queued ones get in.
     let recovered = Instant::now();
-    tokio::time::timeout(secs(15), async {
+    wait_until(secs(25), async || {
         control
             .admin()
             .await?
@@ -614,12 +646,13 @@ async fn control_answers_under_thousands_of_idle_connections() -> Result<()> {
         anyhow::Ok(())
     })
     .await
-    .context("control did not recover after EMFILE")??;
+    .context("control did not recover after EMFILE")?;
     // The figures in bench/RESULTS.md (shown with --no-capture).
     #[allow(clippy::print_stderr)]
     {
         eprintln!(
-            "control: 3,100 idle connections opened in {opened:?}, {idle_cpu} CPU ticks over 2 s, \
+            "control: 2,000 idle connections opened in {opened:?}, {idle_cpu} CPU ticks over 2 s, \
+             RSS {rss} MiB, \
              call answered in {took:?}; out of file descriptors with {} connections queued: \
              {cpu} CPU ticks over 2 s, then answered in {:?}",
             flood.len(),
