@@ -297,6 +297,81 @@ pub(super) fn validate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    /// A change to a default config, and the key its validation error must name.
+    type Case = (fn(&mut Config), &'static str);
+
+    fn invalid_key(change: impl FnOnce(&mut Config)) -> Option<String> {
+        let mut config = Config::default();
+        change(&mut config);
+        config
+            .validate()
+            .err()
+            .and_then(|e| e.key().map(str::to_owned))
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        assert_eq!(invalid_key(|_| {}), None);
+        let cases: [Case; 7] = [
+            (
+                |c| c.edge.limits.idle_timeout = 0,
+                "edge.limits.idleTimeout",
+            ),
+            (
+                |c| c.control.limits.max_connections = 0,
+                "control.limits.maxConnections",
+            ),
+            (
+                |c| c.edge.limits.per_client.requests_per_second = -1.0,
+                "edge.limits.perClient.requestsPerSecond",
+            ),
+            (
+                |c| c.edge.limits.per_site.requests_per_second = 5.0,
+                "edge.limits.perSite.requestBurst",
+            ),
+            (
+                |c| c.edge.limits.per_client.handshakes_per_second = f64::NAN,
+                "edge.limits.perClient.handshakesPerSecond",
+            ),
+            (
+                |c| c.edge.limits.per_client.ipv6_prefix = 0,
+                "edge.limits.perClient.ipv6Prefix",
+            ),
+            (
+                |c| c.edge.proxy_protocol.trusted_proxies = vec!["10.0.0.0/8".into(), "x".into()],
+                "edge.proxyProtocol.trustedProxies[1]",
+            ),
+        ];
+        for (change, key) in cases {
+            assert_eq!(invalid_key(change).as_deref(), Some(key));
+        }
+    }
+
+    #[test]
+    fn env_overrides_reach_the_new_keys() {
+        let env: std::collections::HashMap<String, String> = [
+            ("STATIKO_EDGE_LIMITS_PER_CLIENT_REQUESTS_PER_SECOND", "20"),
+            ("STATIKO_EDGE_LIMITS_PER_CLIENT_REQUEST_BURST", "100"),
+            (
+                "STATIKO_EDGE_PROXY_PROTOCOL_TRUSTED_PROXIES",
+                "[10.0.0.0/8, \"2001:db8::/32\"]",
+            ),
+            ("STATIKO_CONTROL_LIMITS_IDLE_TIMEOUT", "1000"),
+            ("STATIKO_NODE_NAME", "n1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let config =
+            Config::load_with_default_path(None, &env, std::path::Path::new("/nonexistent"))
+                .unwrap();
+        assert_eq!(config.edge.limits.per_client.requests_per_second, 20.0);
+        assert_eq!(config.edge.limits.per_client.request_burst, 100);
+        assert_eq!(config.edge.proxy_protocol.trusted().len(), 2);
+        assert_eq!(config.control.limits.idle_timeout(), Duration::from_secs(1));
+    }
 
     #[test]
     fn cidr_parse_and_contains() {
