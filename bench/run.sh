@@ -84,7 +84,7 @@ state: {store: "file", file: {path: "$WORK/node/state"}}
 repo: {type: "local", local: {path: "$WORK/node/repo"}}
 control: {listen: "$HOST:$CONTROL", tls: {enabled: false}, metrics: ""}
 auth: {tokens: [{name: "bench", token: "bench-admin-token-0123456789", role: "admin"}]}
-edge: {dataDir: "$WORK/node/data", http: "$HOST:$EDGE_HTTP", https: "$HOST:$EDGE_HTTPS", admin: "$HOST:$EDGE_ADMIN", redirectHttp: false}
+edge: {dataDir: "$WORK/node/data", http: "$HOST:$EDGE_HTTP", https: "$HOST:$EDGE_HTTPS", admin: "$HOST:$EDGE_ADMIN", redirectHttp: false, limits: {perClient: {maxConnections: 0}}}
 log: {format: "text", level: "warn"}
 EOF
 cat > "$RUN/nginx.conf" <<EOF

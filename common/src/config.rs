@@ -47,6 +47,12 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod net;
+pub use net::{
+    Cidr, ControlLimitsConfig, EdgeLimitsConfig, PerClientConfig, PerSiteConfig,
+    ProxyProtocolConfig, mask_bits,
+};
+
 /// The whole configuration, after defaults, file, environment and `*File` secrets are merged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -165,6 +171,7 @@ pub struct ControlConfig {
     /// Control's own working directory (created 0700): uploads are spooled under
     /// `<dataDir>/uploads` while they are checked.
     pub data_dir: PathBuf,
+    pub limits: ControlLimitsConfig,
 }
 
 impl Default for ControlConfig {
@@ -174,6 +181,7 @@ impl Default for ControlConfig {
             tls: ControlTlsConfig::default(),
             metrics: "127.0.0.1:2267".into(),
             data_dir: PathBuf::from("/var/lib/statiko/control"),
+            limits: ControlLimitsConfig::default(),
         }
     }
 }
@@ -315,6 +323,8 @@ pub struct EdgeConfig {
     /// Redirect plain HTTP to HTTPS (except ACME challenges). Turn off when a TLS-terminating
     /// load balancer or CDN in front talks plain HTTP to the edge.
     pub redirect_http: bool,
+    pub limits: EdgeLimitsConfig,
+    pub proxy_protocol: ProxyProtocolConfig,
 }
 
 impl Default for EdgeConfig {
@@ -326,6 +336,8 @@ impl Default for EdgeConfig {
             admin: "127.0.0.1:2266".into(),
             lease_ttl: 10,
             redirect_http: true,
+            limits: EdgeLimitsConfig::default(),
+            proxy_protocol: ProxyProtocolConfig::default(),
         }
     }
 }
@@ -746,6 +758,12 @@ impl Config {
                 format!("must be between {MIN_LEASE_TTL} and {MAX_LEASE_TTL} seconds"),
             ));
         }
+
+        net::validate(
+            &self.edge.limits,
+            &self.edge.proxy_protocol,
+            &self.control.limits,
+        )?;
 
         // acme and notifications
         if !is_http_url(&self.acme.directory) {

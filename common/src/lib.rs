@@ -15,6 +15,8 @@
 //! - `manifest`: the app manifest (`_statiko.yaml`): parsing, validation and compiled rules.
 //! - `repo`: the bundle repository (local directory, S3, Azure Blob, GCS) via `object_store`.
 //! - `http_admin`: the small plain-HTTP server behind the operator endpoints.
+//! - `listener`: what every TCP listener shares: accept back-off, connection caps (total and
+//!   per client), idle closing that PINGs and silence cannot dodge, log throttling.
 //! - `process`: the shared start-up of the server binaries (flags, config, exit codes).
 //! - `telemetry`: tracing subscriber set-up.
 //! - `tls`: client-side TLS pieces (a verifier that accepts any server certificate).
@@ -28,6 +30,7 @@ pub mod grpc;
 pub mod http_admin;
 pub mod ids;
 pub mod keys;
+pub mod listener;
 pub mod manifest;
 pub mod model;
 pub mod notify;

@@ -103,6 +103,7 @@ pub fn init_with_env(
         LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).boxed(),
         LogFormat::Json => fmt.json().with_ansi(false).boxed(),
     };
+    let fmt = fmt.with_filter(tracing_subscriber::filter::filter_fn(throttle_rustls));
     let otlp = OtlpSettings::from_env(env, &default_service_name())
         .map(|settings| otlp_pipeline(&settings))
         .transpose()?;
@@ -144,6 +145,24 @@ fn otlp_pipeline(
         .with_resource(resource)
         .build();
     Ok((provider, runtime))
+}
+
+/// rustls logs a WARN line for some malformed handshakes (an IP address or a duplicate name as
+/// SNI, a warning alert), which any client can send as often as it likes: at most one rustls
+/// line below ERROR passes per 10 s, so a client cannot flood the log (the listeners count
+/// failed handshakes in their metrics).
+fn throttle_rustls(meta: &tracing::Metadata<'_>) -> bool {
+    static THROTTLE: std::sync::OnceLock<crate::listener::Throttle> = std::sync::OnceLock::new();
+    if !meta.is_event()
+        || !meta.target().starts_with("rustls")
+        || *meta.level() == tracing::Level::ERROR
+    {
+        return true;
+    }
+    THROTTLE
+        .get_or_init(|| crate::listener::Throttle::new(std::time::Duration::from_secs(10)))
+        .ready()
+        .is_some()
 }
 
 /// The executable's file name (`statiko-control`, `statiko-edge`), the default service name.

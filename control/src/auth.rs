@@ -80,9 +80,11 @@ impl AuthLayer {
             authorization.ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
         let header = std::str::from_utf8(header)
             .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
+        // The scheme is case-insensitive (RFC 9110 section 11.1): `Bearer`, `bearer`, `BEARER`.
         let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
             .ok_or_else(|| {
                 Status::unauthenticated("authorization header must be \"Bearer <token>\"")
             })?
@@ -238,6 +240,18 @@ mod tests {
             site_create,
             Some("Bearer admin-token-0123456789"),
             Ok(Some("ops")),
+        );
+        for scheme in ["bearer", "BEARER", "bEaReR"] {
+            check(
+                site_create,
+                Some(&format!("{scheme} admin-token-0123456789")),
+                Ok(Some("ops")),
+            );
+        }
+        check(
+            site_create,
+            Some("Bearer-admin-token-0123456789"),
+            Err(Code::Unauthenticated),
         );
         check(
             "/statiko.v1.AppService/UploadApp",

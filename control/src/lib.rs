@@ -4,6 +4,8 @@
 //! # Layout
 //!
 //! - `server`: tonic server, TLS, health and reflection.
+//! - `listen`: the gRPC listener's accept loop (connection caps, TLS handshake timeout, idle
+//!   closing) as tonic's incoming stream.
 //! - `auth`: bearer tokens and roles, as a tower layer.
 //! - `api`: one file per `statiko.v1` service.
 //! - `state`: typed desired-state reads and transactional writes over the store.
@@ -16,6 +18,7 @@ mod api;
 mod auth;
 mod convert;
 mod error;
+mod listen;
 pub mod metrics;
 mod server;
 mod state;
@@ -89,6 +92,10 @@ pub async fn run(
         upload_dir: config.control.data_dir.join("uploads"),
     });
     let metrics = std::sync::Arc::new(metrics::ControlMetrics::default());
+    statiko_common::http_admin::configure(statiko_common::http_admin::AdminLimits {
+        idle_timeout: config.control.limits.idle_timeout(),
+        ..Default::default()
+    });
     // Metrics are not worth refusing to serve the API for: a busy port is logged, not fatal.
     if !config.control.metrics.is_empty() {
         match statiko_common::process::bind("control.metrics", &config.control.metrics).await {
@@ -106,6 +113,7 @@ pub async fn run(
         AuthLayer::new(&config.auth.tokens),
         metrics::MetricsLayer::new(metrics),
         identity,
+        &config.control.limits,
         listener,
         shutdown,
     )

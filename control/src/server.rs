@@ -1,18 +1,21 @@
-//! The tonic server: TLS, the metrics/tracing and authentication layers, every `statiko.v1`
+//! The tonic server: over our own incoming stream (`listen`: limits, TLS, idle closing), the
+//! connection-tracking, metrics/tracing and authentication layers, every `statiko.v1`
 //! service, gRPC health and server reflection (v1 and v1alpha, so grpcurl works).
 
 use std::time::Duration;
 
 use anyhow::Context as _;
+use statiko_common::config::ControlLimitsConfig;
 use statiko_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::api::Api;
 use crate::auth::AuthLayer;
+use crate::listen::ConnTrackLayer;
 use crate::metrics::MetricsLayer;
+use crate::tls::Identity;
 
 /// Serves the API on `listener` until `shutdown` is cancelled.
 pub(crate) async fn serve(
@@ -20,6 +23,7 @@ pub(crate) async fn serve(
     auth: AuthLayer,
     metrics: MetricsLayer,
     identity: Option<Identity>,
+    limits: &ControlLimitsConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -53,17 +57,16 @@ pub(crate) async fn serve(
         .build_v1alpha()
         .context("build reflection v1alpha")?;
 
-    let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .tcp_nodelay(true);
-    if let Some(identity) = identity {
-        builder = builder
-            .tls_config(ServerTlsConfig::new().identity(identity))
-            .context("control.tls: bad certificate or key")?;
-    }
+    let tls = identity
+        .map(|identity| identity.server_config())
+        .transpose()?
+        .map(tokio_rustls::TlsAcceptor::from);
     let local = listener.local_addr().context("listener address")?;
+    let incoming = crate::listen::incoming(listener, tls, limits, shutdown.clone());
     tracing::info!(listen = %local, "control plane serving");
-    builder
+    Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(ConnTrackLayer)
         .layer(metrics)
         .layer(auth)
         .add_service(health_service)
@@ -79,7 +82,7 @@ pub(crate) async fn serve(
             api.clone(),
         ))
         .add_service(pb::state_service_server::StateServiceServer::new(api))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
         .context("serve gRPC")?;
     tracing::info!("control plane stopped");

@@ -1,13 +1,54 @@
 //! The control plane's own TLS identity: configured PEM files, or a self-signed certificate made
-//! at first start and kept in `control.tls.selfSignedDir` so clients can pin it across restarts.
+//! at first start and kept in `control.tls.selfSignedDir` so clients can pin it across restarts;
+//! and the rustls configuration the gRPC listener serves it with (TLS 1.2 and 1.3, ALPN `h2`).
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context as _;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use statiko_common::config::Config;
 use statiko_common::crypto;
-use tonic::transport::Identity;
+
+/// A PEM certificate chain and its PEM private key.
+#[derive(Debug)]
+pub(crate) struct Identity {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+impl Identity {
+    fn from_pem(cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        Self {
+            cert: cert.into(),
+            key: key.into(),
+        }
+    }
+
+    /// The listener's rustls configuration: aws-lc-rs, TLS 1.2 and 1.3, ALPN `h2` (gRPC).
+    pub(crate) fn server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let chain = CertificateDer::pem_slice_iter(&self.cert)
+            .collect::<Result<Vec<_>, _>>()
+            .context("control.tls.certificate: invalid PEM")?;
+        anyhow::ensure!(
+            !chain.is_empty(),
+            "control.tls.certificate: no certificate in the PEM"
+        );
+        let key =
+            PrivateKeyDer::from_pem_slice(&self.key).context("control.tls.key: invalid PEM")?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .context("control.tls: protocol versions")?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .context("control.tls: bad certificate or key")?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
 
 /// Loads or makes the identity; `None` when `control.tls.enabled` is false.
 pub(crate) fn identity(config: &Config, listen: SocketAddr) -> anyhow::Result<Option<Identity>> {

@@ -31,6 +31,63 @@ const APPLY_BUCKETS: [f64; 14] = [
     0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0,
 ];
 
+/// Why a connection or request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The client has `perClient.maxConnections` open.
+    ClientConnections,
+    /// The client opened TLS connections faster than `perClient.handshakesPerSecond`.
+    ClientHandshakes,
+    /// The client sent requests faster than `perClient.requestsPerSecond` (429).
+    ClientRequests,
+    /// The site got requests faster than `perSite.requestsPerSecond` (429).
+    SiteRequests,
+    /// PROXY protocol required and the header was missing, malformed or late.
+    ProxyHeader,
+    /// PROXY protocol from a peer outside `trustedProxies`.
+    ProxyUntrusted,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::ClientConnections,
+        Reason::ClientHandshakes,
+        Reason::ClientRequests,
+        Reason::SiteRequests,
+        Reason::ProxyHeader,
+        Reason::ProxyUntrusted,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::ClientConnections => "client_connections",
+            Reason::ClientHandshakes => "client_handshakes",
+            Reason::ClientRequests => "client_requests",
+            Reason::SiteRequests => "site_requests",
+            Reason::ProxyHeader => "proxy_header",
+            Reason::ProxyUntrusted => "proxy_untrusted",
+        }
+    }
+}
+
+/// Refusals by reason, read at scrape time.
+#[derive(Debug, Default)]
+pub struct LimitStats {
+    counts: [AtomicU64; Reason::ALL.len()],
+}
+
+impl LimitStats {
+    pub fn count(&self, reason: Reason) {
+        self.counts[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(label, count)` for every reason.
+    pub fn snapshot(&self) -> [(&'static str, u64); Reason::ALL.len()] {
+        Reason::ALL.map(|r| (r.label(), self.counts[r as usize].load(Ordering::Relaxed)))
+    }
+}
+
 /// Connection and handshake counters of a listener.
 #[derive(Debug, Default)]
 pub struct ServerStats {
@@ -144,6 +201,9 @@ pub struct EdgeMetrics {
     /// Counters of the HTTP and HTTPS listeners.
     pub http: Arc<ServerStats>,
     pub https: Arc<ServerStats>,
+    /// Connections and requests refused by the per-client and per-site limits and the PROXY
+    /// protocol, by reason.
+    pub limited: Arc<LimitStats>,
 }
 
 impl Default for EdgeMetrics {
@@ -159,6 +219,7 @@ impl Default for EdgeMetrics {
             staging_failures: AtomicU64::new(0),
             http: Arc::default(),
             https: Arc::default(),
+            limited: Arc::default(),
         }
     }
 }
@@ -338,6 +399,17 @@ impl EdgeMetrics {
             "TLS handshakes that failed or timed out.",
             tls.tls_handshake_failures,
         );
+
+        header(
+            &mut out,
+            "statiko_edge_limited_total",
+            "counter",
+            "Connections (closed) and requests (429) refused by the per-client and per-site \
+             limits and the PROXY protocol, by reason.",
+        );
+        for (reason, n) in self.limited.snapshot() {
+            let _ = writeln!(out, "statiko_edge_limited_total{{reason=\"{reason}\"}} {n}");
+        }
 
         single(
             &mut out,

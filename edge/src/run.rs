@@ -254,7 +254,7 @@ pub async fn run(
         .with_http_redirect(config.edge.redirect_http)
         .with_metrics(metrics.clone())
         .with_access_log(config.log.access_log);
-    let options = ServerOptions::default();
+    let (handler, options) = crate::serve::accept::options_from_config(&config, handler, &metrics);
     let servers = TaskTracker::new();
     servers.spawn(serve_admin(
         listeners.admin,

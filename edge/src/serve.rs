@@ -1,7 +1,7 @@
-//! The edge's HTTP and HTTPS servers: the accept loops (`accept`), the SNI certificate resolver
-//! and rustls configuration (`tls`), the request handler (`handler`), safe path resolution and
-//! HTTP semantics as pure functions (`files`), and response bodies and built-in pages
-//! (`response`).
+//! The edge's HTTP and HTTPS servers: the accept loops (`accept`), per-client and per-site
+//! limits (`limits`), the PROXY protocol (`proxy`), the SNI certificate resolver and rustls
+//! configuration (`tls`), the request handler (`handler`), safe path resolution and HTTP
+//! semantics as pure functions (`files`), and response bodies and built-in pages (`response`).
 //!
 //! Wiring, in `main`:
 //!
@@ -16,10 +16,15 @@
 pub mod accept;
 pub mod files;
 pub mod handler;
+pub mod limits;
+pub mod proxy;
 pub mod response;
 pub mod tls;
 
-pub use accept::{ServerOptions, ServerStats, StatsSnapshot, serve_http, serve_https};
+pub use accept::{
+    ProxySettings, ServerOptions, ServerStats, StatsSnapshot, serve_http, serve_https,
+};
 pub use handler::{Handler, Scheme};
+pub use limits::{ClientAddr, ClientLimits, LimitStats};
 pub use response::ResponseBody;
 pub use tls::{CertResolver, TlsError, certified_key_from_pem, server_config};

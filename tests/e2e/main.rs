@@ -16,6 +16,7 @@ mod edge_certs;
 mod edge_cluster;
 mod edge_manifest;
 mod faults;
+mod hardening;
 mod harness_smoke;
 mod observability;
 mod sdk_python;

@@ -1,22 +1,23 @@
 //! The accept loops for the HTTP and HTTPS listeners (static-web-server / mini-redis style):
-//! a connection cap, TCP_NODELAY, TLS handshakes bounded in time, HTTP/1.1 and HTTP/2 through
-//! hyper-util's auto builder, header-read and idle timeouts, and graceful shutdown that stops
-//! accepting, drains open connections within a grace period and then returns.
+//! connection caps (per listener and per client address), TCP_NODELAY, an optional PROXY
+//! protocol header, per-client TLS handshake rates, TLS handshakes bounded in time, HTTP/1.1
+//! and HTTP/2 through hyper-util's auto builder, header-read and idle timeouts, and graceful
+//! shutdown that stops accepting, drains open connections within a grace period and returns.
 //!
 //! Timeouts, for operators:
-//! - `header_read_timeout` (HTTP/1): the whole request head must arrive within it. hyper also
-//!   starts this timer while an idle keep-alive connection waits for its next request, so on
-//!   HTTP/1 it is the keep-alive timeout too when it is shorter than `idle_timeout`.
-//! - `idle_timeout`: a connection on which no byte moved either way for this long is closed;
-//!   it covers idle HTTP/2 connections and clients that stop reading a response.
+//! - `header_read_timeout`: the first request must start within it (this covers a silent
+//!   connection before its first byte and hyper's HTTP/1-vs-HTTP/2 sniff), and on HTTP/1 every
+//!   request head must arrive within it (hyper also applies it between keep-alive requests).
+//! - `idle_timeout`: a connection with no request in flight for this long, or on which no byte
+//!   moved either way for this long, is closed; HTTP/2 PINGs move bytes but are not requests,
+//!   so a PING-only connection is closed too ([`statiko_common::listener::Guarded`]).
 //! - `tls_handshake_timeout`: the TLS handshake must finish within it.
+//! - PROXY protocol: the header must arrive within its own timeout.
 
 use std::convert::Infallible;
-use std::io;
-use std::pin::Pin;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -24,36 +25,89 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use statiko_common::config::Cidr;
+use statiko_common::listener::{
+    self, Admission, ConnLimiter, Guarded, IdlePolicy, Refused, Throttle, TrackedBody,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::handler::{Handler, Scheme};
+use super::limits::{ClientAddr, ClientLimits, Reason};
+use super::proxy;
 pub use crate::metrics::{ServerStats, StatsSnapshot};
-
-/// How long to pause accepting after an accept error such as EMFILE.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Limits and timeouts of one listener.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// HTTP/1: time allowed to receive a complete request head (also bounds keep-alive idle).
+    /// HTTP/1: time allowed to receive a complete request head; every connection: time allowed
+    /// before its first request starts.
     pub header_read_timeout: Duration,
-    /// Close a connection after this long without any byte read or written.
+    /// Close a connection after this long without a request in flight, or without any byte
+    /// read or written.
     pub idle_timeout: Duration,
     /// Largest request head: HTTP/1 read buffer (at least 8 KiB, hyper's floor) and HTTP/2
     /// `SETTINGS_MAX_HEADER_LIST_SIZE`. HTTP/1 heads over it get 431.
     pub max_header_bytes: usize,
     /// Open connections at once; above it new connections are accepted and closed at once.
     pub max_connections: usize,
+    /// Open connections per client address (IPv6 grouped per `limits`); 0 = no cap.
+    pub max_connections_per_client: u64,
     pub tls_handshake_timeout: Duration,
     /// How long open connections may take to finish after shutdown starts.
     pub shutdown_grace: Duration,
+    /// Per-client handshake and request buckets, shared with the handler; its stats count
+    /// every refusal.
+    pub limits: Arc<ClientLimits>,
+    /// Require a PROXY protocol header on every connection.
+    pub proxy: Option<ProxySettings>,
     /// Counters; share one `Arc` to read them while the server runs.
     pub stats: Arc<ServerStats>,
+}
+
+/// The listeners' options and the handler's limits from `edge.limits` and
+/// `edge.proxyProtocol`, counting refusals in `metrics`; also sets the admin listener's limits.
+pub fn options_from_config(
+    config: &statiko_common::config::Config,
+    handler: Handler,
+    metrics: &crate::metrics::EdgeMetrics,
+) -> (Handler, ServerOptions) {
+    let limits = &config.edge.limits;
+    let mut client_limits = ClientLimits::new(limits);
+    client_limits.stats = metrics.limited.clone();
+    let client_limits = Arc::new(client_limits);
+    let proxy = &config.edge.proxy_protocol;
+    statiko_common::http_admin::configure(statiko_common::http_admin::AdminLimits {
+        header_read_timeout: limits.header_read_timeout(),
+        idle_timeout: limits.idle_timeout(),
+        ..Default::default()
+    });
+    let options = ServerOptions {
+        header_read_timeout: limits.header_read_timeout(),
+        idle_timeout: limits.idle_timeout(),
+        max_connections: usize::try_from(limits.max_connections).unwrap_or(usize::MAX),
+        max_connections_per_client: limits.per_client.max_connections,
+        tls_handshake_timeout: limits.tls_handshake_timeout(),
+        limits: client_limits.clone(),
+        proxy: proxy.enabled.then(|| ProxySettings {
+            trusted: proxy.trusted(),
+            header_timeout: proxy.header_timeout(),
+        }),
+        ..ServerOptions::default()
+    };
+    (handler.with_limits(client_limits), options)
+}
+
+/// `edge.proxyProtocol` when enabled.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Peers allowed to send the header; empty = any.
+    pub trusted: Vec<Cidr>,
+    /// Time allowed for the header.
+    pub header_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -63,8 +117,11 @@ impl Default for ServerOptions {
             idle_timeout: Duration::from_secs(60),
             max_header_bytes: 16 * 1024,
             max_connections: 10_000,
+            max_connections_per_client: 0,
             tls_handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            limits: Arc::default(),
+            proxy: None,
             stats: Arc::default(),
         }
     }
@@ -104,6 +161,10 @@ struct Shared {
     handler: Handler,
     tls: Option<TlsAcceptor>,
     opts: ServerOptions,
+    limiter: ConnLimiter,
+    policy: IdlePolicy,
+    /// Handshake failures are logged at most once per second (a client controls them).
+    handshake_log: Throttle,
     /// Cancelled when accepting stops: connections still in their TLS handshake give up.
     stop_accepting: CancellationToken,
     /// Cancelled when the grace period is over: remaining connections are dropped.
@@ -119,12 +180,23 @@ async fn serve(
 ) {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let local = listener.local_addr().ok();
-    let limit = Arc::new(Semaphore::new(opts.max_connections));
+    let limiter = ConnLimiter::new(
+        opts.max_connections,
+        opts.max_connections_per_client,
+        opts.limits.ipv6_prefix(),
+    );
+    let policy = IdlePolicy {
+        idle: opts.idle_timeout,
+        first_request: opts.header_read_timeout.min(opts.idle_timeout),
+    };
     let shared = Arc::new(Shared {
         builder: builder(&opts),
         handler,
         tls,
         opts,
+        limiter,
+        policy,
+        handshake_log: Throttle::new(Duration::from_secs(1)),
         stop_accepting: CancellationToken::new(),
         hard_stop: CancellationToken::new(),
     });
@@ -132,39 +204,43 @@ async fn serve(
     let tracker = TaskTracker::new();
     tracing::info!(scheme, addr = ?local, "listening");
 
-    loop {
-        let (stream, _peer) = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    if !is_per_connection_error(&err) {
-                        tracing::warn!(scheme, error = %err, "accept failed");
-                        tokio::select! {
-                            () = shutdown.cancelled() => break,
-                            () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
-                        }
-                    }
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = listener::accept(&listener, scheme, &shutdown).await {
         let stats = &shared.opts.stats;
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            stats.rejected.fetch_add(1, Ordering::Relaxed);
-            drop(stream);
-            continue;
+        // Without the PROXY protocol the client is the peer: refuse over-limit clients before
+        // spending a task on them. With it, the client is known only after the header.
+        let admitted = if shared.opts.proxy.is_some() {
+            shared.limiter.admit_total()
+        } else {
+            shared.limiter.admit(peer.ip())
         };
+        let admission = match admitted {
+            Ok(admission) => admission,
+            Err(refused) => {
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                if refused == Refused::PerClient {
+                    shared
+                        .opts
+                        .limits
+                        .refused(peer.ip(), Reason::ClientConnections);
+                }
+                continue;
+            }
+        };
+        if shared.opts.proxy.is_none()
+            && shared.tls.is_some()
+            && !shared.opts.limits.allow_handshake(peer.ip())
+        {
+            stats.rejected.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
         let shared = shared.clone();
         tracker.spawn(async move {
             shared.opts.stats.active.fetch_add(1, Ordering::Relaxed);
-            connection(stream, &shared, watcher).await;
+            connection(stream, peer, admission, &shared, watcher).await;
             shared.opts.stats.active.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
         });
     }
 
@@ -192,16 +268,6 @@ async fn serve(
     tracing::info!(scheme, "server stopped");
 }
 
-/// Errors that concern one failed connection, not the listener.
-fn is_per_connection_error(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
-}
-
 fn builder(opts: &ServerOptions) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -218,14 +284,74 @@ fn builder(opts: &ServerOptions) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-async fn connection(stream: TcpStream, shared: &Shared, watcher: Watcher) {
-    let activity = Arc::new(AtomicU64::new(0));
-    let io = Tracked {
-        inner: stream,
-        activity: activity.clone(),
+/// The PROXY protocol header, when required: the client's address and the bytes read past
+/// the header; `None` (counted) when the connection must be dropped.
+async fn proxy_header(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    settings: &ProxySettings,
+    shared: &Shared,
+) -> Option<(SocketAddr, bytes::Bytes)> {
+    let limits = &shared.opts.limits;
+    if !settings.trusted.is_empty() && !settings.trusted.iter().any(|c| c.contains(peer.ip())) {
+        limits.refused(peer.ip(), Reason::ProxyUntrusted);
+        return None;
+    }
+    let read = tokio::time::timeout(settings.header_timeout, proxy::read_header(stream));
+    let read = tokio::select! {
+        () = shared.stop_accepting.cancelled() => return None,
+        read = read => read,
     };
+    match read {
+        Ok(Ok((header, rest))) => Some((header.source.unwrap_or(peer), rest)),
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, error = %err, "dropping a connection without a valid PROXY header");
+            limits.refused(peer.ip(), Reason::ProxyHeader);
+            None
+        }
+        Err(_) => {
+            limits.refused(peer.ip(), Reason::ProxyHeader);
+            None
+        }
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    mut admission: Admission,
+    shared: &Shared,
+    watcher: Watcher,
+) {
+    let (client, prefix) = match &shared.opts.proxy {
+        None => (peer, bytes::Bytes::new()),
+        Some(settings) => {
+            let Some((client, prefix)) = proxy_header(&mut stream, peer, settings, shared).await
+            else {
+                return;
+            };
+            let limits = &shared.opts.limits;
+            if shared
+                .limiter
+                .admit_client(&mut admission, client.ip())
+                .is_err()
+            {
+                shared.opts.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                limits.refused(client.ip(), Reason::ClientConnections);
+                return;
+            }
+            if shared.tls.is_some() && !limits.allow_handshake(client.ip()) {
+                shared.opts.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            (client, prefix)
+        }
+    };
+    let io = Guarded::new(stream, shared.policy, Some(Box::new(admission))).with_prefix(prefix);
+    let conn = io.state();
+    let client = ClientAddr(client);
     match &shared.tls {
-        None => serve_io(io, shared, watcher, Scheme::Http, &activity).await,
+        None => serve_io(io, shared, watcher, Scheme::Http, client, conn).await,
         Some(acceptor) => {
             let handshake =
                 tokio::time::timeout(shared.opts.tls_handshake_timeout, acceptor.accept(io));
@@ -236,30 +362,43 @@ async fn connection(stream: TcpStream, shared: &Shared, watcher: Watcher) {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(err)) => {
                         stats.tls_failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(error = %err, "tls handshake failed");
+                        if let Some(suppressed) = shared.handshake_log.ready() {
+                            tracing::info!(client = %client.0, error = %err, suppressed, "tls handshake failed (logged at most once per second)");
+                        }
                         return;
                     }
                     Err(_) => {
                         stats.tls_failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!("tls handshake timed out");
+                        tracing::debug!(client = %client.0, "tls handshake timed out");
                         return;
                     }
                 },
             };
             stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
-            serve_io(tls, shared, watcher, Scheme::Https, &activity).await;
+            serve_io(tls, shared, watcher, Scheme::Https, client, conn).await;
         }
     }
 }
 
-async fn serve_io<I>(io: I, shared: &Shared, watcher: Watcher, scheme: Scheme, activity: &AtomicU64)
-where
+async fn serve_io<I>(
+    io: I,
+    shared: &Shared,
+    watcher: Watcher,
+    scheme: Scheme,
+    client: ClientAddr,
+    conn: Arc<listener::ConnState>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let handler = shared.handler.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler.handle(req, scheme).await) }
+        let guard = conn.request();
+        req.extensions_mut().insert(client);
+        async move {
+            let response = handler.handle(req, scheme).await;
+            Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, guard)))
+        }
     });
     let conn = shared.builder.serve_connection(TokioIo::new(io), service);
     let conn = watcher.watch(conn);
@@ -269,92 +408,6 @@ where
                 tracing::debug!(error = %err, "connection ended with an error");
             }
         }
-        () = idle(activity, shared.opts.idle_timeout) => {
-            tracing::debug!("idle connection closed");
-        }
         () = shared.hard_stop.cancelled() => {}
-    }
-}
-
-/// Resolves once no byte has moved for `timeout` (checked four times per period).
-async fn idle(activity: &AtomicU64, timeout: Duration) {
-    let tick = (timeout / 4).max(Duration::from_millis(10));
-    let mut seen = activity.load(Ordering::Relaxed);
-    let mut quiet = Duration::ZERO;
-    loop {
-        tokio::time::sleep(tick).await;
-        let now = activity.load(Ordering::Relaxed);
-        if now == seen {
-            quiet += tick;
-            if quiet >= timeout {
-                return;
-            }
-        } else {
-            seen = now;
-            quiet = Duration::ZERO;
-        }
-    }
-}
-
-/// A socket that counts its successful reads and writes, for the idle timeout.
-struct Tracked<T> {
-    inner: T,
-    activity: Arc<AtomicU64>,
-}
-
-impl<T> Tracked<T> {
-    fn bump<R>(&self, poll: &Poll<io::Result<R>>) {
-        if let Poll::Ready(Ok(_)) = poll {
-            self.activity.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
-        this.bump(&poll);
-        poll
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.bump(&poll);
-        poll
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.bump(&poll);
-        poll
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

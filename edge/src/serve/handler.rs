@@ -15,6 +15,7 @@ use statiko_common::manifest::{Manifest, RuleOptions};
 use statiko_common::telemetry::ACCESS_LOG_TARGET;
 
 use super::files::{self, CleanPath, Coding, Precondition, Preconditions, RangeRequest, Resolved};
+use super::limits::{ClientAddr, ClientLimits};
 use super::response::{self, NOSNIFF, ResponseBody};
 use crate::bundle::{Body, HeaderText, StagedBundle, StaticFile};
 use crate::metrics::{EdgeMetrics, SiteCounters};
@@ -47,6 +48,8 @@ pub struct Handler {
     metrics: Arc<EdgeMetrics>,
     /// One `statiko::access` line per request.
     access_log: bool,
+    /// Per-client and per-site request rates (429 over them).
+    limits: Option<Arc<ClientLimits>>,
 }
 
 /// A response decided without I/O, or one whose body must first be opened from disk.
@@ -69,7 +72,15 @@ impl Handler {
             redirect_http: true,
             metrics: Arc::default(),
             access_log: false,
+            limits: None,
         }
+    }
+
+    /// Answers 429 to clients and sites over their request rates (the client is the
+    /// [`ClientAddr`] the accept loop put in the request's extensions).
+    pub fn with_limits(mut self, limits: Arc<ClientLimits>) -> Self {
+        self.limits = Some(limits);
+        self
     }
 
     /// Counts requests into `metrics` (the admin listener's `/metrics`).
@@ -113,8 +124,10 @@ impl Handler {
         let counters = site.unwrap_or_else(|| self.metrics.unknown());
         self.metrics.record(&counters, status, bytes, elapsed);
         if self.access_log {
+            let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
             tracing::info!(
                 target: ACCESS_LOG_TARGET,
+                client = client.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
                 method = %req.method(),
                 host = request_host(&req).unwrap_or("-"),
                 path = req.uri().path(),
@@ -165,6 +178,12 @@ impl Handler {
         let Some(host) = request_host(req) else {
             return ready_error(StatusCode::BAD_REQUEST, head);
         };
+        let limits = self.limits.as_deref();
+        if let (Some(limits), Some(client)) = (limits, req.extensions().get::<ClientAddr>())
+            && !limits.allow_request(client.0.ip())
+        {
+            return ready_error(StatusCode::TOO_MANY_REQUESTS, head);
+        }
         let table = self.table.load();
         let route = table.route(host);
         *site = match route {
@@ -174,6 +193,16 @@ impl Handler {
         };
         if scheme == Scheme::Http && req.uri().path().starts_with(ACME_CHALLENGE_PREFIX) {
             return Prepared::Ready(acme_challenge(&table, host, req.uri().path(), head));
+        }
+        let site_domain = match route {
+            Some(Route::Site(site)) => Some(site.domain.as_str()),
+            Some(Route::Alias { primary }) => Some(primary.as_str()),
+            None => None,
+        };
+        if let (Some(limits), Some(domain)) = (limits, site_domain)
+            && !limits.allow_site(domain)
+        {
+            return ready_error(StatusCode::TOO_MANY_REQUESTS, head);
         }
         match scheme {
             Scheme::Http if self.redirect_http => match route {
@@ -244,11 +273,17 @@ fn acme_challenge(
 }
 
 /// The host a request is for: the URI authority (HTTP/2 `:authority`, HTTP/1 absolute form),
-/// else the `Host` header. Port and userinfo are left for the table to strip.
+/// else the `Host` header. Port and userinfo are left for the table to strip. More than one
+/// `Host` header is no host at all (RFC 9112 section 3.2: answer 400).
 fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return None;
+    }
     let host = match req.uri().authority() {
         Some(authority) => authority.as_str(),
-        None => req.headers().get(header::HOST)?.to_str().ok()?,
+        None => first?.to_str().ok()?,
     };
     let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
     (!host.is_empty()).then_some(host)

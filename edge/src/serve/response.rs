@@ -255,6 +255,10 @@ const RANGE_NOT_SATISFIABLE: &str = page!(
     "416 Range Not Satisfiable",
     "The requested range is not available."
 );
+const TOO_MANY_REQUESTS: &str = page!(
+    "429 Too Many Requests",
+    "Too many requests. Please try again later."
+);
 const INTERNAL: &str = page!(
     "500 Internal Server Error",
     "The server could not complete the request."
@@ -273,12 +277,18 @@ pub fn error_page(status: StatusCode, head: bool) -> Response<ResponseBody> {
         StatusCode::METHOD_NOT_ALLOWED => METHOD_NOT_ALLOWED,
         StatusCode::PRECONDITION_FAILED => PRECONDITION_FAILED,
         StatusCode::RANGE_NOT_SATISFIABLE => RANGE_NOT_SATISFIABLE,
+        StatusCode::TOO_MANY_REQUESTS => TOO_MANY_REQUESTS,
         _ => INTERNAL,
     };
     let mut response = html_response(html, head);
     *response.status_mut() = status;
     if status == StatusCode::METHOD_NOT_ALLOWED {
         response.headers_mut().insert(header::ALLOW, ALLOW);
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
 }
