@@ -15,6 +15,7 @@ mod control_state;
 mod edge_certs;
 mod edge_cluster;
 mod edge_manifest;
+mod edge_start;
 mod faults;
 mod harness_smoke;
 mod observability;
