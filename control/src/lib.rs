@@ -16,6 +16,7 @@ mod api;
 mod auth;
 mod convert;
 mod error;
+mod import;
 pub mod metrics;
 mod server;
 mod state;

@@ -51,6 +51,10 @@ pub struct Desired {
     /// Whether this state was read from the store in this process (a persisted state was not).
     #[serde(skip)]
     synced: bool,
+    /// Whether a state import is being written (`meta/import` exists): the records are then
+    /// part old, part new, and must not be published until the import ends.
+    #[serde(skip)]
+    importing: bool,
 }
 
 impl PartialEq for Desired {
@@ -133,6 +137,12 @@ impl Desired {
             floor: self.revision,
             entries: imbl::Vector::new(),
         };
+    }
+
+    /// Whether a state import is in the middle of being written: such a state is never
+    /// published (the edge keeps serving the last complete one).
+    pub fn importing(&self) -> bool {
+        self.importing
     }
 
     /// This state's position, to remember as applied.
@@ -242,6 +252,10 @@ impl Desired {
                 self.acme_orders.insert(site.clone(), o);
                 Changed::AcmeOrder(site)
             }),
+            _ if kv.key == keys.meta_import() => {
+                self.importing = true;
+                return Some(None);
+            }
             _ => return (kv.key == keys.meta_state()).then_some(None),
         };
         match decoded {
@@ -255,6 +269,10 @@ impl Desired {
 
     /// Removes one record; like [`Self::put`], but nothing changed when it was not there.
     fn delete(&mut self, keys: &KeySchema, key: &str) -> Option<Option<Changed>> {
+        if key == keys.meta_import() {
+            self.importing = false;
+            return Some(None);
+        }
         self.revisions.remove(key);
         let changed = match keys.parse(key) {
             Some(Key::Site(domain)) => self.sites.remove(&domain).map(|_| Changed::Site(domain)),
@@ -471,6 +489,46 @@ mod tests {
             desired.changes_since(after_first).map(|c| c.len()),
             Some(CHANGE_LOG_MAX)
         );
+    }
+
+    #[test]
+    fn an_import_in_progress_is_flagged_until_its_marker_goes() {
+        let keys = KeySchema::new("/statiko");
+        let marker = kv(keys.meta_import(), b"{}".to_vec(), 6);
+        let snapshot = Snapshot {
+            revision: 7,
+            kvs: vec![
+                marker.clone(),
+                kv(keys.site("a.test"), model::encode(&site("a.test")), 7),
+            ],
+        };
+        let mut desired = Desired::from_snapshot(&keys, &snapshot);
+        assert!(desired.importing());
+        assert!(desired.apply(&keys, &put(&keys, "b.test", 8)));
+        assert!(desired.importing());
+        let commit = WatchBatch {
+            revision: 9,
+            events: vec![
+                WatchEvent::Delete {
+                    key: keys.meta_import(),
+                    mod_revision: 9,
+                },
+                WatchEvent::Put(kv(keys.meta_state(), vec![], 9)),
+            ],
+        };
+        assert!(desired.apply(&keys, &commit));
+        assert!(!desired.importing());
+        assert_eq!(desired.revision, 9);
+        assert_eq!(desired.sites.len(), 2);
+        // A marker written while following the store flags it again.
+        assert!(desired.apply(
+            &keys,
+            &WatchBatch {
+                revision: 10,
+                events: vec![WatchEvent::Put(marker)],
+            }
+        ));
+        assert!(desired.importing());
     }
 
     #[test]

@@ -272,6 +272,7 @@ pub async fn run(
         spawn_leadership(
             &tasks,
             election,
+            keys.clone(),
             jobs,
             desired_for_jobs,
             leading_tx,
@@ -309,6 +310,7 @@ pub async fn run(
 fn spawn_leadership(
     tasks: &TaskTracker,
     election: Option<Election>,
+    keys: KeySchema,
     jobs: Arc<CertJobs>,
     desired: watch::Receiver<Arc<Desired>>,
     leading_tx: watch::Sender<bool>,
@@ -317,7 +319,11 @@ fn spawn_leadership(
     let (leader_tx, mut leader_rx) = watch::channel::<Option<Leadership>>(None);
     match election {
         None => {
-            tasks.spawn(crate::leader::always_leader(leader_tx, background.clone()));
+            tasks.spawn(crate::leader::always_leader(
+                keys,
+                leader_tx,
+                background.clone(),
+            ));
         }
         Some(election) => {
             tasks.spawn(election.run(leader_tx, background.clone()));

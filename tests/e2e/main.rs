@@ -20,3 +20,4 @@ mod faults;
 mod harness_smoke;
 mod observability;
 mod sdk_python;
+mod state_import_large;
