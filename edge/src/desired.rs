@@ -15,6 +15,7 @@ use statiko_common::keys::{Key, KeySchema};
 use statiko_common::model::{
     self, AcmeOrderRecord, AppRecord, AppRef, CertificateRecord, ChallengeRecord, SiteRecord,
 };
+use statiko_common::private_files;
 use statiko_common::store::{KeyValue, Snapshot, WatchBatch, WatchEvent};
 
 /// A persistent map by record name.
@@ -302,9 +303,15 @@ impl Desired {
         data_dir.join("applied").join("desired.json")
     }
 
-    /// Loads the persisted state, if any.
+    /// Loads the persisted state, if any (tightening its permissions first if an earlier
+    /// version left them wider: it holds the sealed private keys).
     pub fn load(data_dir: &Path) -> std::io::Result<Option<Self>> {
-        match std::fs::read(Self::path(data_dir)) {
+        let path = Self::path(data_dir);
+        if let Some(dir) = path.parent() {
+            private_files::tighten(dir, private_files::DIR_MODE)?;
+        }
+        private_files::tighten(&path, private_files::FILE_MODE)?;
+        match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(|mut desired: Self| {
                     desired.new_lineage();
@@ -321,9 +328,9 @@ impl Desired {
         use std::io::Write as _;
         let path = Self::path(data_dir);
         let dir = path.parent().unwrap_or(data_dir);
-        std::fs::create_dir_all(dir)?;
+        private_files::create_dir(dir)?;
         let tmp = path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&tmp)?;
+        let mut file = private_files::create_file(&tmp)?;
         file.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
@@ -404,6 +411,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         desired.save(dir.path()).unwrap();
         assert_eq!(Desired::load(dir.path()).unwrap(), Some(desired));
+        // It holds the sealed keys: owner only, and tightened at load if left wider.
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = Desired::path(dir.path());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(
+            path.parent().unwrap(),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        Desired::load(dir.path()).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
     }
 
     fn put(keys: &KeySchema, domain: &str, revision: i64) -> WatchBatch {

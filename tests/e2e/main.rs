@@ -19,5 +19,6 @@ mod edge_start;
 mod faults;
 mod harness_smoke;
 mod observability;
+mod safe_defaults;
 mod sdk_python;
 mod state_import_large;
