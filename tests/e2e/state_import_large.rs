@@ -5,7 +5,9 @@
 //! never serves a half-written state: while each import is written, a probe alternately asks it
 //! for the previous state's site and the new one's, and never finds neither. A late failure
 //! (a record etcd refuses, found after several batches were written) leaves the previous state
-//! serving and in the store, and says what failed.
+//! serving and in the store, and says what failed. An import interrupted for good (its marker
+//! left behind) keeps edges on the previous state and refuses other writes, until the next
+//! import takes over.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -276,5 +278,83 @@ async fn ten_thousand_sites_import_into_a_default_etcd() -> Result<()> {
     assert_eq!(exported["sites"], original["sites"]);
     assert_eq!(exported["apps"], original["apps"]);
     assert_eq!(exported["certificates"], original["certificates"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_interrupted_import_holds_edges_and_writes_until_the_next_import() -> Result<()> {
+    statiko_tests::init();
+    if !require_tool("etcd") {
+        return Ok(());
+    }
+    let etcd = Etcd::start().await?;
+    let control = Control::start(ControlOptions::default().store(StateStore::etcd(&etcd))).await?;
+    let admin = control.admin().await?;
+    admin.sites().create_site(site("a.test", &[])).await?;
+    upload_app(&admin, "web", "1").await?;
+    fixtures::deploy(&admin, "a.test", "web", "1", false, secs(10)).await?;
+    let edge = Edge::start(EdgeOptions::new(
+        "edge-0",
+        StateStore::etcd(&etcd),
+        &control.repo_dir(),
+    ))
+    .await?;
+    wait_until(secs(20), async || {
+        anyhow::Ok(edge.https_get("a.test", "/").await?.text() == PAGE)
+    })
+    .await?;
+    let before = export(&admin).await?;
+
+    // An import that died after its first batches: the marker and a half-written record stay.
+    let mut client = etcd.client().await?;
+    client.put("/statiko/v1/meta/import", "{}", None).await?;
+    let half: Value = json!({"domain": "half.test", "aliases": [], "tls": {"type": "selfSigned"}});
+    client
+        .put("/statiko/v1/sites/half.test", half.to_string(), None)
+        .await?;
+    // Other writes are refused, and so is an export of the half-written state.
+    let refused = admin
+        .sites()
+        .create_site(site("b.test", &[]))
+        .await
+        .expect_err("a write while an import is unfinished");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    ensure!(refused.message().contains("state import"), "{refused:?}");
+    let refused = admin
+        .state()
+        .stream_export_state(StreamExportStateRequest {})
+        .await
+        .map(|_| ())
+        .expect_err("an export of a half-written state");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    // The edge holds the previous state: the half-written site never appears.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(edge.https_get("a.test", "/").await?.text(), PAGE);
+    assert_eq!(edge.https_get("half.test", "/").await?.status, 404);
+
+    // The next import takes the marker over and writes its whole document.
+    let mut document: Value = serde_json::from_slice(&before)?;
+    document["sites"]
+        .as_array_mut()
+        .context("sites")?
+        .push(json!({"domain": "d.test", "aliases": [], "tls": {"type": "selfSigned"}, "app": {"name": "web", "version": "1"}}));
+    let imported = import(&admin, &serde_json::to_vec(&document)?).await?;
+    assert_eq!(imported.sites, 2);
+    wait_until(secs(20), async || {
+        let status = edge.status().await?;
+        anyhow::Ok(status["node"]["appliedRevision"].as_i64() == Some(imported.revision))
+    })
+    .await
+    .with_context(|| edge.log_tail())?;
+    assert_eq!(edge.https_get("d.test", "/").await?.text(), PAGE);
+    assert_eq!(edge.https_get("a.test", "/").await?.text(), PAGE);
+    assert_eq!(edge.https_get("half.test", "/").await?.status, 404);
+    let domains: Vec<String> = list_sites(&admin)
+        .await?
+        .into_iter()
+        .map(|s| s.domain)
+        .collect();
+    assert_eq!(domains, ["a.test", "d.test"]);
+    admin.sites().create_site(site("b.test", &[])).await?;
     Ok(())
 }
