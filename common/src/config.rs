@@ -64,6 +64,8 @@ pub struct Config {
     /// Base64 of 32 bytes: the AES-256-GCM key for every private key in the store.
     pub secrets_encryption_key: String,
     pub secrets_encryption_key_file: Option<PathBuf>,
+    /// Start even with a demo key or token from `deploy/` on a non-loopback listener.
+    pub allow_demo_secrets: bool,
     pub state: StateConfig,
     pub control: ControlConfig,
     pub auth: AuthConfig,

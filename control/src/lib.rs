@@ -19,6 +19,7 @@ mod auth;
 mod convert;
 mod error;
 mod listen;
+mod import;
 pub mod metrics;
 mod server;
 mod state;

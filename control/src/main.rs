@@ -24,6 +24,14 @@ fn main() -> ExitCode {
         statiko_control::prepare,
         |config, prepared| async move {
             let shutdown = statiko_common::shutdown::spawn_signal_handler();
+            statiko_common::demo::check_at_start(
+                &config,
+                &[
+                    ("control.listen", &config.control.listen),
+                    ("control.metrics", &config.control.metrics),
+                ],
+                true,
+            )?;
             let listener = process::bind("control.listen", &config.control.listen).await?;
             let local = listener.local_addr().context("listener address")?;
             if let Some(path) = &ready_file {

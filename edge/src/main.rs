@@ -25,6 +25,15 @@ fn main() -> ExitCode {
     let ready_file = cli.common.ready_file.clone();
     process::main(cli.common, "edge", prepare, |config, ()| async move {
         let shutdown = statiko_common::shutdown::spawn_signal_handler();
+        statiko_common::demo::check_at_start(
+            &config,
+            &[
+                ("edge.http", &config.edge.http),
+                ("edge.https", &config.edge.https),
+                ("edge.admin", &config.edge.admin),
+            ],
+            false,
+        )?;
         let listeners = statiko_edge::Listeners {
             http: process::bind("edge.http", &config.edge.http).await?,
             https: process::bind("edge.https", &config.edge.https).await?,

@@ -132,7 +132,16 @@ impl Syncer {
         ))
     }
 
+    /// Publishes a complete state; a state in the middle of an import is held back (the edge
+    /// keeps serving the last complete one until the import's marker goes).
     fn publish(&self, desired: &Desired) {
+        if desired.importing() {
+            tracing::debug!(
+                revision = desired.revision,
+                "a state import is being written; holding the served state"
+            );
+            return;
+        }
         let _ = self.tx.send(Arc::new(desired.clone()));
     }
 }

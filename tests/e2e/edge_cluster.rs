@@ -35,6 +35,20 @@ pub(crate) async fn cluster(n: usize) -> Result<Cluster> {
         );
         edges.push(Edge::start(options).await?);
     }
+    // An edge's ready file is written once it listens; its node record follows its first
+    // snapshot. Deploys with --wait wait for the registered edges, so wait for every one.
+    let api = control.admin().await?;
+    wait_until(secs(20), async || {
+        let nodes = api
+            .cluster()
+            .list_nodes(statiko_proto::v1::ListNodesRequest {})
+            .await?
+            .into_inner()
+            .nodes;
+        anyhow::Ok(nodes.len() == n)
+    })
+    .await
+    .context("every edge registers its node record")?;
     Ok(Cluster {
         etcd,
         control,
