@@ -1,14 +1,11 @@
 //! Observability of the API: a tower layer that opens a tracing span for every call (exported
-//! over OTLP when configured) and counts calls by method and gRPC status, and the plain-HTTP
-//! listener serving those counters as Prometheus text on `/metrics` (`control.metrics`).
+//! over OTLP when configured) and counts calls by method and gRPC status on `prometheus-client`,
+//! and the plain-HTTP listener serving those counters as Prometheus text on `/metrics`
+//! (`control.metrics`).
 //!
-//! Control handles management calls, not traffic, so a mutex around the per-method table is
-//! fine here. Label cardinality is bounded: at most [`MAX_METHODS`] distinct paths get their own
-//! series (a client may send any path); the rest count under `_other`.
+//! Label cardinality is bounded: at most [`MAX_METHODS`] distinct paths get their own series (a
+//! client may send any path); the rest count under `_other`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -17,6 +14,13 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
+use prometheus_client::encoding::{EncodeLabelSet, prometheus_text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service};
@@ -30,104 +34,107 @@ const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 10.0, 60.0,
 ];
 
-#[derive(Debug, Default)]
-struct MethodStats {
-    /// Calls by gRPC status code name.
-    codes: BTreeMap<&'static str, u64>,
-    /// Non-cumulative bucket counts, `BUCKETS.len() + 1` (the last is `+Inf`).
-    buckets: Vec<u64>,
-    sum: f64,
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodCodeLabels {
+    method: String,
+    code: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+type Durations = Family<MethodLabels, Histogram, fn() -> Histogram>;
+
 /// The counters, shared by the layer and the `/metrics` listener.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ControlMetrics {
-    methods: Mutex<BTreeMap<String, MethodStats>>,
-    in_flight: AtomicU64,
+    registry: Registry,
+    requests: Family<MethodCodeLabels, Counter>,
+    durations: Durations,
+    in_flight: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Methods with series of their own; locked across "is this method known or is there
+    /// room" and adding it.
+    admitted: Mutex<usize>,
+}
+
+impl Default for ControlMetrics {
+    fn default() -> Self {
+        // Help texts without their final period: the registry adds it.
+        let mut registry = Registry::with_prefix("statiko_control");
+        let up = Gauge::<i64>::default();
+        up.set(1);
+        registry.register("up", "1 while control serves", up);
+        registry.register(
+            "build",
+            "Version of this control",
+            Info::new([("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "gRPC calls being served",
+            in_flight.clone(),
+        );
+        let requests = Family::default();
+        registry.register(
+            "requests",
+            "gRPC calls by method and status code",
+            requests.clone(),
+        );
+        let durations: Durations = Family::new_with_constructor(|| Histogram::new(BUCKETS));
+        registry.register(
+            "request_duration_seconds",
+            "Time from the request to the response head",
+            durations.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            durations,
+            in_flight,
+            admitted: Mutex::new(0),
+        }
+    }
 }
 
 impl ControlMetrics {
     fn record(&self, path: &str, code: &'static str, elapsed: Duration) {
-        let mut methods = self
-            .methods
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let key = if methods.contains_key(path) || methods.len() < MAX_METHODS {
-            path
-        } else {
-            "_other"
+        let mut method = MethodLabels {
+            method: path.to_owned(),
         };
-        let stats = methods.entry(key.to_owned()).or_default();
-        *stats.codes.entry(code).or_default() += 1;
-        if stats.buckets.is_empty() {
-            stats.buckets = vec![0; BUCKETS.len() + 1];
+        {
+            let mut admitted = self
+                .admitted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self.durations.get(&method).is_none() {
+                if *admitted < MAX_METHODS {
+                    *admitted += 1;
+                } else {
+                    "_other".clone_into(&mut method.method);
+                }
+            }
+            self.durations
+                .get_or_create(&method)
+                .observe(elapsed.as_secs_f64());
         }
-        let secs = elapsed.as_secs_f64();
-        let i = BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(BUCKETS.len());
-        stats.buckets[i] += 1;
-        stats.sum += secs;
+        self.requests
+            .get_or_create(&MethodCodeLabels {
+                method: method.method,
+                code,
+            })
+            .inc();
     }
 
     /// The text exposition (format 0.0.4).
     pub fn render(&self) -> String {
-        let methods = self
-            .methods
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = String::with_capacity(4096);
-        out.push_str("# HELP statiko_control_up 1 while control serves.\n# TYPE statiko_control_up gauge\nstatiko_control_up 1\n");
-        let _ = writeln!(
-            out,
-            "# HELP statiko_control_build_info Version of this control.\n# TYPE statiko_control_build_info gauge\nstatiko_control_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
-        );
-        let _ = writeln!(
-            out,
-            "# HELP statiko_control_requests_in_flight gRPC calls being served.\n# TYPE statiko_control_requests_in_flight gauge\nstatiko_control_requests_in_flight {}",
-            self.in_flight.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP statiko_control_requests_total gRPC calls by method and status code.\n# TYPE statiko_control_requests_total counter\n");
-        for (method, stats) in methods.iter() {
-            for (code, n) in &stats.codes {
-                let _ = writeln!(
-                    out,
-                    "statiko_control_requests_total{{method=\"{}\",code=\"{code}\"}} {n}",
-                    escape(method)
-                );
-            }
-        }
-        out.push_str("# HELP statiko_control_request_duration_seconds Time from the request to the response head.\n# TYPE statiko_control_request_duration_seconds histogram\n");
-        for (method, stats) in methods.iter() {
-            let method = escape(method);
-            let mut cumulative = 0;
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                cumulative += stats.buckets[i];
-                let _ = writeln!(
-                    out,
-                    "statiko_control_request_duration_seconds_bucket{{method=\"{method}\",le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            cumulative += stats.buckets[BUCKETS.len()];
-            let _ = writeln!(
-                out,
-                "statiko_control_request_duration_seconds_bucket{{method=\"{method}\",le=\"+Inf\"}} {cumulative}\n\
-                 statiko_control_request_duration_seconds_sum{{method=\"{method}\"}} {}\n\
-                 statiko_control_request_duration_seconds_count{{method=\"{method}\"}} {cumulative}",
-                stats.sum
-            );
-        }
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &self.registry);
         out
     }
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// The gRPC status of a response: `grpc-status` in the head (errors, trailers-only), else OK.
@@ -202,7 +209,7 @@ where
             rpc.grpc.status_code = tracing::field::Empty,
         );
         let metrics = self.metrics.clone();
-        metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        metrics.in_flight.inc();
         let started = Instant::now();
         let future = {
             let _entered = span.enter();
@@ -211,7 +218,7 @@ where
         Box::pin(
             async move {
                 let result = future.await;
-                metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+                metrics.in_flight.dec();
                 let code = match &result {
                     Ok(response) => response_code_name(response),
                     Err(_) => "INTERNAL",
@@ -244,7 +251,7 @@ fn respond<B>(metrics: &ControlMetrics, req: &Request<B>) -> Response<Full<Bytes
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/metrics") => (
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
+            prometheus_text::CONTENT_TYPE,
             metrics.render(),
         ),
         (&Method::GET | &Method::HEAD, _) => (

@@ -1,18 +1,24 @@
-//! The edge's Prometheus metrics: plain atomics, rendered as text exposition on the admin
-//! listener's `/metrics`.
+//! The edge's Prometheus metrics on `prometheus-client`, rendered as text exposition (format
+//! 0.0.4) on the admin listener's `/metrics`.
 //!
-//! Hand-written rather than `prometheus-client`: the hot path is one `ArcSwap` load, one hash
-//! lookup by the site's domain and three relaxed `fetch_add`s, with no lock and no label
-//! formatting per request; the label sets are fixed (site, status class) and rendered only on
-//! scrape. Cardinality is bounded: requests for hosts no site owns count under `_unknown`, and
-//! only the first [`MAX_SITES`] sites get their own series; the rest share `_other`.
+//! The hot path holds cloned counter handles (an `Arc` around one atomic each): the route of a
+//! site carries its [`SiteCounters`] (see [`crate::table::SiteRoute`]), so counting a response is
+//! two relaxed `fetch_add`s and one histogram observation, with no map lookup, no lock on the
+//! label families and no label formatting per request; labels are rendered only on scrape.
+//! Cardinality is bounded: requests for hosts no site owns count under `_unknown`, and only the
+//! first [`MAX_SITES`] sites get their own series; the rest share `_other`.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use prometheus_client::encoding::{EncodeLabelSet, prometheus_text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Sites with series of their own; the rest count under [`OTHER`].
 pub const MAX_SITES: usize = 10_000;
@@ -30,6 +36,8 @@ const LATENCY_BUCKETS: [f64; 16] = [
 const APPLY_BUCKETS: [f64; 14] = [
     0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0,
 ];
+/// The `code` label of each status class, 1xx to 5xx.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Why a connection or request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,31 +79,67 @@ impl Reason {
     }
 }
 
-/// Refusals by reason, read at scrape time.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SiteLabels {
+    site: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SiteCodeLabels {
+    site: String,
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    certificate: String,
+}
+
+/// A gauge of seconds (`f64`).
+type SecondsGauge = Gauge<f64, AtomicU64>;
+
+/// Refusals by reason: one counter handle per reason.
 #[derive(Debug, Default)]
 pub struct LimitStats {
-    counts: [AtomicU64; Reason::ALL.len()],
+    counts: [Counter; Reason::ALL.len()],
 }
 
 impl LimitStats {
+    fn registered(family: &Family<ReasonLabels, Counter>) -> Self {
+        Self {
+            counts: Reason::ALL
+                .map(|r| family.get_or_create_owned(&ReasonLabels { reason: r.label() })),
+        }
+    }
+
     pub fn count(&self, reason: Reason) {
-        self.counts[reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.counts[reason as usize].inc();
     }
 
     /// `(label, count)` for every reason.
     pub fn snapshot(&self) -> [(&'static str, u64); Reason::ALL.len()] {
-        Reason::ALL.map(|r| (r.label(), self.counts[r as usize].load(Ordering::Relaxed)))
+        Reason::ALL.map(|r| (r.label(), self.counts[r as usize].get()))
     }
 }
 
-/// Connection and handshake counters of a listener.
+/// Connection and handshake counters of a listener (handles into the `listener` families).
 #[derive(Debug, Default)]
 pub struct ServerStats {
-    pub(crate) accepted: AtomicU64,
-    pub(crate) rejected: AtomicU64,
-    pub(crate) active: AtomicU64,
-    pub(crate) tls_handshakes: AtomicU64,
-    pub(crate) tls_failures: AtomicU64,
+    pub(crate) accepted: Counter,
+    pub(crate) rejected: Counter,
+    pub(crate) active: Gauge,
+    pub(crate) tls_handshakes: Counter,
+    pub(crate) tls_failures: Counter,
 }
 
 /// A copy of [`ServerStats`] at one moment.
@@ -116,77 +160,50 @@ pub struct StatsSnapshot {
 impl ServerStats {
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
-            connections_accepted: self.accepted.load(Ordering::Relaxed),
-            connections_rejected: self.rejected.load(Ordering::Relaxed),
-            connections_active: self.active.load(Ordering::Relaxed),
-            tls_handshakes: self.tls_handshakes.load(Ordering::Relaxed),
-            tls_handshake_failures: self.tls_failures.load(Ordering::Relaxed),
+            connections_accepted: self.accepted.get(),
+            connections_rejected: self.rejected.get(),
+            connections_active: u64::try_from(self.active.get()).unwrap_or(0),
+            tls_handshakes: self.tls_handshakes.get(),
+            tls_handshake_failures: self.tls_failures.get(),
         }
     }
 }
 
-/// Counters of one `site` label.
+/// Counter handles of one `site` label, held by the site's route.
 #[derive(Debug, Default)]
 pub struct SiteCounters {
     /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
-    responses: [AtomicU64; 5],
+    responses: [Counter; 5],
     /// Response body bytes (the `Content-Length` of each response; HEAD counts 0).
-    bytes: AtomicU64,
-}
-
-/// A histogram with fixed buckets; counts per bucket (not cumulative) plus overflow.
-#[derive(Debug)]
-struct Histogram {
-    bounds: &'static [f64],
-    /// `bounds.len() + 1` counts; the last is `+Inf`.
-    counts: Box<[AtomicU64]>,
-    sum_nanos: AtomicU64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_nanos: AtomicU64::new(0),
-        }
-    }
-
-    fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let i = self
-            .bounds
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(self.bounds.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str) {
-        let mut cumulative = 0u64;
-        for (i, bound) in self.bounds.iter().enumerate() {
-            cumulative += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {cumulative}");
-    }
+    bytes: Counter,
 }
 
 /// Per-site counters by primary domain.
 type SiteSeries = imbl::HashMap<Box<str>, Arc<SiteCounters>>;
+
+/// The metric families and the registry that renders them.
+#[derive(Debug)]
+struct Families {
+    registry: Registry,
+    requests: Family<SiteCodeLabels, Counter>,
+    response_bytes: Family<SiteLabels, Counter>,
+    certificate_expiry: Family<CertificateLabels, SecondsGauge>,
+    applied_revision: Gauge,
+    desired_revision: Gauge,
+    sync_lag: Gauge,
+    sites: Gauge,
+    sites_unhealthy: Gauge,
+    leader: Gauge,
+    store_connected: Gauge,
+}
 
 /// Everything the edge counts. One per process, shared by the handler, the reconciler loop
 /// and the admin listener.
 #[derive(Debug)]
 pub struct EdgeMetrics {
     /// Counters by primary domain, swapped whole when the set of sites changes (persistent, so
-    /// adding or dropping one site is O(1) whatever the number of sites).
+    /// adding or dropping one site is O(1) whatever the number of sites). Read when a route is
+    /// built, never per request.
     sites: ArcSwap<SiteSeries>,
     /// Serializes `update_sites` (cold path only).
     registering: Mutex<()>,
@@ -194,33 +211,217 @@ pub struct EdgeMetrics {
     other: Arc<SiteCounters>,
     latency: Histogram,
     apply: Histogram,
-    last_apply_ms: AtomicI64,
+    last_apply: SecondsGauge,
     /// Staging failures since the process started (bundles that could not be fetched, verified
     /// or unpacked).
-    staging_failures: AtomicU64,
+    staging_failures: Counter,
     /// Counters of the HTTP and HTTPS listeners.
     pub http: Arc<ServerStats>,
     pub https: Arc<ServerStats>,
     /// Connections and requests refused by the per-client and per-site limits and the PROXY
     /// protocol, by reason.
     pub limited: Arc<LimitStats>,
+    /// Locked by a scrape: it sets the point-in-time gauges, then encodes.
+    families: Mutex<Families>,
 }
 
 impl Default for EdgeMetrics {
     fn default() -> Self {
+        // Help texts without their final period: the registry adds it.
+        let mut registry = Registry::with_prefix("statiko_edge");
+        let requests = Family::<SiteCodeLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Responses by site (primary domain) and status class",
+            requests.clone(),
+        );
+        let response_bytes = Family::<SiteLabels, Counter>::default();
+        registry.register(
+            "response_bytes",
+            "Response body bytes by site (Content-Length of each response)",
+            response_bytes.clone(),
+        );
+        let latency = Histogram::new(LATENCY_BUCKETS);
+        registry.register(
+            "request_duration_seconds",
+            "Time from the request head to the response head",
+            latency.clone(),
+        );
+        let listener = |name: &'static str, help: &str, registry: &mut Registry| {
+            let family = Family::<ListenerLabels, Counter>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let accepted = listener(
+            "connections_accepted",
+            "Connections accepted under the cap",
+            &mut registry,
+        );
+        let rejected = listener(
+            "connections_rejected",
+            "Connections closed at once because the cap was reached",
+            &mut registry,
+        );
+        let active = Family::<ListenerLabels, Gauge>::default();
+        registry.register("connections_active", "Connections open now", active.clone());
+        let tls_handshakes = Counter::default();
+        registry.register(
+            "tls_handshakes",
+            "Completed TLS handshakes",
+            tls_handshakes.clone(),
+        );
+        let tls_failures = Counter::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            tls_failures.clone(),
+        );
+        let stats = |name: &'static str, tls: bool| {
+            let labels = ListenerLabels { listener: name };
+            Arc::new(ServerStats {
+                accepted: accepted.get_or_create_owned(&labels),
+                rejected: rejected.get_or_create_owned(&labels),
+                active: active.get_or_create_owned(&labels),
+                tls_handshakes: if tls {
+                    tls_handshakes.clone()
+                } else {
+                    Counter::default()
+                },
+                tls_failures: if tls {
+                    tls_failures.clone()
+                } else {
+                    Counter::default()
+                },
+            })
+        };
+        let (http, https) = (stats("http", false), stats("https", true));
+        let limited = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "limited",
+            "Connections (closed) and requests (429) refused by the per-client and per-site \
+             limits and the PROXY protocol, by reason",
+            limited.clone(),
+        );
+        let limited = Arc::new(LimitStats::registered(&limited));
+
+        let gauge = |name: &str, help: &str, registry: &mut Registry| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let applied_revision = gauge(
+            "applied_revision",
+            "Desired-state revision served now (-1 before the first apply)",
+            &mut registry,
+        );
+        let desired_revision = gauge(
+            "desired_revision",
+            "Newest desired-state revision received from the store",
+            &mut registry,
+        );
+        let sync_lag = gauge(
+            "sync_lag_revisions",
+            "Desired revision received but not served yet (0 when in sync)",
+            &mut registry,
+        );
+        let apply = Histogram::new(APPLY_BUCKETS);
+        registry.register(
+            "apply_duration_seconds",
+            "Time to apply one desired state: stage its bundles, swap certificates and routes",
+            apply.clone(),
+        );
+        let last_apply = SecondsGauge::default();
+        registry.register(
+            "last_apply_timestamp_seconds",
+            "When the last apply finished (Unix seconds; 0 before the first)",
+            last_apply.clone(),
+        );
+        let staging_failures = Counter::default();
+        registry.register(
+            "staging_failures",
+            "Bundles that failed to stage (fetch, verify or unpack)",
+            staging_failures.clone(),
+        );
+        let sites = gauge("sites", "Sites in the applied state", &mut registry);
+        let sites_unhealthy = gauge(
+            "sites_unhealthy",
+            "Sites whose last deploy or certificate has an error",
+            &mut registry,
+        );
+        let leader = gauge(
+            "leader",
+            "1 while this edge is the cluster leader",
+            &mut registry,
+        );
+        let store_connected = gauge(
+            "store_connected",
+            "1 while the store sync is connected",
+            &mut registry,
+        );
+        let certificate_expiry = Family::<CertificateLabels, SecondsGauge>::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "notAfter of each certificate in use (Unix seconds)",
+            certificate_expiry.clone(),
+        );
+
+        let families = Families {
+            registry,
+            requests,
+            response_bytes,
+            certificate_expiry,
+            applied_revision,
+            desired_revision,
+            sync_lag,
+            sites,
+            sites_unhealthy,
+            leader,
+            store_connected,
+        };
         Self {
             sites: ArcSwap::from_pointee(SiteSeries::new()),
             registering: Mutex::new(()),
-            unknown: Arc::default(),
-            other: Arc::default(),
-            latency: Histogram::new(&LATENCY_BUCKETS),
-            apply: Histogram::new(&APPLY_BUCKETS),
-            last_apply_ms: AtomicI64::new(0),
-            staging_failures: AtomicU64::new(0),
-            http: Arc::default(),
-            https: Arc::default(),
-            limited: Arc::default(),
+            unknown: Arc::new(families.site_counters(UNKNOWN)),
+            other: Arc::new(families.site_counters(OTHER)),
+            latency,
+            apply,
+            last_apply,
+            staging_failures,
+            http,
+            https,
+            limited,
+            families: Mutex::new(families),
         }
+    }
+}
+
+impl Families {
+    /// Registers the series of one `site` label (cold path).
+    fn site_counters(&self, site: &str) -> SiteCounters {
+        SiteCounters {
+            responses: CLASSES.map(|code| {
+                self.requests.get_or_create_owned(&SiteCodeLabels {
+                    site: site.to_owned(),
+                    code,
+                })
+            }),
+            bytes: self.response_bytes.get_or_create_owned(&SiteLabels {
+                site: site.to_owned(),
+            }),
+        }
+    }
+
+    /// Drops the series of one `site` label.
+    fn remove_site(&self, site: &str) {
+        for code in CLASSES {
+            self.requests.remove(&SiteCodeLabels {
+                site: site.to_owned(),
+                code,
+            });
+        }
+        self.response_bytes.remove(&SiteLabels {
+            site: site.to_owned(),
+        });
     }
 }
 
@@ -240,9 +441,16 @@ pub struct Gauges<'a> {
 }
 
 impl EdgeMetrics {
+    fn families(&self) -> std::sync::MutexGuard<'_, Families> {
+        self.families
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Adds the series of `added` sites (while there is room) and drops those of `removed`;
     /// sites already known keep theirs, so a new site never takes an old one's place. A site
-    /// added while there was no room counts under [`OTHER`] until it is added again.
+    /// added while there was no room counts under [`OTHER`] until it is added again. Call it
+    /// before building the routes of `added`, which take their counters from [`Self::site`].
     pub fn update_sites(&self, added: &[&str], removed: &[&str]) {
         if added.is_empty() && removed.is_empty() {
             return;
@@ -251,22 +459,26 @@ impl EdgeMetrics {
             .registering
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let families = self.families();
         let mut next = SiteSeries::clone(&self.sites.load());
         for domain in removed {
-            next.remove(*domain);
+            if next.remove(*domain).is_some() {
+                families.remove_site(domain);
+            }
         }
         for domain in added {
             if next.len() >= MAX_SITES {
                 break;
             }
             if !next.contains_key(*domain) {
-                next.insert((*domain).into(), Arc::default());
+                next.insert((*domain).into(), Arc::new(families.site_counters(domain)));
             }
         }
         self.sites.store(Arc::new(next));
     }
 
-    /// The counters a request for a site's primary domain counts under.
+    /// The counters a request for a site's primary domain counts under: taken once when the
+    /// site's route is built (and for the rare redirect of an alias), not per request.
     pub fn site(&self, domain: &str) -> Arc<SiteCounters> {
         self.sites
             .load()
@@ -283,247 +495,56 @@ impl EdgeMetrics {
     /// Counts one response.
     pub fn record(&self, site: &SiteCounters, status: u16, bytes: u64, elapsed: Duration) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
-        site.responses[class].fetch_add(1, Ordering::Relaxed);
+        site.responses[class].inc();
         if bytes > 0 {
-            site.bytes.fetch_add(bytes, Ordering::Relaxed);
+            site.bytes.inc_by(bytes);
         }
-        self.latency.observe(elapsed);
+        self.latency.observe(elapsed.as_secs_f64());
     }
 
     /// Counts one apply of a desired state (stage, then swap), finished at `finished_ms`.
     pub fn applied(&self, elapsed: Duration, finished_ms: i64) {
-        self.apply.observe(elapsed);
-        self.last_apply_ms.store(finished_ms, Ordering::Relaxed);
+        self.apply.observe(elapsed.as_secs_f64());
+        self.last_apply.set(finished_ms as f64 / 1000.0);
     }
 
     /// Counts one failed staging (called by the reconciler).
     pub fn staging_failed(&self) {
-        self.staging_failures.fetch_add(1, Ordering::Relaxed);
+        self.staging_failures.inc();
     }
 
-    /// The text exposition (format 0.0.4).
+    /// The text exposition (format 0.0.4): sets the point-in-time gauges, then encodes.
     pub fn render(&self, gauges: &Gauges<'_>) -> String {
-        let sites = self.sites.load();
-        let mut out = String::with_capacity(4096 + sites.len() * 160);
-        header(
-            &mut out,
-            "statiko_edge_requests_total",
-            "counter",
-            "Responses by site (primary domain) and status class.",
-        );
-        let mut site_rows = |label: &str, c: &SiteCounters| {
-            for (i, n) in c.responses.iter().enumerate() {
-                let n = n.load(Ordering::Relaxed);
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "statiko_edge_requests_total{{site=\"{}\",code=\"{}xx\"}} {n}",
-                        escape(label),
-                        i + 1
-                    );
-                }
-            }
-        };
-        site_rows(UNKNOWN, &self.unknown);
-        site_rows(OTHER, &self.other);
-        for (domain, c) in sites.iter() {
-            site_rows(domain, c);
-        }
-        header(
-            &mut out,
-            "statiko_edge_response_bytes_total",
-            "counter",
-            "Response body bytes by site (Content-Length of each response).",
-        );
-        for (label, c) in [(UNKNOWN, &self.unknown), (OTHER, &self.other)]
-            .into_iter()
-            .chain(sites.iter().map(|(d, c)| (&**d, c)))
-        {
-            let _ = writeln!(
-                out,
-                "statiko_edge_response_bytes_total{{site=\"{}\"}} {}",
-                escape(label),
-                c.bytes.load(Ordering::Relaxed)
-            );
-        }
-        header(
-            &mut out,
-            "statiko_edge_request_duration_seconds",
-            "histogram",
-            "Time from the request head to the response head.",
-        );
-        self.latency
-            .render(&mut out, "statiko_edge_request_duration_seconds");
-
-        for (listener, stats) in [("http", &self.http), ("https", &self.https)] {
-            let s = stats.snapshot();
-            let rows: [(&str, &str, &str, u64); 3] = [
-                (
-                    "statiko_edge_connections_accepted_total",
-                    "counter",
-                    "Connections accepted under the cap.",
-                    s.connections_accepted,
-                ),
-                (
-                    "statiko_edge_connections_rejected_total",
-                    "counter",
-                    "Connections closed at once because the cap was reached.",
-                    s.connections_rejected,
-                ),
-                (
-                    "statiko_edge_connections_active",
-                    "gauge",
-                    "Connections open now.",
-                    s.connections_active,
-                ),
-            ];
-            for (name, kind, help, value) in rows {
-                if listener == "http" {
-                    header(&mut out, name, kind, help);
-                }
-                let _ = writeln!(out, "{name}{{listener=\"{listener}\"}} {value}");
-            }
-        }
-        let tls = self.https.snapshot();
-        single(
-            &mut out,
-            "statiko_edge_tls_handshakes_total",
-            "counter",
-            "Completed TLS handshakes.",
-            tls.tls_handshakes,
-        );
-        single(
-            &mut out,
-            "statiko_edge_tls_handshake_failures_total",
-            "counter",
-            "TLS handshakes that failed or timed out.",
-            tls.tls_handshake_failures,
-        );
-
-        header(
-            &mut out,
-            "statiko_edge_limited_total",
-            "counter",
-            "Connections (closed) and requests (429) refused by the per-client and per-site \
-             limits and the PROXY protocol, by reason.",
-        );
-        for (reason, n) in self.limited.snapshot() {
-            let _ = writeln!(out, "statiko_edge_limited_total{{reason=\"{reason}\"}} {n}");
-        }
-
-        single(
-            &mut out,
-            "statiko_edge_applied_revision",
-            "gauge",
-            "Desired-state revision served now (-1 before the first apply).",
-            gauges.applied_revision.unwrap_or(-1),
-        );
-        single(
-            &mut out,
-            "statiko_edge_desired_revision",
-            "gauge",
-            "Newest desired-state revision received from the store.",
-            gauges.desired_revision,
-        );
-        let lag = gauges
+        let families = self.families();
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        families
             .applied_revision
-            .map_or(0, |applied| (gauges.desired_revision - applied).max(0));
-        single(
-            &mut out,
-            "statiko_edge_sync_lag_revisions",
-            "gauge",
-            "Desired revision received but not served yet (0 when in sync).",
-            lag,
+            .set(gauges.applied_revision.unwrap_or(-1));
+        families.desired_revision.set(gauges.desired_revision);
+        families.sync_lag.set(
+            gauges
+                .applied_revision
+                .map_or(0, |applied| (gauges.desired_revision - applied).max(0)),
         );
-        header(
-            &mut out,
-            "statiko_edge_apply_duration_seconds",
-            "histogram",
-            "Time to apply one desired state: stage its bundles, swap certificates and routes.",
-        );
-        self.apply
-            .render(&mut out, "statiko_edge_apply_duration_seconds");
-        single(
-            &mut out,
-            "statiko_edge_last_apply_timestamp_seconds",
-            "gauge",
-            "When the last apply finished (Unix seconds; 0 before the first).",
-            self.last_apply_ms.load(Ordering::Relaxed) as f64 / 1000.0,
-        );
-        single(
-            &mut out,
-            "statiko_edge_staging_failures_total",
-            "counter",
-            "Bundles that failed to stage (fetch, verify or unpack).",
-            self.staging_failures.load(Ordering::Relaxed),
-        );
-        single(
-            &mut out,
-            "statiko_edge_sites",
-            "gauge",
-            "Sites in the applied state.",
-            gauges.sites,
-        );
-        single(
-            &mut out,
-            "statiko_edge_sites_unhealthy",
-            "gauge",
-            "Sites whose last deploy or certificate has an error.",
-            gauges.unhealthy_sites,
-        );
-        single(
-            &mut out,
-            "statiko_edge_leader",
-            "gauge",
-            "1 while this edge is the cluster leader.",
-            u8::from(gauges.leader),
-        );
-        single(
-            &mut out,
-            "statiko_edge_store_connected",
-            "gauge",
-            "1 while the store sync is connected.",
-            u8::from(gauges.store_connected),
-        );
-        header(
-            &mut out,
-            "statiko_edge_certificate_expiry_timestamp_seconds",
-            "gauge",
-            "notAfter of each certificate in use (Unix seconds).",
-        );
+        families.sites.set(count(gauges.sites));
+        families.sites_unhealthy.set(count(gauges.unhealthy_sites));
+        families.leader.set(i64::from(gauges.leader));
+        families
+            .store_connected
+            .set(i64::from(gauges.store_connected));
+        families.certificate_expiry.clear();
         for (name, not_after) in gauges.certificates.into_iter().flatten().take(MAX_SITES) {
-            let _ = writeln!(
-                out,
-                "statiko_edge_certificate_expiry_timestamp_seconds{{certificate=\"{}\"}} {}",
-                escape(name),
-                *not_after as f64 / 1000.0
-            );
+            families
+                .certificate_expiry
+                .get_or_create(&CertificateLabels {
+                    certificate: name.clone(),
+                })
+                .set(*not_after as f64 / 1000.0);
         }
+        let mut out = String::with_capacity(4096 + self.sites.load().len() * 400);
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &families.registry);
         out
-    }
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// A series without labels, with its header: a gauge or a counter (`kind`).
-fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-    header(out, name, kind, help);
-    let _ = writeln!(out, "{name} {value}");
-}
-
-/// Label value escaping (backslash, quote, newline). Domains and certificate names never
-/// need it; it is here so a bad value cannot break the exposition.
-fn escape(value: &str) -> std::borrow::Cow<'_, str> {
-    if value.contains(['\\', '"', '\n']) {
-        value
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-            .into()
-    } else {
-        value.into()
     }
 }
 

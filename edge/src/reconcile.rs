@@ -282,6 +282,11 @@ impl Reconciler {
             }
         }
 
+        // The counters of new sites exist before their routes take them.
+        if let Some(metrics) = &self.metrics {
+            metrics.update_sites(&added, &removed);
+        }
+
         // Certificates and routes of the affected sites.
         for domain in &affected {
             let Some(site) = desired.sites.get(domain) else {
@@ -305,9 +310,6 @@ impl Reconciler {
             hosts: self.hosts.clone(),
             challenges: self.challenges.clone(),
         }));
-        if let Some(metrics) = &self.metrics {
-            metrics.update_sites(&added, &removed);
-        }
         self.position = Some(desired.position());
         Applied {
             revision: desired.revision,
@@ -430,6 +432,10 @@ impl Reconciler {
             domain: domain.clone(),
             app: served.app.clone(),
             bundle: served.bundle.clone(),
+            counters: self
+                .metrics
+                .as_ref()
+                .map_or_else(Default::default, |metrics| metrics.site(domain)),
         });
         self.hosts.insert(domain.clone(), Route::Site(route));
         for alias in &site.aliases {

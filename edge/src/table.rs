@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use statiko_common::model::AppRef;
 
 use crate::bundle::StagedBundle;
+use crate::metrics::SiteCounters;
 
 /// What a host name resolves to.
 #[derive(Debug, Clone)]
@@ -26,6 +27,9 @@ pub struct SiteRoute {
     pub app: Option<AppRef>,
     /// The staged bundle of `app`; `None` while nothing is deployed.
     pub bundle: Option<Arc<StagedBundle>>,
+    /// The site's response counters, taken when the route is built, so a request counts
+    /// without looking its site up.
+    pub counters: Arc<SiteCounters>,
 }
 
 /// An ACME HTTP-01 challenge response, answered on port 80 for its domains only.

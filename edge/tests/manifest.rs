@@ -101,6 +101,7 @@ fn handler(bundle: Arc<StagedBundle>) -> Handler {
             domain: HOST.into(),
             app: None,
             bundle: Some(bundle),
+            counters: Default::default(),
         })),
     );
     Handler::new(Arc::new(ArcSwap::from_pointee(table)))

@@ -117,6 +117,7 @@ fn table(bundle: Arc<StagedBundle>) -> RoutingTable {
             domain: "example.test".into(),
             app: None,
             bundle: Some(bundle),
+            counters: Default::default(),
         })),
     );
     table.hosts.insert(
@@ -131,6 +132,7 @@ fn table(bundle: Arc<StagedBundle>) -> RoutingTable {
             domain: "new.test".into(),
             app: None,
             bundle: None,
+            counters: Default::default(),
         })),
     );
     table

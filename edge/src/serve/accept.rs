@@ -17,7 +17,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -216,7 +215,7 @@ async fn serve(
         let admission = match admitted {
             Ok(admission) => admission,
             Err(refused) => {
-                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                stats.rejected.inc();
                 if refused == Refused::PerClient {
                     shared
                         .opts
@@ -230,17 +229,17 @@ async fn serve(
             && shared.tls.is_some()
             && !shared.opts.limits.allow_handshake(peer.ip())
         {
-            stats.rejected.fetch_add(1, Ordering::Relaxed);
+            stats.rejected.inc();
             continue;
         }
-        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        stats.accepted.inc();
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
         let shared = shared.clone();
         tracker.spawn(async move {
-            shared.opts.stats.active.fetch_add(1, Ordering::Relaxed);
+            shared.opts.stats.active.inc();
             connection(stream, peer, admission, &shared, watcher).await;
-            shared.opts.stats.active.fetch_sub(1, Ordering::Relaxed);
+            shared.opts.stats.active.dec();
         });
     }
 
@@ -336,12 +335,12 @@ async fn connection(
                 .admit_client(&mut admission, client.ip())
                 .is_err()
             {
-                shared.opts.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                shared.opts.stats.rejected.inc();
                 limits.refused(client.ip(), Reason::ClientConnections);
                 return;
             }
             if shared.tls.is_some() && !limits.allow_handshake(client.ip()) {
-                shared.opts.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                shared.opts.stats.rejected.inc();
                 return;
             }
             (client, prefix)
@@ -361,20 +360,20 @@ async fn connection(
                 result = handshake => match result {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(err)) => {
-                        stats.tls_failures.fetch_add(1, Ordering::Relaxed);
+                        stats.tls_failures.inc();
                         if let Some(suppressed) = shared.handshake_log.ready() {
                             tracing::info!(client = %client.0, error = %err, suppressed, "tls handshake failed (logged at most once per second)");
                         }
                         return;
                     }
                     Err(_) => {
-                        stats.tls_failures.fetch_add(1, Ordering::Relaxed);
+                        stats.tls_failures.inc();
                         tracing::debug!(client = %client.0, "tls handshake timed out");
                         return;
                     }
                 },
             };
-            stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            stats.tls_handshakes.inc();
             serve_io(tls, shared, watcher, Scheme::Https, client, conn).await;
         }
     }

@@ -187,7 +187,7 @@ impl Handler {
         let table = self.table.load();
         let route = table.route(host);
         *site = match route {
-            Some(Route::Site(site)) => Some(self.metrics.site(&site.domain)),
+            Some(Route::Site(site)) => Some(site.counters.clone()),
             Some(Route::Alias { primary }) => Some(self.metrics.site(primary)),
             None => None,
         };

@@ -59,6 +59,7 @@ fn handler(disk: Option<std::path::PathBuf>) -> Handler {
             domain: "example.test".into(),
             app: None,
             bundle: Some(Arc::new(bundle)),
+            counters: Default::default(),
         })),
     );
     table.hosts.insert(
@@ -73,6 +74,7 @@ fn handler(disk: Option<std::path::PathBuf>) -> Handler {
             domain: "new.test".into(),
             app: None,
             bundle: None,
+            counters: Default::default(),
         })),
     );
     Handler::new(Arc::new(ArcSwap::from_pointee(table))).with_https_port(8443)
