@@ -21,7 +21,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
-use statiko_common::tls::AcceptAnyServerCert;
+use statiko_common::tls_client::AcceptAnyServerCert;
 use statiko_proto::v1::app_service_client::AppServiceClient;
 use statiko_proto::v1::certificate_service_client::CertificateServiceClient;
 use statiko_proto::v1::cluster_service_client::ClusterServiceClient;

@@ -11,7 +11,6 @@
 //! {root}/v1/acme/orders/{domain}        AcmeOrderRecord: the order in flight for a site
 //! {root}/v1/acme/challenges/{token}     ChallengeRecord: an HTTP-01 response any edge serves
 //! {root}/v1/acme/reminders/{name}       ReminderRecord: last expiry reminder sent for a cert
-//! {root}/v1/meta/schema                 schema marker
 //! {root}/v1/meta/state                  touched by every desired-state write (its revision)
 //! {root}/v1/meta/secrets-check          a value sealed with secretsEncryptionKey (key check)
 //! {root}/v1/meta/import                 present while a state import is being written
@@ -134,9 +133,6 @@ impl KeySchema {
     /// they serve until it is gone, and other desired-state writes are refused meanwhile.
     pub fn meta_import(&self) -> String {
         format!("{}meta/import", self.root)
-    }
-    pub fn meta_schema(&self) -> String {
-        format!("{}meta/schema", self.root)
     }
     /// Touched by every desired-state transaction, so its `mod_revision` is the revision of the
     /// last desired-state change (node status writes do not count).

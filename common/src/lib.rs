@@ -42,4 +42,4 @@ pub mod secrets_check;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
-pub mod tls;
+pub mod tls_client;

@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ProtocolVersion};
-use statiko_common::tls::AcceptAnyServerCert;
+use statiko_common::tls_client::AcceptAnyServerCert;
 use statiko_edge::bundle::{Body, StagedBundle, StaticFile, Variant};
 use statiko_edge::serve::{
     CertResolver, Handler, ServerOptions, certified_key_from_pem, serve_http, serve_https,

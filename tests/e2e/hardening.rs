@@ -21,7 +21,7 @@ use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::json;
-use statiko_common::tls::AcceptAnyServerCert;
+use statiko_common::tls_client::AcceptAnyServerCert;
 use statiko_proto::v1::ListSitesRequest;
 use statiko_proto::v1::site_service_client::SiteServiceClient;
 use statiko_tests::fixtures::site;

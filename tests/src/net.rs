@@ -14,7 +14,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use statiko_common::tls::AcceptAnyServerCert;
+use statiko_common::tls_client::AcceptAnyServerCert;
 
 /// A port on 127.0.0.1 that was free a moment ago: bound to `:0`, read back, released.
 ///

@@ -33,7 +33,7 @@ use super::{
     WatchBatch, WatchEvent, WatchStream,
 };
 use crate::config::EtcdConfig;
-use crate::tls::AcceptAnyServerCert;
+use crate::tls_client::AcceptAnyServerCert;
 
 /// Keys per range request of a snapshot (certificates are a few KiB each; the client's limit
 /// is 4 MiB per message).
