@@ -32,6 +32,7 @@ use std::time::SystemTime;
 
 use crate::config::LimitsConfig;
 use crate::crypto::Sha256Hasher;
+use crate::manifest::{MANIFEST_FILE, MAX_MANIFEST_LEN, Manifest};
 use crate::model::BundleFormat;
 
 /// Default cap on the length of one entry's path, in bytes.
@@ -163,6 +164,9 @@ pub enum ArchiveError {
     Duplicate { entry: String },
     #[error("entry {entry:?} is both a file and a directory")]
     PathConflict { entry: String },
+    /// Only from [`check_upload`]: the rules staging applies after unpacking.
+    #[error("invalid app manifest {MANIFEST_FILE}: {0}")]
+    Manifest(String),
     #[error("not a valid {format} archive: {detail}")]
     Corrupt {
         format: &'static str,
@@ -237,6 +241,19 @@ pub fn inspect(
     limits: &ArchiveLimits,
 ) -> Result<UnpackStats, ArchiveError> {
     run(archive, format, Unpacker::new(None, limits)).map(|u| u.stats)
+}
+
+/// What control checks at upload: [`inspect`], plus the rules staging applies to the unpacked
+/// bundle (a `_statiko.yaml` at its root, after flattening, must be a valid manifest whose
+/// pages are in the bundle), so that whatever uploads stages. Writes nothing.
+pub fn check_upload(
+    archive: &Path,
+    format: BundleFormat,
+    limits: &ArchiveLimits,
+) -> Result<UnpackStats, ArchiveError> {
+    let mut unpacker = Unpacker::new(None, limits);
+    unpacker.manifest = Some(ManifestCapture::default());
+    run(archive, format, unpacker).map(|u| u.stats)
 }
 
 fn run(
@@ -331,6 +348,54 @@ fn ancestors(rel: &str) -> impl Iterator<Item = &str> {
     rel.match_indices('/').map(move |(i, _)| &rel[..i])
 }
 
+/// A manifest file's first bytes (up to one past the limit) and its length.
+struct Captured {
+    len: u64,
+    bytes: Vec<u8>,
+}
+
+/// The files that may become the bundle's manifest, known only once flattening is: the one at
+/// the root, and the one under the first top-level folder (dropped when a second folder has
+/// one: then nothing is flattened). So at most two, each bounded.
+#[derive(Default)]
+struct ManifestCapture {
+    root: Option<Captured>,
+    nested_top: Option<String>,
+    nested: Option<Captured>,
+}
+
+impl ManifestCapture {
+    /// Whether the file `rel` is a candidate (and so must be captured).
+    fn wants(&mut self, rel: &str) -> bool {
+        if rel == MANIFEST_FILE {
+            return true;
+        }
+        let Some((top, MANIFEST_FILE)) = rel.split_once('/') else {
+            return false;
+        };
+        match &self.nested_top {
+            None => {
+                self.nested_top = Some(top.to_owned());
+                true
+            }
+            Some(first) => {
+                if first != top {
+                    self.nested = None;
+                }
+                false
+            }
+        }
+    }
+
+    fn keep(&mut self, rel: &str, captured: Captured) {
+        if rel == MANIFEST_FILE {
+            self.root = Some(captured);
+        } else {
+            self.nested = Some(captured);
+        }
+    }
+}
+
 /// Walks entries, enforcing the limits and writing into `dest` when there is one.
 struct Unpacker<'a> {
     dest: Option<&'a Path>,
@@ -348,6 +413,8 @@ struct Unpacker<'a> {
     /// Hash and list the files written (see [`Unpacker::recording`]).
     record: bool,
     written: Vec<UnpackedFile>,
+    /// Set by [`check_upload`]: capture the manifest and check it at the end.
+    manifest: Option<ManifestCapture>,
 }
 
 impl<'a> Unpacker<'a> {
@@ -365,6 +432,7 @@ impl<'a> Unpacker<'a> {
             buf: vec![0; CHUNK],
             record: false,
             written: Vec::new(),
+            manifest: None,
         }
     }
 
@@ -487,6 +555,11 @@ impl<'a> Unpacker<'a> {
             None => None,
         };
         let mut hasher = self.record.then(Sha256Hasher::new);
+        let mut capture = self
+            .manifest
+            .as_mut()
+            .is_some_and(|m| m.wants(rel))
+            .then(Vec::new);
         let mut len = 0u64;
         loop {
             let n = match reader.read(&mut self.buf) {
@@ -507,6 +580,13 @@ impl<'a> Unpacker<'a> {
             if let Some(hasher) = hasher.as_mut() {
                 hasher.update(&self.buf[..n]);
             }
+            if let Some(capture) = capture.as_mut() {
+                let room = (MAX_MANIFEST_LEN + 1).saturating_sub(capture.len());
+                capture.extend_from_slice(&self.buf[..n.min(room)]);
+            }
+        }
+        if let (Some(bytes), Some(manifest)) = (capture, self.manifest.as_mut()) {
+            manifest.keep(rel, Captured { len, bytes });
         }
         if let Some(out) = out {
             let action = format!("finishing {:?}", entry());
@@ -540,6 +620,9 @@ impl<'a> Unpacker<'a> {
             return Err(ArchiveError::Empty);
         }
         let flattened = self.single_top_folder();
+        if let Some(capture) = &self.manifest {
+            self.check_manifest(capture, flattened.as_deref())?;
+        }
         if let (Some(top), Some(dest)) = (flattened.as_deref(), self.dest) {
             flatten(dest, top, &self.flatten_staging(top))?;
         }
@@ -566,6 +649,30 @@ impl<'a> Unpacker<'a> {
             }
         }
         Ok(Unpacked { stats, files, dirs })
+    }
+
+    /// The manifest rules staging applies to the unpacked (and flattened) bundle.
+    fn check_manifest(
+        &self,
+        capture: &ManifestCapture,
+        top: Option<&str>,
+    ) -> Result<(), ArchiveError> {
+        let prefix = top.map(|top| format!("{top}/")).unwrap_or_default();
+        if self.dirs.contains(&format!("{prefix}{MANIFEST_FILE}")) {
+            return Err(ArchiveError::Manifest("it is not a file".into()));
+        }
+        let captured = match top {
+            Some(_) => capture.nested.as_ref(),
+            None => capture.root.as_ref(),
+        };
+        let Some(captured) = captured else {
+            return Ok(());
+        };
+        Manifest::from_bundle_file(&captured.bytes, captured.len)
+            .and_then(|manifest| {
+                manifest.check_files(|rel| self.files.contains(&format!("{prefix}{rel}")))
+            })
+            .map_err(ArchiveError::Manifest)
     }
 
     /// The folder every entry lives under, when there is exactly one.

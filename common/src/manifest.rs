@@ -158,6 +158,39 @@ enum Part {
 }
 
 impl Manifest {
+    /// The manifest of a bundle from its file's bytes (`len` bytes in all; `bytes` may stop at
+    /// [`MAX_MANIFEST_LEN`] + 1): at most that long, UTF-8, valid. The error is the reason shown
+    /// after "invalid app manifest _statiko.yaml: ", by control at upload and edges at staging.
+    pub fn from_bundle_file(bytes: &[u8], len: u64) -> Result<Self, String> {
+        if len > MAX_MANIFEST_LEN as u64 {
+            return Err(format!(
+                "it is {len} bytes, over the {MAX_MANIFEST_LEN}-byte limit"
+            ));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| "it is not valid UTF-8".to_owned())?;
+        Self::parse(text).map_err(|e| e.to_string())
+    }
+
+    /// The files the manifest names must be in the bundle: the error pages, and `index.html`
+    /// for the single-page-app fallback. `exists` is asked for bundle-relative paths.
+    pub fn check_files(&self, exists: impl Fn(&str) -> bool) -> Result<(), String> {
+        let exists = |url_path: &str| {
+            let rel = url_path.trim_start_matches('/');
+            rel != MANIFEST_FILE && exists(rel)
+        };
+        for (key, page) in [("page404", self.page404()), ("page403", self.page403())] {
+            if let Some(page) = page
+                && !exists(page)
+            {
+                return Err(format!("{key}: {page:?} is not in the bundle"));
+            }
+        }
+        if self.spa() && !exists("/index.html") {
+            return Err("spa: the bundle has no index.html to fall back to".into());
+        }
+        Ok(())
+    }
+
     /// Parses, validates and compiles a manifest. An empty document is an empty manifest.
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
         if text.len() > MAX_MANIFEST_LEN {

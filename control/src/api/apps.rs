@@ -183,11 +183,12 @@ impl Api {
                 format.extension()
             ));
         }
-        // Refuse unsafe or oversized archives now, with a clear reason, rather than at staging
-        // on every edge (which checks again: the repository is not trusted).
+        // Refuse unsafe or oversized archives, and anything staging would refuse (a bad
+        // manifest), now, with a clear reason, rather than at staging on every edge (which
+        // checks again: the repository is not trusted).
         let limits = ArchiveLimits::from_config(&self.ctx.limits);
         let path = spooled.file.to_path_buf();
-        tokio::task::spawn_blocking(move || archive::inspect(&path, format, &limits))
+        tokio::task::spawn_blocking(move || archive::check_upload(&path, format, &limits))
             .await
             .map_err(|err| ControlError::Internal(anyhow::anyhow!("inspect bundle: {err}")))?
             .map_err(|err| invalid!("bundle refused: {err}"))?;
