@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Brings up deploy/docker-compose.yml for real on this machine's Docker engine and checks the
 # cluster: a site deployed through control is served by every edge; stopping the leader edge
-# makes another edge leader; with etcd stopped every edge keeps serving while control answers
-# UNAVAILABLE, and once etcd is back a new deploy reaches every edge; an edge disconnected from
-# the network keeps serving its last state and catches up when reconnected. Everything is torn
-# down at the end, pass or fail.
+# makes another edge leader; with every etcd member stopped every edge keeps serving while
+# control answers UNAVAILABLE, and once etcd is back a new deploy reaches every edge; the etcd
+# member control and the edges are connected to is killed (writes go on through the other two)
+# and restarted; two of the three members are stopped (no quorum: writes fail with UNAVAILABLE,
+# then succeed again within seconds of the quorum returning), with every edge probed throughout
+# the etcd faults; an edge disconnected from the network keeps serving its last state and catches
+# up when reconnected; every edge ends at the same revision serving the deployed bytes.
+# Everything is torn down at the end, pass or fail.
 #
 # There is no image registry here, so nothing can be pulled: the script makes local stand-ins.
-#   statiko-base:bookworm   Debian bookworm rootfs (debootstrap minbase + ca-certificates, curl),
-#                           `docker import`ed; cached: made only when missing.
+#   statiko-base:bookworm   Debian bookworm rootfs (debootstrap minbase + ca-certificates, curl,
+#                           from the Debian mirror this machine's apt uses), `docker import`ed;
+#                           cached: made only when missing.
 #   statiko-etcd:ci         the base plus the host's Debian etcd and etcdctl (deploy/compose/Dockerfile.etcd)
 #   statiko:ci              the base plus the statiko binaries built on the host (deploy/Dockerfile.local)
 # and runs the compose file with STATIKO_IMAGE / STATIKO_ETCD_IMAGE pointing at them.
@@ -18,8 +23,9 @@
 # CI several more minutes on two cores. STATIKO_COMPOSE_PROFILE=release uses target/release.
 #
 # Environment: CARGO_TARGET_DIR (default ./target), STATIKO_COMPOSE_PROFILE (debug),
-# STATIKO_DEBIAN_MIRROR (http://deb.debian.org/debian), STATIKO_COMPOSE_KEEP=1 (no teardown, to
-# debug by hand).
+# STATIKO_DEBIAN_MIRROR (default: the first Debian release source in /etc/apt/sources.list,
+# /etc/apt/sources.list.d/*.list or *.sources), STATIKO_COMPOSE_KEEP=1 (no teardown, to debug by
+# hand).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -34,7 +40,7 @@ ETCD_IMAGE="statiko-etcd:ci"
 PROFILE="${STATIKO_COMPOSE_PROFILE:-debug}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN_DIR="$TARGET_DIR/$PROFILE"
-MIRROR="${STATIKO_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+MIRROR="${STATIKO_DEBIAN_MIRROR:-}"
 TOKEN="statiko-compose-admin-token-change-me" # deploy/compose/statiko.yaml
 DOMAIN="demo.test"
 
@@ -69,6 +75,7 @@ cleanup() {
   local status=$?
   set +e
   exec 1>&3 2>&4
+  [ -n "${PROBE_PID:-}" ] && kill "$PROBE_PID" 2>/dev/null
   if [ "$status" -ne 0 ]; then
     echo "---- container status ----" >&2
     compose ps >&2
@@ -111,10 +118,58 @@ for port in 2265 9081 9082 9083 9441 9442 9443; do
 done
 
 # --- images ----------------------------------------------------------------------------------
+# The Debian mirror this machine's apt already uses (so the script works wherever apt does): the
+# first URI of a `deb` source for a release suite (no -security/-updates) with the main
+# component, from one-line sources.list files, then deb822 *.sources files.
+apt_mirror() {
+  python3 - /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources <<'PY'
+import re, sys
+
+def release(suites):
+    return any(s and "-" not in s and "/" not in s for s in suites)
+
+for path in sys.argv[1:]:
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError:
+        continue
+    if path.endswith(".sources"):
+        for block in re.split(r"\n\s*\n", text):
+            fields, key = {}, None
+            for line in block.splitlines():
+                if not line.strip() or line.lstrip().startswith("#"):
+                    continue
+                if line[0].isspace() and key:
+                    fields[key] += " " + line.strip()
+                elif ":" in line:
+                    key, value = line.split(":", 1)
+                    key = key.strip().lower()
+                    fields[key] = value.strip()
+            if ("deb" in fields.get("types", "").split()
+                    and fields.get("enabled", "yes").lower() != "no"
+                    and release(fields.get("suites", "").split())
+                    and "main" in fields.get("components", "").split()
+                    and fields.get("uris")):
+                print(fields["uris"].split()[0].rstrip("/"))
+                sys.exit(0)
+    else:
+        for line in text.splitlines():
+            words = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
+            if len(words) >= 4 and words[0] == "deb" and release([words[2]]) and "main" in words[3:]:
+                print(words[1].rstrip("/"))
+                sys.exit(0)
+sys.exit(1)
+PY
+}
+
 if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   log "base image $BASE_IMAGE is cached"
 else
   command -v debootstrap >/dev/null 2>&1 || fail "debootstrap is missing (scripts/install-deps.sh installs it)"
+  if [ -z "$MIRROR" ]; then
+    MIRROR="$(apt_mirror)" ||
+      fail "no Debian mirror in this machine's apt sources; set STATIKO_DEBIAN_MIRROR"
+  fi
   log "making $BASE_IMAGE with debootstrap from $MIRROR (about a minute)"
   rootfs="$WORK/rootfs"
   debootstrap --variant=minbase --include=ca-certificates,curl bookworm "$rootfs" "$MIRROR" \
@@ -235,6 +290,64 @@ upload() { # upload VERSION
   stk app upload "$WORK/site-$1" --name hello --version "$1" >/dev/null
 }
 
+ETCD_MEMBERS=(etcd1 etcd2 etcd3)
+
+# The etcd member that most of control's and the edges' connections to etcd go to: their
+# established TCP connections to port 2379, read from /proc/net/tcp inside each container.
+busiest_member() {
+  local ip member service
+  ip="$(
+    for service in control "${EDGES[@]}"; do compose exec -T "$service" cat /proc/net/tcp; done |
+      python3 -c '
+import collections, socket, struct, sys
+counts = collections.Counter()
+for line in sys.stdin:
+    fields = line.split()
+    if len(fields) < 4 or ":" not in fields[2]:
+        continue
+    address, port = fields[2].split(":")
+    if fields[3] == "01" and int(port, 16) == 2379:
+        counts[socket.inet_ntoa(struct.pack("<I", int(address, 16)))] += 1
+print(counts.most_common(1)[0][0] if counts else "")'
+  )"
+  [ -n "$ip" ] || return 1
+  for member in "${ETCD_MEMBERS[@]}"; do
+    if docker inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' \
+      "$(container "$member")" | grep -qwF "$ip"; then
+      echo "$member"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# Fetches the site from every edge every half second until $WORK/probe.stop exists, recording
+# each failure in $WORK/outages: edges must never stop serving while etcd is in trouble.
+probe_edges() {
+  local edge
+  while [ ! -e "$WORK/probe.stop" ]; do
+    for edge in "${EDGES[@]}"; do
+      host_fetch "$edge" >/dev/null 2>&1 || echo "$(date +%T) $edge" >>"$WORK/outages"
+    done
+    sleep 0.5
+  done
+}
+PROBE_PID=""
+start_probe() {
+  rm -f "$WORK/probe.stop" "$WORK/outages"
+  probe_edges &
+  PROBE_PID=$!
+}
+stop_probe() { # stop_probe WHAT
+  touch "$WORK/probe.stop"
+  wait "$PROBE_PID" || true
+  PROBE_PID=""
+  if [ -s "$WORK/outages" ]; then
+    cat "$WORK/outages" >&2
+    fail "an edge failed to answer during $1"
+  fi
+}
+
 same_applied_revision() {
   local first="" edge revision
   for edge in "${EDGES[@]}"; do
@@ -250,7 +363,7 @@ compose up -d --no-build >"$WORK/up.log" 2>&1 || {
   cat "$WORK/up.log" >&2
   fail "compose up"
 }
-eventually 90 "every container is healthy" all_healthy etcd control "${EDGES[@]}"
+eventually 90 "every container is healthy" all_healthy "${ETCD_MEMBERS[@]}" control "${EDGES[@]}"
 compose exec -T control cat /var/lib/statiko/control-tls/cert.pem >"$WORK/control-ca.pem"
 eventually 30 "control answers" stk cluster status
 eventually 30 "all three edges are registered" has_nodes 3
@@ -279,10 +392,12 @@ eventually 60 "$old_leader is healthy again" healthy "$old_leader"
 eventually 30 "all three edges are registered again" has_nodes 3
 eventually 30 "exactly one edge is leader after $old_leader returned" one_leader_among "${EDGES[@]}"
 
-# --- 3. etcd stopped: edges keep serving, control answers UNAVAILABLE ---------------------------
+# --- 3. every etcd member stopped: edges keep serving, control answers UNAVAILABLE ----------
+# From here to the end of 6, every edge is probed twice a second and must always answer.
+start_probe
 upload 2.0.0
-log "stopping etcd"
-compose stop --timeout 10 etcd >/dev/null 2>&1
+log "stopping every etcd member"
+compose stop --timeout 10 "${ETCD_MEMBERS[@]}" >/dev/null 2>&1
 for round in 1 2 3; do
   for edge in "${EDGES[@]}"; do
     serves "$edge" 1.0.0 host || fail "$edge stopped serving hello@1.0.0 without etcd (round $round)"
@@ -299,8 +414,8 @@ grep -q UNAVAILABLE "$WORK/refused.out" || {
 log "ok: edges serve without etcd; control answers UNAVAILABLE"
 
 # --- 4. etcd back: a new deploy reaches every edge ---------------------------------------------
-compose start etcd >/dev/null 2>&1
-eventually 60 "etcd is healthy again" healthy etcd
+compose start "${ETCD_MEMBERS[@]}" >/dev/null 2>&1
+eventually 60 "every etcd member is healthy again" all_healthy "${ETCD_MEMBERS[@]}"
 eventually 60 "a deploy succeeds after etcd returned" \
   stk deploy "$DOMAIN" hello@2.0.0 --wait --wait-timeout 20s
 for edge in "${EDGES[@]}"; do
@@ -308,7 +423,45 @@ for edge in "${EDGES[@]}"; do
 done
 log "ok: hello@2.0.0 reached every edge after etcd returned"
 
-# --- 5. an edge disconnected from the network serves its last state, then catches up ----------
+# --- 5. the member control and the edges talk to killed, then restarted -----------------------
+upload 2.1.0
+member="$(busiest_member)" || fail "no connection from control or an edge to an etcd member"
+log "killing $member, the etcd member most of the connections go to"
+compose kill "$member" >/dev/null 2>&1
+eventually 30 "a deploy succeeds with $member dead" \
+  stk deploy "$DOMAIN" hello@2.1.0 --wait --wait-timeout 20s
+for edge in "${EDGES[@]}"; do
+  serves "$edge" 2.1.0 host || fail "$edge does not serve hello@2.1.0 with $member dead"
+done
+compose start "$member" >/dev/null 2>&1
+eventually 60 "$member is healthy again" healthy "$member"
+log "ok: with $member killed, writes went on and hello@2.1.0 reached every edge; $member is back"
+
+# --- 6. quorum lost (two of three members stopped), then regained ----------------------------
+upload 2.2.0
+log "stopping etcd2 and etcd3: no quorum"
+compose stop --timeout 10 etcd2 etcd3 >/dev/null 2>&1
+if stk deploy "$DOMAIN" hello@2.2.0 >"$WORK/no-quorum.out" 2>&1; then
+  fail "a deploy succeeded without a quorum"
+fi
+grep -q UNAVAILABLE "$WORK/no-quorum.out" || {
+  cat "$WORK/no-quorum.out" >&2
+  fail "control did not answer UNAVAILABLE without a quorum"
+}
+for edge in "${EDGES[@]}"; do
+  serves "$edge" 2.1.0 host || fail "$edge stopped serving hello@2.1.0 without a quorum"
+done
+compose start etcd2 etcd3 >/dev/null 2>&1
+returned=$SECONDS
+eventually 30 "a deploy succeeds once the quorum is back" stk deploy "$DOMAIN" hello@2.2.0
+writable_after=$((SECONDS - returned))
+[ "$writable_after" -le 15 ] || fail "writes came back ${writable_after}s after the quorum did"
+eventually 30 "every edge serves hello@2.2.0" all_serve 2.2.0 "${EDGES[@]}"
+eventually 60 "etcd2 and etcd3 are healthy again" all_healthy etcd2 etcd3
+stop_probe "the etcd faults"
+log "ok: UNAVAILABLE without a quorum; writes back ${writable_after}s after it returned; no edge missed an answer"
+
+# --- 7. an edge disconnected from the network serves its last state, then catches up ----------
 upload 3.0.0
 network="$(docker inspect --format '{{range $name, $_ := .NetworkSettings.Networks}}{{$name}} {{end}}' "$(container edge3)" | awk '{print $1}')"
 [ -n "$network" ] || fail "edge3 is on no network"
@@ -318,11 +471,11 @@ docker network disconnect "$network" "$(container edge3)"
 stk deploy "$DOMAIN" hello@3.0.0 >/dev/null
 eventually 30 "edge1 and edge2 serve hello@3.0.0" all_serve 3.0.0 edge1 edge2
 for round in 1 2 3; do
-  serves edge3 2.0.0 inner || fail "disconnected edge3 stopped serving hello@2.0.0 (round $round)"
+  serves edge3 2.2.0 inner || fail "disconnected edge3 stopped serving hello@2.2.0 (round $round)"
   sleep 1
 done
 [ "$(applied_revision edge3)" = "$revision_before" ] || fail "disconnected edge3 changed its applied revision"
-log "ok: disconnected edge3 keeps serving hello@2.0.0"
+log "ok: disconnected edge3 keeps serving hello@2.2.0"
 docker network connect --alias edge3 "$network" "$(container edge3)"
 log "reconnected edge3"
 eventually 60 "edge3 serves hello@3.0.0 after reconnecting" serves edge3 3.0.0 inner

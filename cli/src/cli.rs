@@ -32,6 +32,10 @@ pub(crate) struct GlobalArgs {
     /// Bearer token sent with every call.
     #[arg(long, global = true, env = "STATIKO_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
+    /// File holding the bearer token (trailing whitespace trimmed), e.g. a CI secret file;
+    /// used when no token is given.
+    #[arg(long, global = true, env = "STATIKO_TOKEN_FILE", value_name = "PATH")]
+    pub(crate) token_file: Option<PathBuf>,
     /// PEM file with the CA (or the certificate itself) to trust for the control endpoint.
     #[arg(long, global = true, env = "STATIKO_CA", value_name = "PEM")]
     pub(crate) ca: Option<PathBuf>,

@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 use statiko_proto::v1::{
     AliasList, AppRef, CreateSiteRequest, DeleteAppRequest, DeleteCertificateRequest,
     DeleteSiteRequest, DeployRequest, ExportStateRequest, GetSiteRequest, ImportCertificateRequest,
-    ImportStateRequest, ListAppsRequest, ListCertificatesRequest, ListNodesRequest,
-    ListSitesRequest, Site, TlsConfig, TlsType, UpdateSiteRequest,
+    ImportStateRequest, ImportStateResponse, ListAppsRequest, ListCertificatesRequest,
+    ListNodesRequest, ListSitesRequest, Site, StreamExportStateRequest, StreamImportStateRequest,
+    TlsConfig, TlsType, UpdateSiteRequest,
 };
 
 use crate::cli::{
@@ -456,25 +457,55 @@ async fn cluster_status(api: &Api, printer: Printer) -> anyhow::Result<()> {
     )
 }
 
-async fn state_get(api: &Api, printer: Printer, out: Option<PathBuf>) -> anyhow::Result<()> {
-    let response = api
+/// Size of one chunk of a streamed import.
+const STATE_CHUNK_BYTES: usize = 1 << 20;
+
+/// Exports the document in chunks (its size is not bounded by one gRPC message); a control
+/// without the streaming call gets the one-message call.
+async fn export_document(api: &Api) -> anyhow::Result<(Vec<u8>, i64)> {
+    let streamed = api
         .unary(
             api.timeout(),
-            api.state().export_state(api.request(ExportStateRequest {})),
+            api.state()
+                .stream_export_state(api.request(StreamExportStateRequest {})),
         )
-        .await?;
+        .await;
+    let mut stream = match streamed {
+        Ok(stream) => stream,
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            let response = api
+                .unary(
+                    api.timeout(),
+                    api.state().export_state(api.request(ExportStateRequest {})),
+                )
+                .await?;
+            return Ok((response.document, response.revision));
+        }
+        Err(status) => return Err(status.into()),
+    };
+    let mut document = Vec::new();
+    let mut revision = 0;
+    while let Some(message) = stream.message().await? {
+        document.extend_from_slice(&message.chunk);
+        revision = message.revision;
+    }
+    Ok((document, revision))
+}
+
+async fn state_get(api: &Api, printer: Printer, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let (document, revision) = export_document(api).await?;
     match out {
-        None => write_stdout(&response.document),
+        None => write_stdout(&document),
         Some(path) => {
-            tokio::fs::write(&path, &response.document)
+            tokio::fs::write(&path, &document)
                 .await
                 .with_context(|| format!("cannot write {}", path.display()))?;
             printer.print(
-                &json!({ "revision": response.revision, "file": path.display().to_string() }),
+                &json!({ "revision": revision, "file": path.display().to_string() }),
                 || {
                     format!(
                         "wrote the state at revision {} to {}\n",
-                        response.revision,
+                        revision,
                         path.display()
                     )
                 },
@@ -483,14 +514,40 @@ async fn state_get(api: &Api, printer: Printer, out: Option<PathBuf>) -> anyhow:
     }
 }
 
+/// Imports the document in chunks; a control without the streaming call gets the one-message
+/// call. Like uploads, no call timeout: a large import takes a while to write.
+async fn import_document(api: &Api, document: Vec<u8>) -> anyhow::Result<ImportStateResponse> {
+    let chunks: Vec<StreamImportStateRequest> = document
+        .chunks(STATE_CHUNK_BYTES)
+        .map(|chunk| StreamImportStateRequest {
+            chunk: chunk.to_vec(),
+        })
+        .collect();
+    match api
+        .state()
+        .stream_import_state(futures::stream::iter(chunks))
+        .await
+    {
+        Ok(response) => {
+            let response = response.into_inner();
+            Ok(ImportStateResponse {
+                revision: response.revision,
+                sites: response.sites,
+                apps: response.apps,
+                certificates: response.certificates,
+            })
+        }
+        Err(status) if status.code() == tonic::Code::Unimplemented => Ok(api
+            .state()
+            .import_state(ImportStateRequest { document })
+            .await?
+            .into_inner()),
+        Err(status) => Err(status.into()),
+    }
+}
+
 async fn state_set(api: &Api, printer: Printer, document: Vec<u8>) -> anyhow::Result<()> {
-    let response = api
-        .unary(
-            api.timeout(),
-            api.state()
-                .import_state(api.request(ImportStateRequest { document })),
-        )
-        .await?;
+    let response = import_document(api, document).await?;
     printer.print(
         &json!({
             "revision": response.revision,

@@ -44,6 +44,20 @@ pub(crate) struct Api {
 
 type Authed = InterceptedService<Channel, BearerAuth>;
 
+/// The token from `--token` / `STATIKO_TOKEN`, else read from `--token-file` /
+/// `STATIKO_TOKEN_FILE`; the error names the file, never the token.
+fn token(args: &GlobalArgs) -> anyhow::Result<Option<String>> {
+    match (&args.token, &args.token_file) {
+        (Some(token), _) if !token.trim().is_empty() => Ok(Some(token.clone())),
+        (_, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?;
+            Ok(Some(text.trim_end().to_owned()))
+        }
+        (token, None) => Ok(token.clone()),
+    }
+}
+
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
 pub(crate) struct BearerAuth {
@@ -53,7 +67,7 @@ pub(crate) struct BearerAuth {
 impl Api {
     /// Connects to the endpoint in `args`; fails with a message naming the endpoint.
     pub(crate) async fn connect(args: &GlobalArgs) -> anyhow::Result<Self> {
-        let auth = BearerAuth::new(args.token.as_deref())?;
+        let auth = BearerAuth::new(token(args)?.as_deref())?;
         let channel = connect_channel(args)
             .await
             .with_context(|| format!("cannot connect to {}", args.endpoint))?;

@@ -11,7 +11,7 @@
 //! as `error: <CODE>: <message>`), 64 usage error (bad flags or arguments, unreadable input).
 
 // Printing to stdout and stderr is this binary's whole job.
-#![allow(clippy::print_stdout, clippy::print_stderr)]
+#![expect(clippy::print_stderr)]
 
 mod cli;
 mod commands;
@@ -99,7 +99,7 @@ fn main() -> ExitCode {
 /// `CODE: message` for gRPC errors (plus the transport cause, if any); the context chain otherwise.
 fn describe(err: &anyhow::Error) -> String {
     if let Some(status) = err.downcast_ref::<tonic::Status>() {
-        let mut text = code_name(status.code()).to_owned();
+        let mut text = statiko_common::grpc::code_name(status.code()).to_owned();
         if !status.message().is_empty() {
             text.push_str(": ");
             text.push_str(status.message());
@@ -141,30 +141,6 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
             .then_some("pass a valid token with --token or STATIKO_TOKEN")
     } else {
         None
-    }
-}
-
-/// The canonical gRPC name of a status code, as grpcurl and the gRPC docs spell it.
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

@@ -2,7 +2,7 @@
 //! environment variables, exit codes, JSON output, the bearer token, uploads, and TLS.
 
 // Test helpers and the mock server may panic on setup failures; that is a test failure.
-#![allow(clippy::unwrap_used)]
+#![expect(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::process::Output;

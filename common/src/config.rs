@@ -64,6 +64,8 @@ pub struct Config {
     /// Base64 of 32 bytes: the AES-256-GCM key for every private key in the store.
     pub secrets_encryption_key: String,
     pub secrets_encryption_key_file: Option<PathBuf>,
+    /// Start even with a demo key or token from `deploy/` on a non-loopback listener.
+    pub allow_demo_secrets: bool,
     pub state: StateConfig,
     pub control: ControlConfig,
     pub auth: AuthConfig,
@@ -168,6 +170,9 @@ pub struct ControlConfig {
     pub tls: ControlTlsConfig,
     /// Plain-HTTP Prometheus `/metrics` listener; empty disables it.
     pub metrics: String,
+    /// Control's own working directory (created 0700): uploads are spooled under
+    /// `<dataDir>/uploads` while they are checked.
+    pub data_dir: PathBuf,
     pub limits: ControlLimitsConfig,
 }
 
@@ -177,6 +182,7 @@ impl Default for ControlConfig {
             listen: "0.0.0.0:2265".into(),
             tls: ControlTlsConfig::default(),
             metrics: "127.0.0.1:2267".into(),
+            data_dir: PathBuf::from("/var/lib/statiko/control"),
             limits: ControlLimitsConfig::default(),
         }
     }
@@ -379,6 +385,20 @@ pub struct LimitsConfig {
     pub max_unpacked_size: u64,
     /// Most entries in a bundle archive.
     pub max_bundle_entries: u64,
+    /// Longest wait for the next message of an upload stream, in milliseconds.
+    pub upload_idle_timeout: u64,
+    /// Longest time one upload stream may take, in milliseconds.
+    pub upload_timeout: u64,
+}
+
+impl LimitsConfig {
+    pub fn upload_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.upload_idle_timeout)
+    }
+
+    pub fn upload_timeout(&self) -> Duration {
+        Duration::from_millis(self.upload_timeout)
+    }
 }
 
 impl Default for LimitsConfig {
@@ -387,6 +407,10 @@ impl Default for LimitsConfig {
             max_bundle_size: 256 << 20,
             max_unpacked_size: 1 << 30,
             max_bundle_entries: 100_000,
+            // nginx's client_body_timeout.
+            upload_idle_timeout: 60_000,
+            // 256 MiB at about 450 KB/s.
+            upload_timeout: 600_000,
         }
     }
 }
@@ -764,6 +788,8 @@ impl Config {
             ("limits.maxBundleSize", self.limits.max_bundle_size),
             ("limits.maxUnpackedSize", self.limits.max_unpacked_size),
             ("limits.maxBundleEntries", self.limits.max_bundle_entries),
+            ("limits.uploadIdleTimeout", self.limits.upload_idle_timeout),
+            ("limits.uploadTimeout", self.limits.upload_timeout),
         ];
         for (key, value) in limits {
             if value == 0 {

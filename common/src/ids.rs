@@ -5,6 +5,19 @@
 
 use std::fmt;
 
+/// Most characters of a bad input quoted in an error message.
+pub const QUOTE_CHARS: usize = 64;
+
+/// `raw` fit for an error message: Debug-quoted and, past [`QUOTE_CHARS`] characters, cut
+/// short with `…` and its full length, so that a huge input never makes a huge message (gRPC
+/// carries it in a header; a 200 KB name must give `INVALID_ARGUMENT`, not a framing error).
+pub fn quoted(raw: &str) -> String {
+    match raw.char_indices().nth(QUOTE_CHARS) {
+        None => format!("{raw:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &raw[..cut], raw.len()),
+    }
+}
+
 /// A name that failed validation; `field` is the request field it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
@@ -34,7 +47,7 @@ pub fn domain(field: &str, raw: &str) -> Result<String, InvalidName> {
     let bad = |reason: String| {
         Err(InvalidName::new(
             field,
-            format!("invalid domain {raw:?}: {reason}"),
+            format!("invalid domain {}: {reason}", quoted(raw)),
         ))
     };
     if name.is_empty() {
@@ -51,7 +64,10 @@ pub fn domain(field: &str, raw: &str) -> Result<String, InvalidName> {
             return bad("empty label".into());
         }
         if label.len() > 63 {
-            return bad(format!("label {label:?} is longer than 63 characters"));
+            return bad(format!(
+                "label {} is longer than 63 characters",
+                quoted(label)
+            ));
         }
         if let Some(c) = label
             .chars()
@@ -60,7 +76,7 @@ pub fn domain(field: &str, raw: &str) -> Result<String, InvalidName> {
             return bad(format!("character {c:?} is not allowed"));
         }
         if label.starts_with('-') || label.ends_with('-') {
-            return bad(format!("label {label:?} starts or ends with '-'"));
+            return bad(format!("label {} starts or ends with '-'", quoted(label)));
         }
     }
     if name
@@ -78,7 +94,7 @@ pub fn name(field: &str, raw: &str) -> Result<String, InvalidName> {
     let bad = |reason: &str| {
         Err(InvalidName::new(
             field,
-            format!("invalid name {raw:?}: {reason}"),
+            format!("invalid name {}: {reason}", quoted(raw)),
         ))
     };
     let mut chars = raw.chars();
@@ -101,7 +117,7 @@ pub fn version(field: &str, raw: &str) -> Result<String, InvalidName> {
     let bad = |reason: &str| {
         Err(InvalidName::new(
             field,
-            format!("invalid version {raw:?}: {reason}"),
+            format!("invalid version {}: {reason}", quoted(raw)),
         ))
     };
     let mut chars = raw.chars();
@@ -124,7 +140,7 @@ pub fn node_name(field: &str, raw: &str) -> Result<String, InvalidName> {
     let bad = |reason: &str| {
         Err(InvalidName::new(
             field,
-            format!("invalid node name {raw:?}: {reason}"),
+            format!("invalid node name {}: {reason}", quoted(raw)),
         ))
     };
     if raw.is_empty() {
@@ -186,5 +202,29 @@ mod tests {
         let err = domain("aliases[1]", "a..b").unwrap_err();
         assert_eq!(err.field, "aliases[1]");
         assert!(err.to_string().starts_with("aliases[1]: invalid domain"));
+    }
+
+    #[test]
+    fn bad_inputs_are_quoted_short() {
+        assert_eq!(quoted("web"), "\"web\"");
+        assert_eq!(quoted(&"a".repeat(QUOTE_CHARS)).len(), QUOTE_CHARS + 2);
+        let huge = "é".repeat(100_000);
+        let shown = quoted(&huge);
+        assert!(
+            shown.starts_with(&format!("\"{}\"…", "é".repeat(QUOTE_CHARS))),
+            "{shown}"
+        );
+        assert!(shown.ends_with("(200000 bytes)"), "{shown}");
+        for err in [
+            domain("domain", &"a".repeat(200_000)).unwrap_err(),
+            domain("domain", &format!("{}.com", "b".repeat(200_000))).unwrap_err(),
+            name("name", &"w".repeat(200_000)).unwrap_err(),
+            version("version", &"1".repeat(200_000)).unwrap_err(),
+            node_name("node", &"n".repeat(200_000)).unwrap_err(),
+        ] {
+            let message = err.to_string();
+            assert!(message.len() < 300, "{} bytes: {message}", message.len());
+            assert!(message.contains("…"), "{message}");
+        }
     }
 }

@@ -14,6 +14,7 @@
 //! {root}/v1/meta/schema                 schema marker
 //! {root}/v1/meta/state                  touched by every desired-state write (its revision)
 //! {root}/v1/meta/secrets-check          a value sealed with secretsEncryptionKey (key check)
+//! {root}/v1/meta/import                 present while a state import is being written
 //! ```
 //!
 //! Every name in a key is validated by `ids.rs`, so names never contain `/`, and every prefix ends
@@ -128,6 +129,11 @@ impl KeySchema {
     /// A constant sealed with `secretsEncryptionKey` at first start, opened at every start.
     pub fn secrets_check(&self) -> String {
         format!("{}meta/secrets-check", self.root)
+    }
+    /// Present while a state import is written in several transactions: edges hold the state
+    /// they serve until it is gone, and other desired-state writes are refused meanwhile.
+    pub fn meta_import(&self) -> String {
+        format!("{}meta/import", self.root)
     }
     pub fn meta_schema(&self) -> String {
         format!("{}meta/schema", self.root)

@@ -8,6 +8,8 @@
 //! - `store`: one store interface, two backends (`etcd`, `file`).
 //! - `config`: the shared YAML configuration with environment overrides.
 //! - `crypto`: AES-256-GCM sealing of secrets, Ed25519 bundle signatures, certificate parsing.
+//! - `backoff`: exponential retry back-off with random jitter.
+//! - `grpc`: gRPC pieces shared by the control plane and the CLI (status code names).
 //! - `notify`: webhook notifications (failed deploys and issuance, expiry reminders).
 //! - `secrets_check`: the start-up check that `secretsEncryptionKey` opens the cluster's secrets.
 //! - `manifest`: the app manifest (`_statiko.yaml`): parsing, validation and compiled rules.
@@ -21,8 +23,11 @@
 //! - `shutdown`: signals to a cancellation token.
 
 pub mod archive;
+pub mod backoff;
 pub mod config;
 pub mod crypto;
+pub mod demo;
+pub mod grpc;
 pub mod http_admin;
 pub mod ids;
 pub mod keys;
@@ -30,6 +35,7 @@ pub mod listener;
 pub mod manifest;
 pub mod model;
 pub mod notify;
+pub mod private_files;
 pub mod process;
 pub mod repo;
 pub mod secrets_check;

@@ -55,6 +55,9 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 /// A manifest larger than this is refused.
 pub const MAX_MANIFEST_LEN: usize = 1024 * 1024;
+
+/// The manifest's file name in the bundle root. The edge reads it and never serves it.
+pub const MANIFEST_FILE: &str = "_statiko.yaml";
 /// Cached lifetimes are capped here, the largest `max-age` RFC 9111 §1.2.2 asks caches to keep
 /// (2^31 seconds, about 68 years).
 pub const MAX_CACHE_AGE: u64 = 1 << 31;

@@ -2,8 +2,9 @@
 //! flags, config loading with exit code 64 on a bad config, `--check-config`, telemetry, the
 //! rustls crypto provider, the runtime, the ready file and the exit code.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -38,7 +39,7 @@ pub struct CommonArgs {
 /// Runs a server binary: loads and validates the config (`prepare` adds the binary's own checks
 /// and runs for `--check-config` too), then starts telemetry and a multi-threaded runtime and
 /// runs `serve` to completion. Returns the process exit code.
-#[allow(clippy::print_stdout, clippy::print_stderr)]
+#[expect(clippy::print_stdout, clippy::print_stderr)]
 pub fn main<P, F, Fut>(
     args: CommonArgs,
     name: &str,
@@ -101,6 +102,17 @@ where
     }
 }
 
+/// `codesign.publicKey` parsed (`None` when it is empty); the error names the key. Both
+/// binaries check it before they start (and with `--check-config`).
+pub fn codesign_key(config: &Config) -> anyhow::Result<Option<[u8; 32]>> {
+    if config.codesign.public_key.is_empty() {
+        return Ok(None);
+    }
+    crate::crypto::parse_ed25519_public_key(&config.codesign.public_key)
+        .map(Some)
+        .context("codesign.publicKey")
+}
+
 /// Binds a listener; the error names the config key.
 pub async fn bind(key: &str, address: &str) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(address)
@@ -108,10 +120,41 @@ pub async fn bind(key: &str, address: &str) -> anyhow::Result<tokio::net::TcpLis
         .with_context(|| format!("{key}: bind {address}"))
 }
 
-/// Writes the ready file atomically (write, then rename), so a reader never sees half of it.
-pub fn write_ready_file(path: &Path, addresses: &serde_json::Value) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, addresses.to_string())
-        .with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
+/// The ready file (`--ready-file`): each listener's bound address by name, as one JSON object
+/// (`{"http": "127.0.0.1:8080", "https": ...}`), written once the binary listens. The test
+/// harness waits for it and reads the addresses back with [`ReadyFile::read`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct ReadyFile(BTreeMap<String, SocketAddr>);
+
+impl ReadyFile {
+    /// Adds the address of the listener `name`.
+    #[must_use]
+    pub fn with(mut self, name: &str, address: SocketAddr) -> Self {
+        self.0.insert(name.to_owned(), address);
+        self
+    }
+
+    /// The address of the listener `name`.
+    pub fn address(&self, name: &str) -> anyhow::Result<SocketAddr> {
+        self.0
+            .get(name)
+            .copied()
+            .with_context(|| format!("ready file has no {name:?} address"))
+    }
+
+    /// Writes the file atomically (write, then rename), so a reader never sees half of it.
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let tmp = path.with_extension("tmp");
+        let json = serde_json::to_string(self).context("encode the ready file")?;
+        std::fs::write(&tmp, json).with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
+    }
+
+    /// Reads a ready file; an error while it is not there (yet).
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).context("no ready file yet")?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("ready file is not the addresses JSON (yet): {text:?}"))
+    }
 }

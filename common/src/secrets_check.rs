@@ -82,7 +82,6 @@ pub async fn verify_at_start(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

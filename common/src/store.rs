@@ -139,6 +139,68 @@ impl TxnOp {
     pub fn delete(key: impl Into<String>) -> Self {
         Self::Delete { key: key.into() }
     }
+
+    /// The key (or prefix) this operation writes.
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Put { key, .. } | Self::Delete { key } => key,
+            Self::DeletePrefix { prefix } => prefix,
+        }
+    }
+
+    /// Roughly what it adds to a request: its key and value.
+    fn size(&self) -> usize {
+        match self {
+            Self::Put { key, value, .. } => key.len() + value.len(),
+            Self::Delete { key } => key.len(),
+            Self::DeletePrefix { prefix } => prefix.len(),
+        }
+    }
+}
+
+/// The most one transaction may carry (see [`Store::txn_limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnLimits {
+    /// Writes per transaction.
+    pub ops: usize,
+    /// Bytes of keys and values per transaction (a single larger write still goes alone).
+    pub bytes: usize,
+}
+
+impl TxnLimits {
+    /// Within etcd's defaults (128 operations, 1.5 MiB a request), with room for the compares
+    /// and the few writes a caller adds to each batch.
+    pub const ETCD_DEFAULT: Self = Self {
+        ops: 100,
+        bytes: 1 << 20,
+    };
+    /// No limit (the file store).
+    pub const UNBOUNDED: Self = Self {
+        ops: usize::MAX,
+        bytes: usize::MAX,
+    };
+
+    /// Splits `ops` in order into batches that each fit these limits.
+    pub fn split(&self, ops: Vec<TxnOp>) -> Vec<Vec<TxnOp>> {
+        let mut batches: Vec<Vec<TxnOp>> = Vec::new();
+        let mut bytes = 0usize;
+        for op in ops {
+            let size = op.size();
+            match batches.last_mut() {
+                Some(batch)
+                    if batch.len() < self.ops && bytes.saturating_add(size) <= self.bytes =>
+                {
+                    bytes = bytes.saturating_add(size);
+                    batch.push(op);
+                }
+                _ => {
+                    bytes = size;
+                    batches.push(vec![op]);
+                }
+            }
+        }
+        batches
+    }
 }
 
 /// Outcome of a transaction.
@@ -223,6 +285,16 @@ impl Store {
         }
     }
 
+    /// How many writes one transaction may carry on this backend: etcd refuses a transaction
+    /// of more than `--max-txn-ops` operations (default 128) or a request over
+    /// `--max-request-bytes` (default 1.5 MiB); the file store has no limit.
+    pub fn txn_limits(&self) -> TxnLimits {
+        match self {
+            Self::Etcd(_) => TxnLimits::ETCD_DEFAULT,
+            Self::File(_) => TxnLimits::UNBOUNDED,
+        }
+    }
+
     /// Applies `ops` atomically if every compare holds.
     pub async fn txn(
         &self,
@@ -269,5 +341,33 @@ impl Store {
             Self::Etcd(s) => s.revoke_lease(lease).await,
             Self::File(s) => s.revoke_lease(lease).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_keeps_order_and_fits_both_limits() {
+        let limits = TxnLimits { ops: 3, bytes: 10 };
+        let ops = vec![
+            TxnOp::put("a", vec![0; 2]),
+            TxnOp::delete("b"),
+            TxnOp::put("c", vec![0; 2]),
+            TxnOp::put("d", vec![0; 2]),
+            TxnOp::put("e", vec![0; 20]),
+            TxnOp::delete("f"),
+        ];
+        let batches = limits.split(ops.clone());
+        let keys: Vec<Vec<&str>> = batches
+            .iter()
+            .map(|batch| batch.iter().map(TxnOp::key).collect())
+            .collect();
+        // Three ops per batch at most; "e" alone exceeds the bytes and goes alone.
+        assert_eq!(keys, [vec!["a", "b", "c"], vec!["d"], vec!["e"], vec!["f"]]);
+        assert_eq!(batches.concat(), ops);
+        assert_eq!(TxnLimits::UNBOUNDED.split(ops.clone()), vec![ops]);
+        assert!(TxnLimits::ETCD_DEFAULT.split(Vec::new()).is_empty());
     }
 }

@@ -47,7 +47,7 @@ impl Drop for TelemetryGuard {
         if let Some((provider, runtime)) = self.otlp.take() {
             if let Err(err) = provider.shutdown() {
                 // The subscriber may be gone already; stderr is the only place left.
-                #[allow(clippy::print_stderr)]
+                #[expect(clippy::print_stderr)]
                 {
                     eprintln!("telemetry: flushing spans failed: {err}");
                 }

@@ -4,7 +4,7 @@
 //! Without `moto_server` on `PATH` the S3 tests print a notice and pass, unless `CI` is set,
 //! in which case they fail.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+#![expect(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::io::Read as _;
 use std::net::TcpListener;

@@ -847,7 +847,7 @@ where
 }
 
 /// The etcd binary, or `None` (with a notice) to skip; panics when `CI` is set.
-#[allow(clippy::print_stderr)]
+#[expect(clippy::print_stderr)]
 fn etcd_bin() -> Option<PathBuf> {
     if let Some(bin) = std::env::var_os("STATIKO_ETCD_BIN") {
         return Some(PathBuf::from(bin));

@@ -53,16 +53,34 @@ impl From<InvalidName> for ControlError {
     }
 }
 
+/// Longest status message sent, in bytes. gRPC carries it in the `grpc-message` header
+/// (percent-encoded, up to three times longer), which clients cap at 16 KiB or less: a message
+/// quoting a huge input would turn into a framing error instead of its status.
+const MAX_MESSAGE_LEN: usize = 2048;
+
+/// `msg` cut to [`MAX_MESSAGE_LEN`] bytes (at a character boundary) with `…`.
+fn bounded(mut msg: String) -> String {
+    if msg.len() > MAX_MESSAGE_LEN {
+        let mut cut = MAX_MESSAGE_LEN;
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg.truncate(cut);
+        msg.push('…');
+    }
+    msg
+}
+
 impl From<ControlError> for Status {
     fn from(err: ControlError) -> Self {
         match err {
-            ControlError::InvalidArgument(msg) => Status::invalid_argument(msg),
-            ControlError::NotFound(msg) => Status::not_found(msg),
-            ControlError::AlreadyExists(msg) => Status::already_exists(msg),
-            ControlError::FailedPrecondition(msg) => Status::failed_precondition(msg),
-            ControlError::Aborted(msg) => Status::aborted(msg),
-            ControlError::DeadlineExceeded(msg) => Status::deadline_exceeded(msg),
-            ControlError::Unavailable(msg) => Status::unavailable(msg),
+            ControlError::InvalidArgument(msg) => Status::invalid_argument(bounded(msg)),
+            ControlError::NotFound(msg) => Status::not_found(bounded(msg)),
+            ControlError::AlreadyExists(msg) => Status::already_exists(bounded(msg)),
+            ControlError::FailedPrecondition(msg) => Status::failed_precondition(bounded(msg)),
+            ControlError::Aborted(msg) => Status::aborted(bounded(msg)),
+            ControlError::DeadlineExceeded(msg) => Status::deadline_exceeded(bounded(msg)),
+            ControlError::Unavailable(msg) => Status::unavailable(bounded(msg)),
             ControlError::Internal(err) => {
                 tracing::error!(error = format!("{err:#}"), "internal error");
                 Status::internal("internal error; see the control plane's log")
@@ -76,3 +94,22 @@ macro_rules! invalid {
     ($($arg:tt)*) => { $crate::error::ControlError::InvalidArgument(format!($($arg)*)) };
 }
 pub(crate) use invalid;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_messages_are_bounded() {
+        let status = Status::from(ControlError::InvalidArgument(format!(
+            "name: {}",
+            "é".repeat(100_000)
+        )));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().len() <= MAX_MESSAGE_LEN + '…'.len_utf8());
+        assert!(status.message().starts_with("name: é"));
+        assert!(status.message().ends_with('…'));
+        let short = Status::from(ControlError::NotFound("site \"a\" not found".into()));
+        assert_eq!(short.message(), "site \"a\" not found");
+    }
+}

@@ -19,16 +19,15 @@ mod auth;
 mod convert;
 mod error;
 mod listen;
+mod import;
 pub mod metrics;
 mod server;
 mod state;
 mod tls;
 
-use std::path::PathBuf;
-
 use anyhow::Context as _;
 use statiko_common::config::Config;
-use statiko_common::crypto::{self, SecretBox};
+use statiko_common::crypto::SecretBox;
 use statiko_common::keys::KeySchema;
 use statiko_common::process::InvalidConfig;
 use statiko_common::repo::BundleRepo;
@@ -50,14 +49,7 @@ pub struct Prepared {
 /// Validates the control-specific parts of the config.
 pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     let secrets = config.secrets_key().map(SecretBox::new);
-    let codesign_key = if config.codesign.public_key.is_empty() {
-        None
-    } else {
-        Some(
-            crypto::parse_ed25519_public_key(&config.codesign.public_key)
-                .context("codesign.publicKey")?,
-        )
-    };
+    let codesign_key = statiko_common::process::codesign_key(config)?;
     if config.codesign.required && codesign_key.is_none() {
         anyhow::bail!("codesign.required: needs codesign.publicKey");
     }
@@ -98,7 +90,7 @@ pub async fn run(
         codesign_key: prepared.codesign_key,
         codesign_required: config.codesign.required,
         limits: config.limits.clone(),
-        upload_dir: upload_dir(),
+        upload_dir: config.control.data_dir.join("uploads"),
     });
     let metrics = std::sync::Arc::new(metrics::ControlMetrics::default());
     statiko_common::http_admin::configure(statiko_common::http_admin::AdminLimits {
@@ -127,8 +119,4 @@ pub async fn run(
         shutdown,
     )
     .await
-}
-
-fn upload_dir() -> PathBuf {
-    std::env::temp_dir().join("statiko-uploads")
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use statiko_common::process::{self, CommonArgs};
+use statiko_common::process::{self, CommonArgs, ReadyFile};
 
 /// The Statiko control plane: the gRPC management API.
 #[derive(Debug, Parser)]
@@ -24,10 +24,18 @@ fn main() -> ExitCode {
         statiko_control::prepare,
         |config, prepared| async move {
             let shutdown = statiko_common::shutdown::spawn_signal_handler();
+            statiko_common::demo::check_at_start(
+                &config,
+                &[
+                    ("control.listen", &config.control.listen),
+                    ("control.metrics", &config.control.metrics),
+                ],
+                true,
+            )?;
             let listener = process::bind("control.listen", &config.control.listen).await?;
             let local = listener.local_addr().context("listener address")?;
             if let Some(path) = &ready_file {
-                process::write_ready_file(path, &serde_json::json!({ "grpc": local.to_string() }))?;
+                ReadyFile::default().with("grpc", local).write(path)?;
             }
             statiko_control::run(config, prepared, listener, shutdown).await
         },

@@ -133,32 +133,14 @@ fn escape(value: &str) -> String {
 /// The gRPC status of a response: `grpc-status` in the head (errors, trailers-only), else OK.
 /// A streaming call that fails after its head was sent reports its status in the trailers,
 /// which this does not see; every `statiko.v1` call that can fail late is unary.
-fn code_name<B>(response: &Response<B>) -> &'static str {
+fn response_code_name<B>(response: &Response<B>) -> &'static str {
     let code = response
         .headers()
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i32>().ok())
         .unwrap_or(0);
-    match tonic::Code::from_i32(code) {
-        tonic::Code::Ok => "OK",
-        tonic::Code::Cancelled => "CANCELLED",
-        tonic::Code::Unknown => "UNKNOWN",
-        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
-        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        tonic::Code::NotFound => "NOT_FOUND",
-        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
-        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
-        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
-        tonic::Code::Aborted => "ABORTED",
-        tonic::Code::OutOfRange => "OUT_OF_RANGE",
-        tonic::Code::Unimplemented => "UNIMPLEMENTED",
-        tonic::Code::Internal => "INTERNAL",
-        tonic::Code::Unavailable => "UNAVAILABLE",
-        tonic::Code::DataLoss => "DATA_LOSS",
-        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
-    }
+    statiko_common::grpc::code_name(tonic::Code::from_i32(code))
 }
 
 /// The tower layer: one span and one count per call.
@@ -231,7 +213,7 @@ where
                 let result = future.await;
                 metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
                 let code = match &result {
-                    Ok(response) => code_name(response),
+                    Ok(response) => response_code_name(response),
                     Err(_) => "INTERNAL",
                 };
                 tracing::Span::current().record("rpc.grpc.status_code", code);

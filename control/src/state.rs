@@ -1,6 +1,7 @@
 //! Desired-state operations over the store: every write is one transaction guarded by compares,
 //! so a lost race is detected (and retried or reported), never a lost update.
 
+use statiko_common::ids;
 use statiko_common::keys::KeySchema;
 use statiko_common::model::{self, AppRecord, CertificateRecord, DomainRecord, SiteRecord};
 use statiko_common::store::{Compare, KeyValue, Store, TxnOp, TxnResult};
@@ -40,14 +41,23 @@ impl DesiredState {
     }
 
     /// Runs a desired-state transaction. It also touches `meta/state`, whose revision edges
-    /// report as the desired-state revision they applied.
+    /// report as the desired-state revision they applied, and is refused while a state import
+    /// is being written (`meta/import` exists; see `import.rs`) with `UNAVAILABLE`.
     pub(crate) async fn txn(
         &self,
-        compares: Vec<Compare>,
+        mut compares: Vec<Compare>,
         mut ops: Vec<TxnOp>,
     ) -> Result<TxnResult> {
+        let marker = self.keys.meta_import();
+        compares.push(Compare::absent(marker.clone()));
         ops.push(TxnOp::put(self.keys.meta_state(), Vec::new()));
-        Ok(self.store.txn(compares, ops).await?)
+        let result = self.store.txn(compares, ops).await?;
+        if !result.succeeded && self.store.get(&marker).await?.is_some() {
+            return Err(ControlError::Unavailable(
+                "a state import is being written; retry when it has finished (if an import was interrupted, run `stk state set` again)".into(),
+            ));
+        }
+        Ok(result)
     }
 
     async fn get<T: for<'de> serde::Deserialize<'de>>(
@@ -83,7 +93,8 @@ impl DesiredState {
 
     /// A site by primary domain or alias.
     pub(crate) async fn find_site(&self, domain: &str) -> Result<Versioned<SiteRecord>> {
-        let not_found = || ControlError::NotFound(format!("site {domain:?} not found"));
+        let not_found =
+            || ControlError::NotFound(format!("site {} not found", ids::quoted(domain)));
         let primary = self.domain_owner(domain).await?.ok_or_else(not_found)?;
         self.get::<SiteRecord>(&self.keys.site(&primary))
             .await?

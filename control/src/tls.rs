@@ -2,8 +2,8 @@
 //! at first start and kept in `control.tls.selfSignedDir` so clients can pin it across restarts;
 //! and the rustls configuration the gRPC listener serves it with (TLS 1.2 and 1.3, ALPN `h2`).
 
+use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -11,6 +11,7 @@ use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use statiko_common::config::Config;
 use statiko_common::crypto;
+use statiko_common::private_files;
 
 /// A PEM certificate chain and its PEM private key.
 #[derive(Debug)]
@@ -66,6 +67,10 @@ pub(crate) fn identity(config: &Config, listen: SocketAddr) -> anyhow::Result<Op
     let dir = &tls.self_signed_dir;
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
     if cert_path.exists() && key_path.exists() {
+        // Made 0600 in a 0700 directory; tightened if an earlier version left them wider.
+        private_files::tighten(dir, private_files::DIR_MODE)
+            .and_then(|()| private_files::tighten(&key_path, private_files::FILE_MODE))
+            .with_context(|| format!("restrict the permissions of {}", key_path.display()))?;
         let cert =
             std::fs::read(&cert_path).with_context(|| format!("read {}", cert_path.display()))?;
         let key =
@@ -85,24 +90,12 @@ pub(crate) fn identity(config: &Config, listen: SocketAddr) -> anyhow::Result<Op
     }
     let (cert, key) =
         crypto::self_signed(&names, 3650).context("make the self-signed control certificate")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    write_private(&key_path, key.as_bytes())?;
+    private_files::create_dir(dir).with_context(|| format!("create {}", dir.display()))?;
+    private_files::create_file(&key_path)
+        .and_then(|mut file| file.write_all(key.as_bytes()))
+        .with_context(|| format!("write {}", key_path.display()))?;
     std::fs::write(&cert_path, cert.as_bytes())
         .with_context(|| format!("write {}", cert_path.display()))?;
     tracing::info!(certificate = %cert_path.display(), "made a self-signed control certificate");
     Ok(Some(Identity::from_pem(cert, key)))
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("write {}", path.display()))?;
-    file.write_all(bytes)
-        .with_context(|| format!("write {}", path.display()))
 }

@@ -15,6 +15,7 @@ use statiko_common::keys::{Key, KeySchema};
 use statiko_common::model::{
     self, AcmeOrderRecord, AppRecord, AppRef, CertificateRecord, ChallengeRecord, SiteRecord,
 };
+use statiko_common::private_files;
 use statiko_common::store::{KeyValue, Snapshot, WatchBatch, WatchEvent};
 
 /// A persistent map by record name.
@@ -51,6 +52,10 @@ pub struct Desired {
     /// Whether this state was read from the store in this process (a persisted state was not).
     #[serde(skip)]
     synced: bool,
+    /// Whether a state import is being written (`meta/import` exists): the records are then
+    /// part old, part new, and must not be published until the import ends.
+    #[serde(skip)]
+    importing: bool,
 }
 
 impl PartialEq for Desired {
@@ -133,6 +138,12 @@ impl Desired {
             floor: self.revision,
             entries: imbl::Vector::new(),
         };
+    }
+
+    /// Whether a state import is in the middle of being written: such a state is never
+    /// published (the edge keeps serving the last complete one).
+    pub fn importing(&self) -> bool {
+        self.importing
     }
 
     /// This state's position, to remember as applied.
@@ -242,6 +253,10 @@ impl Desired {
                 self.acme_orders.insert(site.clone(), o);
                 Changed::AcmeOrder(site)
             }),
+            _ if kv.key == keys.meta_import() => {
+                self.importing = true;
+                return Some(None);
+            }
             _ => return (kv.key == keys.meta_state()).then_some(None),
         };
         match decoded {
@@ -255,6 +270,10 @@ impl Desired {
 
     /// Removes one record; like [`Self::put`], but nothing changed when it was not there.
     fn delete(&mut self, keys: &KeySchema, key: &str) -> Option<Option<Changed>> {
+        if key == keys.meta_import() {
+            self.importing = false;
+            return Some(None);
+        }
         self.revisions.remove(key);
         let changed = match keys.parse(key) {
             Some(Key::Site(domain)) => self.sites.remove(&domain).map(|_| Changed::Site(domain)),
@@ -284,9 +303,15 @@ impl Desired {
         data_dir.join("applied").join("desired.json")
     }
 
-    /// Loads the persisted state, if any.
+    /// Loads the persisted state, if any (tightening its permissions first if an earlier
+    /// version left them wider: it holds the sealed private keys).
     pub fn load(data_dir: &Path) -> std::io::Result<Option<Self>> {
-        match std::fs::read(Self::path(data_dir)) {
+        let path = Self::path(data_dir);
+        if let Some(dir) = path.parent() {
+            private_files::tighten(dir, private_files::DIR_MODE)?;
+        }
+        private_files::tighten(&path, private_files::FILE_MODE)?;
+        match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(|mut desired: Self| {
                     desired.new_lineage();
@@ -303,9 +328,9 @@ impl Desired {
         use std::io::Write as _;
         let path = Self::path(data_dir);
         let dir = path.parent().unwrap_or(data_dir);
-        std::fs::create_dir_all(dir)?;
+        private_files::create_dir(dir)?;
         let tmp = path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&tmp)?;
+        let mut file = private_files::create_file(&tmp)?;
         file.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
@@ -386,6 +411,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         desired.save(dir.path()).unwrap();
         assert_eq!(Desired::load(dir.path()).unwrap(), Some(desired));
+        // It holds the sealed keys: owner only, and tightened at load if left wider.
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = Desired::path(dir.path());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(
+            path.parent().unwrap(),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        Desired::load(dir.path()).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
     }
 
     fn put(keys: &KeySchema, domain: &str, revision: i64) -> WatchBatch {
@@ -471,6 +511,46 @@ mod tests {
             desired.changes_since(after_first).map(|c| c.len()),
             Some(CHANGE_LOG_MAX)
         );
+    }
+
+    #[test]
+    fn an_import_in_progress_is_flagged_until_its_marker_goes() {
+        let keys = KeySchema::new("/statiko");
+        let marker = kv(keys.meta_import(), b"{}".to_vec(), 6);
+        let snapshot = Snapshot {
+            revision: 7,
+            kvs: vec![
+                marker.clone(),
+                kv(keys.site("a.test"), model::encode(&site("a.test")), 7),
+            ],
+        };
+        let mut desired = Desired::from_snapshot(&keys, &snapshot);
+        assert!(desired.importing());
+        assert!(desired.apply(&keys, &put(&keys, "b.test", 8)));
+        assert!(desired.importing());
+        let commit = WatchBatch {
+            revision: 9,
+            events: vec![
+                WatchEvent::Delete {
+                    key: keys.meta_import(),
+                    mod_revision: 9,
+                },
+                WatchEvent::Put(kv(keys.meta_state(), vec![], 9)),
+            ],
+        };
+        assert!(desired.apply(&keys, &commit));
+        assert!(!desired.importing());
+        assert_eq!(desired.revision, 9);
+        assert_eq!(desired.sites.len(), 2);
+        // A marker written while following the store flags it again.
+        assert!(desired.apply(
+            &keys,
+            &WatchBatch {
+                revision: 10,
+                events: vec![WatchEvent::Put(marker)],
+            }
+        ));
+        assert!(desired.importing());
     }
 
     #[test]

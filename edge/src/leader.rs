@@ -28,22 +28,34 @@ pub struct Leadership {
     pub token: CancellationToken,
     /// A compare that holds only while this term lasts; `None` on the file store.
     pub fence: Option<Compare>,
+    /// "No state import is being written" (`meta/import` absent): a leader write waits until an
+    /// import has ended, so it never lands between the import's batches.
+    pub no_import: Compare,
 }
 
 impl Leadership {
-    /// The fence as a compare list, for a transaction.
+    /// The fence and the no-import guard as a compare list, for a transaction.
     pub fn compares(&self) -> Vec<Compare> {
-        self.fence.iter().cloned().collect()
+        self.fence
+            .iter()
+            .cloned()
+            .chain(std::iter::once(self.no_import.clone()))
+            .collect()
     }
 }
 
 /// Publishes leadership for a single node (the file store): leader until `shutdown`.
-pub async fn always_leader(tx: watch::Sender<Option<Leadership>>, shutdown: CancellationToken) {
+pub async fn always_leader(
+    keys: KeySchema,
+    tx: watch::Sender<Option<Leadership>>,
+    shutdown: CancellationToken,
+) {
     let token = shutdown.child_token();
     tracing::info!("file store: this node is the leader");
     let _ = tx.send(Some(Leadership {
         token: token.clone(),
         fence: None,
+        no_import: Compare::absent(keys.meta_import()),
     }));
     shutdown.cancelled().await;
     token.cancel();
@@ -89,6 +101,7 @@ impl Election {
                             target: CompareTarget::CreateRevision(create_revision),
                             op: CompareOp::Equal,
                         }),
+                        no_import: Compare::absent(self.keys.meta_import()),
                     };
                     tracing::info!(node = %self.node, "elected leader");
                     let _ = tx.send(Some(leadership));
@@ -211,7 +224,6 @@ impl Election {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use statiko_common::store::FileStore;

@@ -14,7 +14,7 @@
 //!   counters it serves on `/metrics`.
 
 pub mod bundle;
-pub mod certs;
+pub(crate) mod certs;
 pub mod desired;
 pub mod leader;
 pub mod metrics;
@@ -22,7 +22,7 @@ pub mod reconcile;
 pub mod run;
 pub mod serve;
 pub mod stage;
-pub mod status;
+pub(crate) mod status;
 pub mod sync;
 pub mod table;
 

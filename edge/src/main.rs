@@ -3,10 +3,9 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Parser;
 use statiko_common::config::Config;
-use statiko_common::process::{self, CommonArgs};
+use statiko_common::process::{self, CommonArgs, ReadyFile};
 
 /// The Statiko edge: serves every site over HTTP and HTTPS.
 #[derive(Debug, Parser)]
@@ -18,11 +17,7 @@ struct Cli {
 
 /// The edge-specific config checks, also run by `--check-config`.
 fn prepare(config: &Config) -> anyhow::Result<()> {
-    if !config.codesign.public_key.is_empty() {
-        statiko_common::crypto::parse_ed25519_public_key(&config.codesign.public_key)
-            .context("codesign.publicKey")?;
-    }
-    Ok(())
+    process::codesign_key(config).map(drop)
 }
 
 fn main() -> ExitCode {
@@ -30,18 +25,26 @@ fn main() -> ExitCode {
     let ready_file = cli.common.ready_file.clone();
     process::main(cli.common, "edge", prepare, |config, ()| async move {
         let shutdown = statiko_common::shutdown::spawn_signal_handler();
+        statiko_common::demo::check_at_start(
+            &config,
+            &[
+                ("edge.http", &config.edge.http),
+                ("edge.https", &config.edge.https),
+                ("edge.admin", &config.edge.admin),
+            ],
+            false,
+        )?;
         let listeners = statiko_edge::Listeners {
             http: process::bind("edge.http", &config.edge.http).await?,
             https: process::bind("edge.https", &config.edge.https).await?,
             admin: process::bind("edge.admin", &config.edge.admin).await?,
         };
         if let Some(path) = &ready_file {
-            let addresses = serde_json::json!({
-                "http": listeners.http.local_addr()?.to_string(),
-                "https": listeners.https.local_addr()?.to_string(),
-                "admin": listeners.admin.local_addr()?.to_string(),
-            });
-            process::write_ready_file(path, &addresses)?;
+            ReadyFile::default()
+                .with("http", listeners.http.local_addr()?)
+                .with("https", listeners.https.local_addr()?)
+                .with("admin", listeners.admin.local_addr()?)
+                .write(path)?;
         }
         statiko_edge::run(config, listeners, shutdown).await
     })

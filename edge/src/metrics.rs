@@ -14,8 +14,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::serve::{LimitStats, ServerStats};
-
 /// Sites with series of their own; the rest count under [`OTHER`].
 pub const MAX_SITES: usize = 10_000;
 /// The `site` label of requests for a host no site owns.
@@ -33,13 +31,98 @@ const APPLY_BUCKETS: [f64; 14] = [
     0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0,
 ];
 
-/// Staging failures since the process started (bundles that could not be fetched, verified or
-/// unpacked).
-static STAGING_FAILURES: AtomicU64 = AtomicU64::new(0);
+/// Why a connection or request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The client has `perClient.maxConnections` open.
+    ClientConnections,
+    /// The client opened TLS connections faster than `perClient.handshakesPerSecond`.
+    ClientHandshakes,
+    /// The client sent requests faster than `perClient.requestsPerSecond` (429).
+    ClientRequests,
+    /// The site got requests faster than `perSite.requestsPerSecond` (429).
+    SiteRequests,
+    /// PROXY protocol required and the header was missing, malformed or late.
+    ProxyHeader,
+    /// PROXY protocol from a peer outside `trustedProxies`.
+    ProxyUntrusted,
+}
 
-/// Counts one failed staging (called by the reconciler).
-pub fn staging_failed() {
-    STAGING_FAILURES.fetch_add(1, Ordering::Relaxed);
+impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::ClientConnections,
+        Reason::ClientHandshakes,
+        Reason::ClientRequests,
+        Reason::SiteRequests,
+        Reason::ProxyHeader,
+        Reason::ProxyUntrusted,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::ClientConnections => "client_connections",
+            Reason::ClientHandshakes => "client_handshakes",
+            Reason::ClientRequests => "client_requests",
+            Reason::SiteRequests => "site_requests",
+            Reason::ProxyHeader => "proxy_header",
+            Reason::ProxyUntrusted => "proxy_untrusted",
+        }
+    }
+}
+
+/// Refusals by reason, read at scrape time.
+#[derive(Debug, Default)]
+pub struct LimitStats {
+    counts: [AtomicU64; Reason::ALL.len()],
+}
+
+impl LimitStats {
+    pub fn count(&self, reason: Reason) {
+        self.counts[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(label, count)` for every reason.
+    pub fn snapshot(&self) -> [(&'static str, u64); Reason::ALL.len()] {
+        Reason::ALL.map(|r| (r.label(), self.counts[r as usize].load(Ordering::Relaxed)))
+    }
+}
+
+/// Connection and handshake counters of a listener.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) active: AtomicU64,
+    pub(crate) tls_handshakes: AtomicU64,
+    pub(crate) tls_failures: AtomicU64,
+}
+
+/// A copy of [`ServerStats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Connections taken in under the cap.
+    pub connections_accepted: u64,
+    /// Connections closed at once because the cap was reached.
+    pub connections_rejected: u64,
+    /// Connections open now.
+    pub connections_active: u64,
+    /// Completed TLS handshakes.
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: u64,
+}
+
+impl ServerStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            connections_accepted: self.accepted.load(Ordering::Relaxed),
+            connections_rejected: self.rejected.load(Ordering::Relaxed),
+            connections_active: self.active.load(Ordering::Relaxed),
+            tls_handshakes: self.tls_handshakes.load(Ordering::Relaxed),
+            tls_handshake_failures: self.tls_failures.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Counters of one `site` label.
@@ -112,6 +195,9 @@ pub struct EdgeMetrics {
     latency: Histogram,
     apply: Histogram,
     last_apply_ms: AtomicI64,
+    /// Staging failures since the process started (bundles that could not be fetched, verified
+    /// or unpacked).
+    staging_failures: AtomicU64,
     /// Counters of the HTTP and HTTPS listeners.
     pub http: Arc<ServerStats>,
     pub https: Arc<ServerStats>,
@@ -130,6 +216,7 @@ impl Default for EdgeMetrics {
             latency: Histogram::new(&LATENCY_BUCKETS),
             apply: Histogram::new(&APPLY_BUCKETS),
             last_apply_ms: AtomicI64::new(0),
+            staging_failures: AtomicU64::new(0),
             http: Arc::default(),
             https: Arc::default(),
             limited: Arc::default(),
@@ -148,8 +235,8 @@ pub struct Gauges<'a> {
     pub store_connected: bool,
     pub sites: usize,
     pub unhealthy_sites: usize,
-    /// Certificates in use: name to `notAfter` (Unix ms).
-    pub certificates: Option<&'a crate::reconcile::CertExpiries>,
+    /// Certificates in use: name to `notAfter` (Unix ms), as the reconciler keeps them.
+    pub certificates: Option<&'a imbl::OrdMap<String, i64>>,
 }
 
 impl EdgeMetrics {
@@ -207,6 +294,11 @@ impl EdgeMetrics {
     pub fn applied(&self, elapsed: Duration, finished_ms: i64) {
         self.apply.observe(elapsed);
         self.last_apply_ms.store(finished_ms, Ordering::Relaxed);
+    }
+
+    /// Counts one failed staging (called by the reconciler).
+    pub fn staging_failed(&self) {
+        self.staging_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The text exposition (format 0.0.4).
@@ -293,14 +385,14 @@ impl EdgeMetrics {
             }
         }
         let tls = self.https.snapshot();
-        gauge(
+        single(
             &mut out,
             "statiko_edge_tls_handshakes_total",
             "counter",
             "Completed TLS handshakes.",
             tls.tls_handshakes,
         );
-        gauge(
+        single(
             &mut out,
             "statiko_edge_tls_handshake_failures_total",
             "counter",
@@ -319,14 +411,14 @@ impl EdgeMetrics {
             let _ = writeln!(out, "statiko_edge_limited_total{{reason=\"{reason}\"}} {n}");
         }
 
-        gauge(
+        single(
             &mut out,
             "statiko_edge_applied_revision",
             "gauge",
             "Desired-state revision served now (-1 before the first apply).",
             gauges.applied_revision.unwrap_or(-1),
         );
-        gauge(
+        single(
             &mut out,
             "statiko_edge_desired_revision",
             "gauge",
@@ -336,7 +428,7 @@ impl EdgeMetrics {
         let lag = gauges
             .applied_revision
             .map_or(0, |applied| (gauges.desired_revision - applied).max(0));
-        gauge(
+        single(
             &mut out,
             "statiko_edge_sync_lag_revisions",
             "gauge",
@@ -351,42 +443,42 @@ impl EdgeMetrics {
         );
         self.apply
             .render(&mut out, "statiko_edge_apply_duration_seconds");
-        gauge(
+        single(
             &mut out,
             "statiko_edge_last_apply_timestamp_seconds",
             "gauge",
             "When the last apply finished (Unix seconds; 0 before the first).",
             self.last_apply_ms.load(Ordering::Relaxed) as f64 / 1000.0,
         );
-        gauge(
+        single(
             &mut out,
             "statiko_edge_staging_failures_total",
             "counter",
             "Bundles that failed to stage (fetch, verify or unpack).",
-            STAGING_FAILURES.load(Ordering::Relaxed),
+            self.staging_failures.load(Ordering::Relaxed),
         );
-        gauge(
+        single(
             &mut out,
             "statiko_edge_sites",
             "gauge",
             "Sites in the applied state.",
             gauges.sites,
         );
-        gauge(
+        single(
             &mut out,
             "statiko_edge_sites_unhealthy",
             "gauge",
             "Sites whose last deploy or certificate has an error.",
             gauges.unhealthy_sites,
         );
-        gauge(
+        single(
             &mut out,
             "statiko_edge_leader",
             "gauge",
             "1 while this edge is the cluster leader.",
             u8::from(gauges.leader),
         );
-        gauge(
+        single(
             &mut out,
             "statiko_edge_store_connected",
             "gauge",
@@ -415,7 +507,8 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-fn gauge(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+/// A series without labels, with its header: a gauge or a counter (`kind`).
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
     header(out, name, kind, help);
     let _ = writeln!(out, "{name} {value}");
 }
@@ -450,10 +543,7 @@ mod tests {
         let text = m.render(&Gauges {
             applied_revision: Some(7),
             desired_revision: 9,
-            certificates: Some(&crate::reconcile::CertExpiries::unit(
-                "c1".into(),
-                2_000_000,
-            )),
+            certificates: Some(&imbl::OrdMap::unit("c1".into(), 2_000_000)),
             ..Gauges::default()
         });
         for line in [

@@ -238,7 +238,9 @@ impl Reconciler {
                     error: None,
                 },
                 Err(err) => {
-                    crate::metrics::staging_failed();
+                    if let Some(metrics) = &self.metrics {
+                        metrics.staging_failed();
+                    }
                     tracing::warn!(site = %domain, app = %record.app_ref(), error = %err, "staging failed; previous version keeps serving");
                     let message =
                         format!("deploy of {} to {domain} failed: {err}", record.app_ref());

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use statiko_common::config::Config;
-use statiko_common::crypto::{self, SecretBox};
+use statiko_common::crypto::SecretBox;
 use statiko_common::keys::KeySchema;
 use statiko_common::notify::Notifier;
 use statiko_common::process::InvalidConfig;
@@ -97,21 +97,9 @@ pub async fn run(
     let keys = KeySchema::new(&config.state.etcd.key_prefix);
     let repo = BundleRepo::from_config(&config.repo).context("open the bundle repository")?;
     let secrets = config.secrets_key().map(SecretBox::new);
-    if let Err(err) =
-        statiko_common::secrets_check::verify_at_start(&store, &keys, secrets.as_ref()).await
-    {
-        // A wrong or missing key stops the process before it serves or seals anything with it.
-        return Err(InvalidConfig(err.to_string()).into());
-    }
+    let secrets_check = config.secrets_key().map(SecretBox::new);
     let notifier = Notifier::new(&config.notifications.webhook, &config.node_name);
-    let codesign_key = if config.codesign.public_key.is_empty() {
-        None
-    } else {
-        Some(
-            crypto::parse_ed25519_public_key(&config.codesign.public_key)
-                .context("codesign.publicKey")?,
-        )
-    };
+    let codesign_key = statiko_common::process::codesign_key(&config)?;
     let stager = Stager::new(
         &data_dir,
         repo,
@@ -143,7 +131,8 @@ pub async fn run(
     let (applied_tx, applied_rx) = watch::channel::<Option<Applied>>(None);
     let (connected_tx, connected_rx) = watch::channel(false);
 
-    // Serve what this edge had before it stopped, before the store is even asked.
+    // Serve what this edge had before it stopped, before the store is even asked: nothing
+    // from here to the listeners waits on the store.
     let persisted = match Desired::load(&data_dir) {
         Ok(persisted) => persisted,
         Err(err) => {
@@ -163,51 +152,64 @@ pub async fn run(
     }
     let (desired_tx, mut desired_rx) = watch::channel(initial);
     desired_rx.mark_unchanged();
+    let (leading_tx, leading_rx) = watch::channel(false);
 
+    // The listeners stop on shutdown, or when the start-up key check below fails.
+    let serving = shutdown.child_token();
+    let https_port = listeners
+        .https
+        .local_addr()
+        .context("https listener address")?
+        .port();
+    let handler = Handler::new(table)
+        .with_https_port(https_port)
+        .with_http_redirect(config.edge.redirect_http)
+        .with_metrics(metrics.clone())
+        .with_access_log(config.log.access_log);
+    let (handler, options) = crate::serve::accept::options_from_config(&config, handler, &metrics);
+    let servers = TaskTracker::new();
+    servers.spawn(serve_admin(
+        listeners.admin,
+        AdminState {
+            info: info.clone(),
+            applied: applied_rx.clone(),
+            store_connected: connected_rx,
+            leader: leading_rx.clone(),
+            desired: desired_tx.subscribe(),
+            metrics: metrics.clone(),
+        },
+        serving.clone(),
+    ));
+    servers.spawn(serve_http(
+        listeners.http,
+        handler.clone(),
+        ServerOptions {
+            stats: metrics.http.clone(),
+            ..options.clone()
+        },
+        serving.clone(),
+    ));
+    let tls = server_config(certs).context("build the TLS configuration")?;
+    servers.spawn(serve_https(
+        listeners.https,
+        tls,
+        handler,
+        ServerOptions {
+            stats: metrics.https.clone(),
+            ..options
+        },
+        serving.clone(),
+    ));
+    servers.close();
+
+    // Follow the store and apply what it says; neither seals anything, so they need not wait
+    // for the key check.
     let tasks = TaskTracker::new();
     let background = CancellationToken::new();
     let desired_for_jobs = desired_tx.subscribe();
-    let desired_for_admin = desired_tx.subscribe();
     tasks.spawn(
         Syncer::new(store.clone(), keys.clone(), desired_tx, connected_tx).run(background.clone()),
     );
-
-    // Leadership: the election (always leader on the file store), and the leader-only jobs,
-    // which run for as long as each term lasts.
-    let (leader_tx, mut leader_rx) = watch::channel::<Option<Leadership>>(None);
-    let (leading_tx, leading_rx) = watch::channel(false);
-    match &store {
-        Store::File(_) => {
-            tasks.spawn(crate::leader::always_leader(leader_tx, background.clone()));
-        }
-        Store::Etcd(_) => {
-            let election = Election {
-                store: store.clone(),
-                keys: keys.clone(),
-                node: config.node_name.clone(),
-                ttl: Duration::from_secs(config.edge.lease_ttl),
-                disallow_leadership: config.disallow_leadership,
-            };
-            tasks.spawn(election.run(leader_tx, background.clone()));
-        }
-    }
-    tasks.spawn(async move {
-        loop {
-            let lead = leader_rx
-                .borrow_and_update()
-                .clone()
-                .filter(|lead| !lead.token.is_cancelled());
-            let _ = leading_tx.send(lead.is_some());
-            if let Some(lead) = lead {
-                jobs.clone().run(lead, desired_for_jobs.clone()).await;
-                continue;
-            }
-            if leader_rx.changed().await.is_err() {
-                let _ = leading_tx.send(false);
-                return;
-            }
-        }
-    });
     // What was applied is saved in the background, at most once per SAVE_INTERVAL, off the
     // path that reports the revision applied.
     let (save_tx, save_rx) = watch::channel::<Option<Arc<Desired>>>(None);
@@ -238,73 +240,110 @@ pub async fn run(
             }
         });
     }
+
+    // The key check asks the store, so it runs while the edge already serves. A wrong or
+    // missing key stops the edge (exit 64) before it registers, leads or seals anything.
+    let checked = tokio::select! {
+        () = shutdown.cancelled() => Ok(()),
+        checked = statiko_common::secrets_check::verify_at_start(&store, &keys, secrets_check.as_ref()) => checked,
+    };
+    if let Err(err) = checked {
+        tracing::error!(error = %err, "stopping: the secrets key check failed");
+        serving.cancel();
+        servers.wait().await;
+        background.cancel();
+        tasks.close();
+        tasks.wait().await;
+        return Err(InvalidConfig(err.to_string()).into());
+    }
     let publisher_token = CancellationToken::new();
-    let publisher = tokio::spawn(
-        Publisher {
-            store,
-            keys,
-            info: info.clone(),
-            ttl: Duration::from_secs(config.edge.lease_ttl),
-            applied: applied_rx.clone(),
-            leader: leading_rx.clone(),
-        }
-        .run(publisher_token.clone()),
-    );
+    let mut publisher = None;
+    if !shutdown.is_cancelled() {
+        let election = match &store {
+            Store::File(_) => None,
+            Store::Etcd(_) => Some(Election {
+                store: store.clone(),
+                keys: keys.clone(),
+                node: config.node_name.clone(),
+                ttl: Duration::from_secs(config.edge.lease_ttl),
+                disallow_leadership: config.disallow_leadership,
+            }),
+        };
+        spawn_leadership(
+            &tasks,
+            election,
+            keys.clone(),
+            jobs,
+            desired_for_jobs,
+            leading_tx,
+            &background,
+        );
+        publisher = Some(tokio::spawn(
+            Publisher {
+                store,
+                keys,
+                info,
+                ttl: Duration::from_secs(config.edge.lease_ttl),
+                applied: applied_rx,
+                leader: leading_rx,
+            }
+            .run(publisher_token.clone()),
+        ));
+    }
 
-    let https_port = listeners
-        .https
-        .local_addr()
-        .context("https listener address")?
-        .port();
-    let handler = Handler::new(table)
-        .with_https_port(https_port)
-        .with_http_redirect(config.edge.redirect_http)
-        .with_metrics(metrics.clone())
-        .with_access_log(config.log.access_log);
-    let (handler, options) = crate::serve::accept::options_from_config(&config, handler, &metrics);
-    let servers = TaskTracker::new();
-    servers.spawn(serve_admin(
-        listeners.admin,
-        AdminState {
-            info,
-            applied: applied_rx,
-            store_connected: connected_rx,
-            leader: leading_rx,
-            desired: desired_for_admin,
-            metrics: metrics.clone(),
-        },
-        shutdown.clone(),
-    ));
-    servers.spawn(serve_http(
-        listeners.http,
-        handler.clone(),
-        ServerOptions {
-            stats: metrics.http.clone(),
-            ..options.clone()
-        },
-        shutdown.clone(),
-    ));
-    let tls = server_config(certs).context("build the TLS configuration")?;
-    servers.spawn(serve_https(
-        listeners.https,
-        tls,
-        handler,
-        ServerOptions {
-            stats: metrics.https.clone(),
-            ..options
-        },
-        shutdown.clone(),
-    ));
-    servers.close();
-
-    shutdown.cancelled().await;
+    serving.cancelled().await;
     tracing::info!("shutting down: draining connections");
     servers.wait().await;
     background.cancel();
     tasks.close();
     tasks.wait().await;
     publisher_token.cancel();
-    let _ = publisher.await;
+    if let Some(publisher) = publisher {
+        let _ = publisher.await;
+    }
     tracing::info!("edge stopped");
     Ok(())
+}
+
+/// Leadership: the election (`None` on the file store, where this edge always leads), and the leader-only jobs, which
+/// run for as long as each term lasts.
+fn spawn_leadership(
+    tasks: &TaskTracker,
+    election: Option<Election>,
+    keys: KeySchema,
+    jobs: Arc<CertJobs>,
+    desired: watch::Receiver<Arc<Desired>>,
+    leading_tx: watch::Sender<bool>,
+    background: &CancellationToken,
+) {
+    let (leader_tx, mut leader_rx) = watch::channel::<Option<Leadership>>(None);
+    match election {
+        None => {
+            tasks.spawn(crate::leader::always_leader(
+                keys,
+                leader_tx,
+                background.clone(),
+            ));
+        }
+        Some(election) => {
+            tasks.spawn(election.run(leader_tx, background.clone()));
+        }
+    }
+    tasks.spawn(async move {
+        loop {
+            let lead = leader_rx
+                .borrow_and_update()
+                .clone()
+                .filter(|lead| !lead.token.is_cancelled());
+            let _ = leading_tx.send(lead.is_some());
+            if let Some(lead) = lead {
+                jobs.clone().run(lead, desired.clone()).await;
+                continue;
+            }
+            if leader_rx.changed().await.is_err() {
+                let _ = leading_tx.send(false);
+                return;
+            }
+        }
+    });
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use statiko_common::backoff::Backoff;
 use statiko_common::keys::KeySchema;
 use statiko_common::store::{Store, StoreError};
 use tokio::sync::watch;
@@ -14,8 +15,9 @@ use tracing::Instrument as _;
 
 use crate::desired::Desired;
 
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Retries after a broken session: 200 ms doubling up to 5 s, plus up to 200 ms of jitter.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5))
+    .with_jitter(Duration::from_millis(200));
 
 /// Follows the store and publishes every new desired state on `tx`.
 #[derive(Debug)]
@@ -44,7 +46,7 @@ impl Syncer {
 
     /// Runs until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = RETRY;
         // Resume point: after a dropped watch, continue from what was seen instead of reloading.
         let mut resume: Option<Desired> = None;
         loop {
@@ -52,7 +54,10 @@ impl Syncer {
                 () = shutdown.cancelled() => return,
                 outcome = self.follow(resume.take()) => outcome,
             };
-            let _ = self.connected.send(false);
+            if self.connected.send_replace(false) {
+                // The session had connected: the next failure is a new one.
+                backoff.reset();
+            }
             match outcome {
                 Ok(()) => return,
                 Err((err, last)) => {
@@ -68,12 +73,10 @@ impl Syncer {
                     };
                 }
             }
-            let jitter = Duration::from_millis(u64::from(rand_jitter()) % 200);
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(backoff + jitter) => {}
+                () = tokio::time::sleep(backoff.next_delay()) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -129,15 +132,16 @@ impl Syncer {
         ))
     }
 
+    /// Publishes a complete state; a state in the middle of an import is held back (the edge
+    /// keeps serving the last complete one until the import's marker goes).
     fn publish(&self, desired: &Desired) {
+        if desired.importing() {
+            tracing::debug!(
+                revision = desired.revision,
+                "a state import is being written; holding the served state"
+            );
+            return;
+        }
         let _ = self.tx.send(Arc::new(desired.clone()));
     }
-}
-
-/// A little jitter without a random-number crate: the sub-second clock.
-fn rand_jitter() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_micros())
-        .unwrap_or_default()
 }

@@ -3,7 +3,7 @@
 //! kind and option, the precedence order, rewrites, custom error pages, the single-page-app
 //! fallback, and a broken manifest that is refused while the previous version keeps serving.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(clippy::unwrap_used)]
 
 use std::io::Write as _;
 use std::sync::Arc;

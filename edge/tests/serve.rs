@@ -1,7 +1,7 @@
 //! Component tests of the edge server over real sockets: `serve_http` and `serve_https` on
 //! loopback, driven by a rustls + hyper client, by `curl` and by raw TCP.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(clippy::unwrap_used)]
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;

@@ -1,6 +1,6 @@
 //! Staging against a local bundle repository: fetch, verify, unpack, precompute, cache, evict.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(clippy::unwrap_used)]
 
 use std::collections::HashSet;
 use std::io::{Cursor, Read as _, Write as _};
@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use statiko_common::archive::ArchiveError;
 use statiko_common::config::{LimitsConfig, RepoConfig, RepoKind};
 use statiko_common::crypto::{
-    format_digest, generate_ed25519_key, hex, sha256, sign_bundle_digest,
+    encode_signature, format_digest, generate_ed25519_key, hex, sha256, sign_bundle_digest,
 };
 use statiko_common::model::{AppRecord, BundleFormat};
 use statiko_common::repo::BundleRepo;
@@ -665,31 +665,14 @@ async fn signatures_are_checked() {
     let bytes = tar_gz(&[("index.html", b"signed")]);
     let unsigned = env.publish(&bytes, BundleFormat::TarGz).await;
     let digest = sha256(&bytes);
-    let b64 = |sig: &[u8]| {
-        use std::fmt::Write as _;
-        // Standard base64 without pulling in a crate for the test.
-        const ALPHABET: &[u8; 64] =
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for chunk in sig.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-            for i in 0..=chunk.len() {
-                out.write_char(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char)
-                    .unwrap();
-            }
-        }
-        while !out.len().is_multiple_of(4) {
-            out.push('=');
-        }
-        out
-    };
     let mut signed = unsigned.clone();
-    signed.signature = Some(b64(&sign_bundle_digest(&private_pem, &digest).unwrap()));
+    signed.signature = Some(encode_signature(
+        &sign_bundle_digest(&private_pem, &digest).unwrap(),
+    ));
     let mut wrong_key = unsigned.clone();
-    wrong_key.signature = Some(b64(&sign_bundle_digest(&other_pem, &digest).unwrap()));
+    wrong_key.signature = Some(encode_signature(
+        &sign_bundle_digest(&other_pem, &digest).unwrap(),
+    ));
     let mut garbage = unsigned.clone();
     garbage.signature = Some("not base64!".into());
 

@@ -622,3 +622,72 @@ async fn bucket_listing(moto: &Moto, bucket: &str) -> Result<String> {
     );
     Ok(response.text())
 }
+
+/// Upload streams live under `limits.uploadIdleTimeout` and `limits.uploadTimeout`, and are
+/// spooled in control's own owner-only `control.dataDir`.
+#[tokio::test]
+async fn upload_streams_are_time_limited_and_spooled_privately() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::time::{Duration, Instant};
+
+    use futures::StreamExt as _;
+
+    let Some(running) = start(
+        Backend::File,
+        ControlOptions::default().config(json!({
+            "limits": {"uploadIdleTimeout": 500, "uploadTimeout": 2000},
+        })),
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    let control = &running.control;
+    let admin = control.admin().await?;
+    let bundle = site_bundle("timed");
+    let messages = Upload::new("web", "1.0.0", bundle.clone()).messages();
+
+    // Metadata, then nothing: cut off after the idle timeout.
+    let stalled = tokio_stream::iter(messages[..1].to_vec()).chain(futures::stream::pending());
+    let started = Instant::now();
+    let result = admin.apps().upload_app(stalled).await;
+    assert_status(
+        result,
+        Code::DeadlineExceeded,
+        &["limits.uploadIdleTimeout", "500 ms"],
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A trickle that never stalls for long, but never ends: cut off at the total limit.
+    let first = messages[0].clone();
+    let trickle = tokio_stream::iter(vec![first]).chain(futures::stream::unfold((), |()| async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let chunk = UploadAppRequest {
+            data: Some(Data::Chunk(vec![0u8; 16])),
+        };
+        Some((chunk, ()))
+    }));
+    let started = Instant::now();
+    let result = admin.apps().upload_app(trickle).await;
+    assert_status(
+        result,
+        Code::DeadlineExceeded,
+        &["limits.uploadTimeout", "2000 ms"],
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1900));
+
+    // A normal upload still goes through; the spool directory is 0700 and left empty.
+    Upload::new("web", "1.0.0", bundle).send(&admin).await?;
+    assert_eq!(app_refs(&admin).await?, ["web@1.0.0"]);
+    let data_dir = PathBuf::from(
+        control.config()["control"]["dataDir"]
+            .as_str()
+            .context("control.dataDir")?,
+    );
+    for dir in [data_dir.clone(), data_dir.join("uploads")] {
+        let mode = std::fs::metadata(&dir)?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+    }
+    assert_eq!(std::fs::read_dir(data_dir.join("uploads"))?.count(), 0);
+    Ok(())
+}

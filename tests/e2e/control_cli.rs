@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use serde_json::Value;
 use statiko_tests::fixtures::site_bundle;
-use statiko_tests::{ControlOptions, OutputExt};
+use statiko_tests::{ADMIN_TOKEN, ControlOptions, OutputExt, run_stk};
 
 use crate::control_common::{Backend, start};
 
@@ -169,5 +169,73 @@ async fn stk_sites_apps_and_errors() -> Result<()> {
             .stdout_text(),
     )?;
     assert_eq!(still["sites"].as_array().map(Vec::len), Some(1), "{still}");
+    Ok(())
+}
+
+/// `--token-file` / `STATIKO_TOKEN_FILE` (a CI secret mounted as a file): the token is read
+/// from it (trailing newline trimmed) and never printed; an unreadable file is named in the
+/// error; `--token` wins over the file.
+#[tokio::test]
+async fn stk_reads_the_token_from_a_file() -> Result<()> {
+    let Some(running) = start(Backend::File, ControlOptions::default()).await? else {
+        return Ok(());
+    };
+    let control = &running.control;
+    let dir = tempfile::tempdir()?;
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n"))?;
+    let token_file = token_file.to_string_lossy().into_owned();
+    let mut env: Vec<(String, String)> = control
+        .stk_env(ADMIN_TOKEN)
+        .into_iter()
+        .filter(|(key, _)| key != "STATIKO_TOKEN")
+        .collect();
+    env.push(("STATIKO_TOKEN_FILE".to_owned(), token_file.clone()));
+
+    let created = run_stk(["site", "create", "file-token.example.com"], &env).await?;
+    created.assert_success();
+    assert!(!created.stdout_text().contains(ADMIN_TOKEN));
+    assert!(!created.stderr_text().contains(ADMIN_TOKEN));
+
+    let without_file = &env[..env.len() - 1];
+    let flag = run_stk(
+        ["--token-file", token_file.as_str(), "site", "list"],
+        without_file,
+    )
+    .await?;
+    flag.assert_success();
+    assert!(
+        flag.stdout_text().contains("file-token.example.com"),
+        "{}",
+        flag.stdout_text()
+    );
+
+    let missing = dir.path().join("missing-token");
+    let mut env_missing = env.clone();
+    env_missing.pop();
+    env_missing.push((
+        "STATIKO_TOKEN_FILE".to_owned(),
+        missing.to_string_lossy().into_owned(),
+    ));
+    let failed = run_stk(["site", "list"], &env_missing).await?;
+    assert!(!failed.status.success());
+    assert!(
+        failed.stderr_text().contains("missing-token"),
+        "{}",
+        failed.stderr_text()
+    );
+
+    // An explicit --token wins over the file: a wrong one is refused.
+    let wrong = run_stk(
+        ["--token", "wrong-token-0123456789abcdef", "site", "list"],
+        &env,
+    )
+    .await?;
+    assert!(!wrong.status.success());
+    assert!(
+        wrong.stderr_text().contains("UNAUTHENTICATED"),
+        "{}",
+        wrong.stderr_text()
+    );
     Ok(())
 }

@@ -378,7 +378,13 @@ async fn invalid_domains(control: &Control) -> Result<()> {
     sites.create_site(site("ok.com", &[])).await?;
     let before = list_sites(&admin).await?;
     let long_label = format!("{}.com", "a".repeat(64));
+    // 200 KB inputs: the message quotes a bounded prefix, so the status is not lost to an
+    // oversized grpc-message header.
+    let huge = "a".repeat(200_000);
+    let huge_label = format!("{huge}.com");
     let bad = [
+        huge.as_str(),
+        huge_label.as_str(),
         "",
         "a..b",
         "-a.com",
@@ -398,6 +404,12 @@ async fn invalid_domains(control: &Control) -> Result<()> {
             status.message().starts_with("domain: "),
             "{raw:?}: {}",
             status.message()
+        );
+        assert!(
+            status.message().len() < 1024,
+            "{} bytes for a {}-byte input",
+            status.message().len(),
+            raw.len()
         );
         let status = assert_status(
             sites

@@ -16,13 +16,13 @@ use statiko_tests::{
 };
 
 /// etcd, a control and `n` edges sharing the store and the bundle repository.
-struct Cluster {
-    etcd: Etcd,
-    control: Control,
-    edges: Vec<Edge>,
+pub(crate) struct Cluster {
+    pub(crate) etcd: Etcd,
+    pub(crate) control: Control,
+    pub(crate) edges: Vec<Edge>,
 }
 
-async fn cluster(n: usize) -> Result<Cluster> {
+pub(crate) async fn cluster(n: usize) -> Result<Cluster> {
     statiko_tests::init();
     let etcd = Etcd::start().await?;
     let control = Control::start(ControlOptions::default().store(StateStore::etcd(&etcd))).await?;
@@ -35,6 +35,20 @@ async fn cluster(n: usize) -> Result<Cluster> {
         );
         edges.push(Edge::start(options).await?);
     }
+    // An edge's ready file is written once it listens; its node record follows its first
+    // snapshot. Deploys with --wait wait for the registered edges, so wait for every one.
+    let api = control.admin().await?;
+    wait_until(secs(20), async || {
+        let nodes = api
+            .cluster()
+            .list_nodes(statiko_proto::v1::ListNodesRequest {})
+            .await?
+            .into_inner()
+            .nodes;
+        anyhow::Ok(nodes.len() == n)
+    })
+    .await
+    .context("every edge registers its node record")?;
     Ok(Cluster {
         etcd,
         control,
@@ -43,7 +57,7 @@ async fn cluster(n: usize) -> Result<Cluster> {
 }
 
 impl Cluster {
-    async fn deploy(
+    pub(crate) async fn deploy(
         &self,
         domain: &str,
         name: &str,
@@ -56,11 +70,11 @@ impl Cluster {
 }
 
 /// The page `site_bundle(tag)` serves at `/`.
-fn page(tag: &str) -> String {
+pub(crate) fn page(tag: &str) -> String {
     format!("<!doctype html><title>{tag}</title><h1>{tag}</h1>\n")
 }
 
-async fn body(edge: &Edge, host: &str) -> Result<String> {
+pub(crate) async fn body(edge: &Edge, host: &str) -> Result<String> {
     let response = edge.https_get(host, "/").await?;
     ensure!(
         response.status == 200,
@@ -272,10 +286,12 @@ fn malicious(entries: &[(&str, u8, &str, &[u8])]) -> Vec<u8> {
 
 /// Puts a bundle into the repository and its app record into etcd directly, as a compromised
 /// repository or an older control plane could, bypassing the control plane's own checks.
-async fn plant(
+/// `format` is the record's (`tar-gz`, `tar-zst`, `zip`).
+pub(crate) async fn plant(
     cluster: &Cluster,
     name: &str,
     version: &str,
+    format: &str,
     bytes: &[u8],
     claimed_digest: &str,
 ) -> Result<()> {
@@ -285,7 +301,7 @@ async fn plant(
     std::fs::write(&path, bytes)?;
     let record = serde_json::json!({
         "name": name, "version": version, "digest": claimed_digest,
-        "size": bytes.len(), "format": "tar-gz", "createdAt": 1,
+        "size": bytes.len(), "format": format, "createdAt": 1,
     });
     let mut client = cluster.etcd.client().await?;
     client
@@ -361,7 +377,7 @@ async fn bad_bundles_are_refused_and_the_previous_version_keeps_serving() -> Res
     ];
     for (version, bytes, claimed, reason) in cases {
         let digest = claimed.unwrap_or_else(|| digest_of(&bytes));
-        plant(&cluster, "web", version, &bytes, &digest).await?;
+        plant(&cluster, "web", version, "tar-gz", &bytes, &digest).await?;
         cluster.deploy("safe.test", "web", version, false).await?;
         let error = wait_until(secs(20), async || {
             let served = edge.served("safe.test").await?;

@@ -1,6 +1,7 @@
 //! End-to-end scenarios: real etcd, `statiko-control`, `stk` and edge processes on loopback,
 //! driven through `statiko_tests`. This file only declares the scenario modules.
 
+mod archive_bombs;
 mod config_examples;
 mod control_apps;
 mod control_auth;
@@ -14,7 +15,11 @@ mod control_state;
 mod edge_certs;
 mod edge_cluster;
 mod edge_manifest;
+mod edge_start;
 mod faults;
 mod hardening;
 mod harness_smoke;
 mod observability;
+mod safe_defaults;
+mod sdk_python;
+mod state_import_large;

@@ -2,7 +2,7 @@
 //! after real traffic and API calls; control's spans reach a real OTLP/gRPC receiver running
 //! in this test process.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, ensure};
@@ -47,6 +47,61 @@ async fn scrape(addr: std::net::SocketAddr) -> Result<(String, HashMap<String, f
     let text = reply.text();
     let parsed = parse_metrics(&text);
     Ok((text, parsed))
+}
+
+/// The series shapes of an exposition, one line each: `<binary> <type> <name>{<label names>}`,
+/// with the type from the family's `# TYPE` line (`_bucket`, `_sum` and `_count` samples belong to
+/// their histogram's family). Label values are left out: they depend on the traffic.
+fn series_shapes(binary: &str, text: &str) -> Result<BTreeSet<String>> {
+    let types: HashMap<&str, &str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.split_once(' '))
+        .collect();
+    let mut shapes = BTreeSet::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (series, _value) = line
+            .rsplit_once(' ')
+            .with_context(|| format!("sample without a value: {line:?}"))?;
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => (name, label_names(labels.trim_end_matches('}'))?),
+            None => (series, Vec::new()),
+        };
+        let family = ["", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| types.get(name.strip_suffix(suffix)?).copied())
+            .with_context(|| format!("no # TYPE for {name}"))?;
+        shapes.insert(format!("{binary} {family} {name}{{{}}}", labels.join(",")));
+    }
+    Ok(shapes)
+}
+
+/// The label names of `a="x",b="y\"z"`, sorted.
+fn label_names(labels: &str) -> Result<Vec<&str>> {
+    let mut names = Vec::new();
+    let mut rest = labels;
+    while !rest.is_empty() {
+        let (name, value) = rest
+            .split_once("=\"")
+            .with_context(|| format!("malformed labels {labels:?}"))?;
+        names.push(name);
+        // The value ends at the first quote not escaped by a backslash.
+        let mut escaped = false;
+        let end = value
+            .char_indices()
+            .find(|&(_, c)| {
+                let end = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                end
+            })
+            .map(|(i, _)| i)
+            .with_context(|| format!("unterminated label value in {labels:?}"))?;
+        rest = value[end + 1..].trim_start_matches(',');
+    }
+    names.sort_unstable();
+    Ok(names)
 }
 
 fn value(metrics: &HashMap<String, f64>, series: &str) -> f64 {
@@ -210,6 +265,34 @@ async fn edge_and_control_metrics_are_scraped() -> Result<()> {
             r#"statiko_control_requests_total{method="/statiko.v1.SiteService/ListSites",code="UNAUTHENTICATED"}"#
         ) == 1.0,
         "{text}"
+    );
+
+    // The series both expose, by name and label names, are those checked into
+    // tests/metrics-series.txt: a change of exposition (such as a port to another metrics
+    // library) must keep them or change the list on purpose. The edge's certificate series
+    // appears once the leader has made the site's self-signed certificate.
+    let edge_text = wait_until(secs(30), async || {
+        let (text, _) = scrape(edge.addrs().admin).await?;
+        anyhow::Ok(
+            text.contains("statiko_edge_certificate_expiry_timestamp_seconds{")
+                .then_some(text),
+        )
+    })
+    .await?;
+    let mut shapes = series_shapes("edge", &edge_text)?;
+    shapes.extend(series_shapes("control", &text)?);
+    let expected: BTreeSet<String> = include_str!("../metrics-series.txt")
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    let shown = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join("\n");
+    ensure!(
+        shapes == expected,
+        "the exposed series differ from tests/metrics-series.txt\nmissing:\n{}\nnew:\n{}\nexposed now:\n{}",
+        shown(&expected.difference(&shapes).cloned().collect()),
+        shown(&shapes.difference(&expected).cloned().collect()),
+        shown(&shapes),
     );
     Ok(())
 }

@@ -84,7 +84,7 @@ pub fn require_tool(name: &str) -> bool {
 }
 
 /// Prints a harness notice on stderr, where the test runner shows it.
-#[allow(
+#[expect(
     clippy::print_stderr,
     reason = "the harness reports skips and failures to the test log"
 )]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
+use statiko_common::process::ReadyFile;
 use tempfile::TempDir;
 use tokio::process::Command;
 
@@ -216,6 +217,7 @@ impl ControlOptions {
             "control": {
                 "listen": "127.0.0.1:0",
                 "tls": {"enabled": true, "selfSignedDir": dir.join("control-tls")},
+                "dataDir": dir.join("control-data"),
             },
             "auth": {"tokens": tokens},
             "repo": {"type": "local", "local": {"path": dir.join("repo")}},
@@ -327,6 +329,14 @@ impl Control {
     /// The tail of the process log.
     pub fn log_tail(&self) -> String {
         crate::process::log_tail(&self.log_path(), crate::process::LOG_TAIL_LINES)
+    }
+
+    /// Peak resident set size of the running process, in KiB.
+    pub fn peak_rss_kib(&self) -> Result<u64> {
+        self.process
+            .as_ref()
+            .context("statiko-control is not running")?
+            .peak_rss_kib()
     }
 
     /// The process, e.g. to send another signal.
@@ -502,15 +512,7 @@ impl Control {
             .flatten();
         self.grpc_addr = process
             .wait_ready(READY_TIMEOUT, async || {
-                let text = std::fs::read_to_string(&ready_path).context("no ready file yet")?;
-                let ready: Value = serde_json::from_str(&text)
-                    .with_context(|| format!("ready file is not JSON yet: {text:?}"))?;
-                let grpc = ready["grpc"]
-                    .as_str()
-                    .with_context(|| format!("ready file has no \"grpc\" address: {text}"))?;
-                let addr: SocketAddr = grpc
-                    .parse()
-                    .with_context(|| format!("ready file \"grpc\" is not an address: {grpc}"))?;
+                let addr = ReadyFile::read(&ready_path)?.address("grpc")?;
                 if let Some(cert_path) = &cert_path
                     && !cert_path.exists()
                 {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
+use statiko_common::process::ReadyFile;
 use tempfile::TempDir;
 use tokio::process::Command;
 
@@ -155,6 +156,14 @@ impl Edge {
         self.dir.path()
     }
 
+    /// Peak resident set size of the running process, in KiB.
+    pub fn peak_rss_kib(&self) -> Result<u64> {
+        self.process
+            .as_ref()
+            .context("statiko-edge is not running")?
+            .peak_rss_kib()
+    }
+
     /// The process log tail.
     pub fn log_tail(&self) -> String {
         crate::process::log_tail(
@@ -253,20 +262,11 @@ impl Edge {
         )?);
         self.addrs = process
             .wait_ready(READY_TIMEOUT, async || {
-                let text = std::fs::read_to_string(&ready_path).context("no ready file yet")?;
-                let ready: Value = serde_json::from_str(&text)
-                    .with_context(|| format!("ready file not JSON yet: {text:?}"))?;
-                let addr = |key: &str| -> Result<SocketAddr> {
-                    ready[key]
-                        .as_str()
-                        .with_context(|| format!("ready file has no {key:?}"))?
-                        .parse()
-                        .with_context(|| format!("ready file {key:?} is not an address"))
-                };
+                let ready = ReadyFile::read(&ready_path)?;
                 Ok(EdgeAddrs {
-                    http: addr("http")?,
-                    https: addr("https")?,
-                    admin: addr("admin")?,
+                    http: ready.address("http")?,
+                    https: ready.address("https")?,
+                    admin: ready.address("admin")?,
                 })
             })
             .await?;

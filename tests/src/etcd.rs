@@ -175,6 +175,23 @@ impl Etcd {
         Ok(())
     }
 
+    /// Freezes etcd with SIGSTOP: its sockets stay open and accept, but it answers nothing,
+    /// like a hung host. [`Etcd::thaw`] resumes it.
+    pub async fn freeze(&mut self) -> Result<()> {
+        match self.process.as_mut() {
+            Some(process) => process.signal("STOP").await,
+            None => bail!("etcd is not running"),
+        }
+    }
+
+    /// Resumes a frozen etcd (SIGCONT).
+    pub async fn thaw(&mut self) -> Result<()> {
+        match self.process.as_mut() {
+            Some(process) => process.signal("CONT").await,
+            None => bail!("etcd is not running"),
+        }
+    }
+
     /// Stops etcd if it is running and starts it again on the same ports and data dir.
     pub async fn restart(&mut self) -> Result<()> {
         self.stop().await?;

@@ -64,6 +64,20 @@ impl ChildProcess {
         self.child.id()
     }
 
+    /// The process's peak resident set size so far (`VmHWM` in `/proc/<pid>/status`), in KiB.
+    pub fn peak_rss_kib(&self) -> Result<u64> {
+        let pid = self
+            .id()
+            .with_context(|| format!("{} has exited", self.name))?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("read /proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no VmHWM in /proc/{pid}/status"))
+    }
+
     /// The log file holding stdout and stderr.
     pub fn log_path(&self) -> &Path {
         &self.log_path

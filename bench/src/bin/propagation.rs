@@ -23,7 +23,7 @@ use statiko_bench::{ms, percentile};
 use statiko_tests::fixtures::{self, Upload, site};
 use statiko_tests::{Api, Control, ControlOptions, Edge, EdgeOptions, Etcd, StateStore, http_get};
 
-#[allow(clippy::print_stdout)]
+#[expect(clippy::print_stdout)]
 #[tokio::main]
 async fn main() -> Result<()> {
     statiko_tests::init();

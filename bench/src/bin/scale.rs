@@ -26,7 +26,7 @@ use statiko_tests::{
     fixtures, http_get,
 };
 
-#[allow(clippy::print_stdout)]
+#[expect(clippy::print_stdout)]
 #[tokio::main]
 async fn main() -> Result<()> {
     statiko_tests::init();

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::ops::Bound;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument as _;
+
+use crate::private_files;
 
 use super::{
     Compare, CompareOp, CompareTarget, KeyValue, Snapshot, StoreError, TxnOp, TxnResult,
@@ -109,7 +112,11 @@ struct FileStamp {
 impl FileStore {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        fs::create_dir_all(dir)?;
+        // The state holds (sealed) secrets and the whole desired state: owner only.
+        private_files::create_dir(dir)?;
+        for file in [STATE_FILE, TMP_FILE, LOCK_FILE] {
+            private_files::tighten(&dir.join(file), private_files::FILE_MODE)?;
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
@@ -324,6 +331,7 @@ impl FileStore {
                 .create(true)
                 .truncate(false)
                 .write(true)
+                .mode(private_files::FILE_MODE)
                 .open(inner.dir.join(LOCK_FILE))?;
             lock.lock()?;
             let mut state = load(&inner.dir)?;
@@ -607,16 +615,10 @@ fn load(dir: &Path) -> Result<State, StoreError> {
 
 /// Writes the state file atomically and durably: temp file, fsync, rename, fsync the directory.
 fn save(dir: &Path, state: &State) -> Result<(), StoreError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     let bytes = serde_json::to_vec(state).map_err(json_error)?;
     let tmp = dir.join(TMP_FILE);
     // The state holds (sealed) secrets: readable by the owner only.
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut file = private_files::create_file(&tmp)?;
     file.write_all(&bytes)?;
     file.sync_all()?;
     drop(file);

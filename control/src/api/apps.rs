@@ -1,6 +1,9 @@
 //! `statiko.v1.AppService`: streamed, bounded, verified uploads into the content-addressed
 //! bundle repository.
 
+use std::path::Path;
+use std::time::Duration;
+
 use futures::StreamExt;
 use statiko_common::archive::{self, ArchiveLimits};
 use statiko_common::crypto::{self, Sha256Hasher};
@@ -9,6 +12,7 @@ use statiko_common::model::{self, AppRecord, BundleFormat, now_ms};
 use statiko_common::store::{Compare, TxnOp};
 use statiko_proto::v1 as pb;
 use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Api;
@@ -24,12 +28,60 @@ struct Spooled {
     head: Vec<u8>,
 }
 
+/// An upload stream read under `limits.uploadIdleTimeout` (per message) and
+/// `limits.uploadTimeout` (in all, from its first message).
+struct Upload {
+    stream: Streaming<pb::UploadAppRequest>,
+    deadline: Instant,
+    idle: Duration,
+    total: Duration,
+}
+
+impl Upload {
+    fn new(stream: Streaming<pb::UploadAppRequest>, idle: Duration, total: Duration) -> Self {
+        Self {
+            stream,
+            deadline: Instant::now() + total,
+            idle,
+            total,
+        }
+    }
+
+    /// The next message, or `None` at the end of the stream.
+    async fn next(&mut self) -> Result<Option<pb::UploadAppRequest>> {
+        let idle_end = Instant::now() + self.idle;
+        let until = idle_end.min(self.deadline);
+        match tokio::time::timeout_at(until, self.stream.next()).await {
+            Ok(Some(Ok(message))) => Ok(Some(message)),
+            Ok(Some(Err(status))) => Err(invalid!("upload interrupted: {}", status.message())),
+            Ok(None) => Ok(None),
+            Err(_) if until == self.deadline => Err(ControlError::DeadlineExceeded(format!(
+                "upload took longer than limits.uploadTimeout ({} ms)",
+                self.total.as_millis()
+            ))),
+            Err(_) => Err(ControlError::DeadlineExceeded(format!(
+                "upload stalled: nothing received for limits.uploadIdleTimeout ({} ms)",
+                self.idle.as_millis()
+            ))),
+        }
+    }
+}
+
+/// Creates `dir` and its missing parents, each owner-only (0700).
+async fn private_dir(dir: &Path) -> std::io::Result<()> {
+    tokio::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .await
+}
+
 impl Api {
     /// Receives the archive bytes into a temporary file, hashing as it goes, and refuses it as
     /// soon as it passes `limits.maxBundleSize`.
-    async fn spool(&self, stream: &mut Streaming<pb::UploadAppRequest>) -> Result<Spooled> {
+    async fn spool(&self, stream: &mut Upload) -> Result<Spooled> {
         let limit = self.ctx.limits.max_bundle_size;
-        tokio::fs::create_dir_all(&self.ctx.upload_dir)
+        private_dir(&self.ctx.upload_dir)
             .await
             .map_err(|err| ControlError::Internal(anyhow::anyhow!("create upload dir: {err}")))?;
         let temp = tempfile::Builder::new()
@@ -43,9 +95,7 @@ impl Api {
         let mut hasher = Sha256Hasher::new();
         let mut size: u64 = 0;
         let mut head = Vec::with_capacity(8);
-        while let Some(message) = stream.next().await {
-            let message =
-                message.map_err(|status| invalid!("upload interrupted: {}", status.message()))?;
+        while let Some(message) = stream.next().await? {
             let chunk = match message.data {
                 Some(pb::upload_app_request::Data::Chunk(chunk)) => chunk,
                 Some(pb::upload_app_request::Data::Metadata(_)) => {
@@ -80,13 +130,18 @@ impl Api {
         })
     }
 
-    async fn upload_app(&self, mut stream: Streaming<pb::UploadAppRequest>) -> Result<pb::App> {
+    async fn upload_app(&self, stream: Streaming<pb::UploadAppRequest>) -> Result<pb::App> {
         let state = &self.ctx.state;
+        let limits = &self.ctx.limits;
+        let mut stream = Upload::new(
+            stream,
+            limits.upload_idle_timeout(),
+            limits.upload_timeout(),
+        );
         let first = stream
             .next()
-            .await
-            .ok_or_else(|| invalid!("empty upload: the first message must carry metadata"))?
-            .map_err(|status| invalid!("upload interrupted: {}", status.message()))?;
+            .await?
+            .ok_or_else(|| invalid!("empty upload: the first message must carry metadata"))?;
         let Some(pb::upload_app_request::Data::Metadata(meta)) = first.data else {
             return Err(invalid!("metadata: the first message must carry metadata"));
         };
@@ -169,7 +224,8 @@ impl Api {
             digest,
             size: spooled.size,
             format,
-            signature: (!meta.signature.is_empty()).then(|| base64_encode(&meta.signature)),
+            signature: (!meta.signature.is_empty())
+                .then(|| crypto::encode_signature(&meta.signature)),
             created_at: now_ms(),
         };
         let result = state
@@ -250,11 +306,6 @@ impl Api {
             tracing::warn!(%digest, error = %err, "could not delete unused bundle; it stays in the repository");
         }
     }
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[tonic::async_trait]

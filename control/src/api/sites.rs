@@ -11,8 +11,19 @@ use crate::convert::{site_to_proto, tls_from_proto};
 use crate::error::{ControlError, Result, invalid};
 use crate::state::MAX_ATTEMPTS;
 
+/// Most aliases one site may have: a site and all its domain index entries are written (and
+/// each domain guarded) in one transaction, which must stay within etcd's default 128
+/// operations; ACME certificates cover at most 100 names too.
+pub(crate) const MAX_ALIASES: usize = 100;
+
 /// Validates a list of aliases: each a valid domain, no duplicates, never the primary domain.
 fn validate_aliases(field: &str, primary: &str, aliases: &[String]) -> Result<Vec<String>> {
+    if aliases.len() > MAX_ALIASES {
+        return Err(invalid!(
+            "{field}: {} aliases, at most {MAX_ALIASES}",
+            aliases.len()
+        ));
+    }
     let mut out: Vec<String> = Vec::with_capacity(aliases.len());
     for (i, raw) in aliases.iter().enumerate() {
         let alias = ids::domain(&format!("{field}[{i}]"), raw)?;

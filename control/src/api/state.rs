@@ -1,5 +1,7 @@
 //! `statiko.v1.StateService`: the whole desired state as one JSON document, for backups and for
-//! moving a file-store node to etcd. Secrets stay sealed; the domain index is rebuilt on import.
+//! moving a file-store node to etcd. Secrets stay sealed; the domain index is rebuilt on import,
+//! which `import.rs` writes in batches behind a marker. The streaming calls carry the document
+//! in chunks, so its size is not bounded by gRPC's message limit.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -10,12 +12,13 @@ use statiko_common::keys::Key;
 use statiko_common::model::{
     self, AppRecord, CertificateRecord, DomainRecord, SiteRecord, TlsChoice, now_ms,
 };
-use statiko_common::store::{Compare, TxnOp};
 use statiko_proto::v1 as pb;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::Api;
+use super::sites::MAX_ALIASES;
 use crate::error::{ControlError, Result, invalid};
+use crate::import::{ImportSummary, replace_desired_state};
 
 /// Identifies the document kind.
 const FORMAT: &str = "statiko-state";
@@ -43,6 +46,12 @@ struct StateDocument {
     certificates: Vec<CertificateRecord>,
 }
 
+/// Size of one chunk of a streamed export.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// The largest document a streamed import accepts (it is held in memory while it is checked).
+const MAX_DOCUMENT_BYTES: usize = 1 << 30;
+
 impl Api {
     async fn export_state(&self) -> Result<pb::ExportStateResponse> {
         let state = &self.ctx.state;
@@ -62,6 +71,11 @@ impl Api {
             ControlError::Internal(anyhow::anyhow!("corrupt record at {key}: {err}"))
         };
         for kv in &snapshot.kvs {
+            if kv.key == state.keys.meta_import() {
+                return Err(ControlError::Unavailable(
+                    "a state import is being written; export when it has finished".into(),
+                ));
+            }
             match state.keys.parse(&kv.key) {
                 Some(Key::Site(_)) => document
                     .sites
@@ -148,6 +162,12 @@ impl Api {
                     site.domain
                 ));
             }
+            if site.aliases.len() > MAX_ALIASES {
+                return Err(invalid!(
+                    "sites[{i}].aliases: {} aliases, at most {MAX_ALIASES}",
+                    site.aliases.len()
+                ));
+            }
             for (j, alias) in site.aliases.iter().enumerate() {
                 if ids::domain(&format!("sites[{i}].aliases[{j}]"), alias)? != *alias {
                     return Err(invalid!(
@@ -180,66 +200,70 @@ impl Api {
         Ok(())
     }
 
-    async fn import_state(&self, req: pb::ImportStateRequest) -> Result<pb::ImportStateResponse> {
-        let document: StateDocument = serde_json::from_slice(&req.document)
+    async fn import_state(&self, document: &[u8]) -> Result<pb::ImportStateResponse> {
+        let document: StateDocument = serde_json::from_slice(document)
             .map_err(|err| invalid!("document: not a state document: {err}"))?;
         self.validate_document(&document).await?;
-        let state = &self.ctx.state;
-        let keys = &state.keys;
-        // BTreeMaps keep the write order stable, which makes the transaction reproducible.
-        let mut puts = BTreeMap::new();
+        let keys = &self.ctx.state.keys;
+        let mut records = BTreeMap::new();
         for site in &document.sites {
-            puts.insert(keys.site(&site.domain), model::encode(site));
+            records.insert(keys.site(&site.domain), model::encode(site));
             let owner = model::encode(&DomainRecord {
                 site: site.domain.clone(),
             });
             for domain in site.all_domains() {
-                puts.insert(keys.domain(domain), owner.clone());
+                records.insert(keys.domain(domain), owner.clone());
             }
         }
         for app in &document.apps {
-            puts.insert(keys.app(&app.name, &app.version), model::encode(app));
+            records.insert(keys.app(&app.name, &app.version), model::encode(app));
         }
         for cert in &document.certificates {
-            puts.insert(keys.certificate(&cert.name), model::encode(cert));
+            records.insert(keys.certificate(&cert.name), model::encode(cert));
         }
-        // etcd refuses a transaction that deletes a range and puts keys inside it, so delete
-        // exactly the records the document does not have, guarded by "nothing changed since".
-        let mut compares = Vec::new();
-        let mut ops = Vec::new();
-        for prefix in keys.desired_state_prefixes() {
-            let snapshot = state.store.snapshot(&prefix).await?;
-            compares.push(Compare::prefix_unchanged_since(&prefix, snapshot.revision));
-            ops.extend(
-                snapshot
-                    .kvs
-                    .into_iter()
-                    .filter(|kv| !puts.contains_key(&kv.key))
-                    .map(|kv| TxnOp::delete(kv.key)),
-            );
-        }
-        ops.extend(puts.into_iter().map(|(key, value)| TxnOp::put(key, value)));
-        let result = state.txn(compares, ops).await?;
-        if !result.succeeded {
-            return Err(ControlError::Aborted(
-                "the state changed while it was being imported; retry".into(),
-            ));
-        }
+        let summary = ImportSummary {
+            sites: document.sites.len(),
+            apps: document.apps.len(),
+            certificates: document.certificates.len(),
+        };
+        let revision = replace_desired_state(&self.ctx.state, records, &summary).await?;
         tracing::info!(
-            revision = result.revision,
-            sites = document.sites.len(),
-            apps = document.apps.len(),
-            certificates = document.certificates.len(),
+            revision,
+            sites = summary.sites,
+            apps = summary.apps,
+            certificates = summary.certificates,
             "state imported"
         );
         Ok(pb::ImportStateResponse {
-            revision: result.revision,
-            sites: document.sites.len() as u32,
-            apps: document.apps.len() as u32,
-            certificates: document.certificates.len() as u32,
+            revision,
+            sites: summary.sites as u32,
+            apps: summary.apps as u32,
+            certificates: summary.certificates as u32,
         })
     }
+
+    /// Receives a streamed document whole (bounded by [`MAX_DOCUMENT_BYTES`]).
+    async fn receive_document(
+        stream: &mut Streaming<pb::StreamImportStateRequest>,
+    ) -> Result<Vec<u8>> {
+        let mut document = Vec::new();
+        while let Some(message) = stream
+            .message()
+            .await
+            .map_err(|status| invalid!("document: the stream broke: {}", status.message()))?
+        {
+            if document.len() + message.chunk.len() > MAX_DOCUMENT_BYTES {
+                return Err(invalid!("document: larger than {MAX_DOCUMENT_BYTES} bytes"));
+            }
+            document.extend_from_slice(&message.chunk);
+        }
+        Ok(document)
+    }
 }
+
+type ExportChunks = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<pb::StreamExportStateResponse, Status>> + Send>,
+>;
 
 #[tonic::async_trait]
 impl pb::state_service_server::StateService for Api {
@@ -255,7 +279,42 @@ impl pb::state_service_server::StateService for Api {
         request: Request<pb::ImportStateRequest>,
     ) -> Result<Response<pb::ImportStateResponse>, Status> {
         Ok(Response::new(
-            Api::import_state(self, request.into_inner()).await?,
+            Api::import_state(self, &request.into_inner().document).await?,
         ))
+    }
+
+    type StreamExportStateStream = ExportChunks;
+
+    async fn stream_export_state(
+        &self,
+        _request: Request<pb::StreamExportStateRequest>,
+    ) -> Result<Response<ExportChunks>, Status> {
+        let export = Api::export_state(self).await?;
+        let revision = export.revision;
+        let chunks: Vec<_> = export
+            .document
+            .chunks(CHUNK_BYTES)
+            .map(|chunk| {
+                Ok(pb::StreamExportStateResponse {
+                    chunk: chunk.to_vec(),
+                    revision,
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
+    async fn stream_import_state(
+        &self,
+        request: Request<Streaming<pb::StreamImportStateRequest>>,
+    ) -> Result<Response<pb::StreamImportStateResponse>, Status> {
+        let document = Api::receive_document(&mut request.into_inner()).await?;
+        let imported = Api::import_state(self, &document).await?;
+        Ok(Response::new(pb::StreamImportStateResponse {
+            revision: imported.revision,
+            sites: imported.sites,
+            apps: imported.apps,
+            certificates: imported.certificates,
+        }))
     }
 }

@@ -17,7 +17,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -38,6 +38,7 @@ use tokio_util::task::TaskTracker;
 use super::handler::{Handler, Scheme};
 use super::limits::{ClientAddr, ClientLimits, Reason};
 use super::proxy;
+pub use crate::metrics::{ServerStats, StatsSnapshot};
 
 /// Limits and timeouts of one listener.
 #[derive(Debug, Clone)]
@@ -122,43 +123,6 @@ impl Default for ServerOptions {
             limits: Arc::default(),
             proxy: None,
             stats: Arc::default(),
-        }
-    }
-}
-
-/// Connection and handshake counters of a listener.
-#[derive(Debug, Default)]
-pub struct ServerStats {
-    accepted: AtomicU64,
-    rejected: AtomicU64,
-    active: AtomicU64,
-    tls_handshakes: AtomicU64,
-    tls_failures: AtomicU64,
-}
-
-/// A copy of [`ServerStats`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    /// Connections taken in under the cap.
-    pub connections_accepted: u64,
-    /// Connections closed at once because the cap was reached.
-    pub connections_rejected: u64,
-    /// Connections open now.
-    pub connections_active: u64,
-    /// Completed TLS handshakes.
-    pub tls_handshakes: u64,
-    /// TLS handshakes that failed or timed out.
-    pub tls_handshake_failures: u64,
-}
-
-impl ServerStats {
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
-            connections_accepted: self.accepted.load(Ordering::Relaxed),
-            connections_rejected: self.rejected.load(Ordering::Relaxed),
-            connections_active: self.active.load(Ordering::Relaxed),
-            tls_handshakes: self.tls_handshakes.load(Ordering::Relaxed),
-            tls_handshake_failures: self.tls_failures.load(Ordering::Relaxed),
         }
     }
 }

@@ -10,10 +10,9 @@
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::bundle::{StagedBundle, StaticFile};
+use statiko_common::manifest::MANIFEST_FILE;
 
-/// The app manifest is read by the edge and never served.
-pub const MANIFEST_PATH: &str = "/_statiko.yaml";
+use crate::bundle::{StagedBundle, StaticFile};
 
 /// Why a request path is refused before any lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +49,7 @@ impl CleanPath<'_> {
 /// separator like any other, so `..%2f` is rejected like `../`.
 pub fn clean_path(raw: &str) -> Result<CleanPath<'_>, PathError> {
     let decoded: Cow<'_, str> = if raw.contains('%') {
-        let bytes = percent_decode(raw.as_bytes())?;
-        Cow::Owned(String::from_utf8(bytes).map_err(|_| PathError::BadRequest)?)
+        Cow::Owned(percent_decode(raw)?)
     } else {
         Cow::Borrowed(raw)
     };
@@ -113,34 +111,22 @@ fn normalize(decoded: Cow<'_, str>) -> Result<CleanPath<'_>, PathError> {
     })
 }
 
-fn percent_decode(input: &[u8]) -> Result<Vec<u8>, PathError> {
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        let b = input[i];
-        if b == b'%' {
-            let hi = input.get(i + 1).and_then(|&c| hex(c));
-            let lo = input.get(i + 2).and_then(|&c| hex(c));
-            match (hi, lo) {
-                (Some(hi), Some(lo)) => out.push(hi << 4 | lo),
-                _ => return Err(PathError::BadRequest),
-            }
-            i += 3;
-        } else {
-            out.push(b);
-            i += 1;
-        }
+/// Percent-decodes a path into UTF-8. A `%` not followed by two hex digits is refused (the
+/// crate would pass it through as it is).
+fn percent_decode(input: &str) -> Result<String, PathError> {
+    let well_formed = input.split('%').skip(1).all(|escape| {
+        escape
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !well_formed {
+        return Err(PathError::BadRequest);
     }
-    Ok(out)
-}
-
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
+    percent_encoding::percent_decode_str(input)
+        .decode_utf8()
+        .map(Cow::into_owned)
+        .map_err(|_| PathError::BadRequest)
 }
 
 /// The outcome of looking a clean path up in a bundle.
@@ -164,7 +150,8 @@ pub enum Resolved<'a> {
 /// Looks `path` up in the bundle's file and directory maps only.
 pub fn resolve<'a>(bundle: &'a StagedBundle, path: &CleanPath<'_>) -> Resolved<'a> {
     let key: &str = &path.key;
-    if key == MANIFEST_PATH {
+    // The app manifest is read by the edge and never served.
+    if key.strip_prefix('/') == Some(MANIFEST_FILE) {
         return Resolved::NotFound;
     }
     if !path.trailing_slash {

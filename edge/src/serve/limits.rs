@@ -10,11 +10,12 @@
 //! table is full, then any others (a dropped entry only forgets a partly used bucket).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use statiko_common::config::EdgeLimitsConfig;
 use statiko_common::listener::{Sharded, client_key, now_ms};
+
+pub use crate::metrics::{LimitStats, Reason};
 
 /// Least time between two log lines about one client or site.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -27,63 +28,6 @@ const SHARDS: usize = 16;
 /// accept loop in the request's extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
-
-/// Why a connection or request was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// The client has `perClient.maxConnections` open.
-    ClientConnections,
-    /// The client opened TLS connections faster than `perClient.handshakesPerSecond`.
-    ClientHandshakes,
-    /// The client sent requests faster than `perClient.requestsPerSecond` (429).
-    ClientRequests,
-    /// The site got requests faster than `perSite.requestsPerSecond` (429).
-    SiteRequests,
-    /// PROXY protocol required and the header was missing, malformed or late.
-    ProxyHeader,
-    /// PROXY protocol from a peer outside `trustedProxies`.
-    ProxyUntrusted,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 6] = [
-        Reason::ClientConnections,
-        Reason::ClientHandshakes,
-        Reason::ClientRequests,
-        Reason::SiteRequests,
-        Reason::ProxyHeader,
-        Reason::ProxyUntrusted,
-    ];
-
-    /// The `reason` label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Reason::ClientConnections => "client_connections",
-            Reason::ClientHandshakes => "client_handshakes",
-            Reason::ClientRequests => "client_requests",
-            Reason::SiteRequests => "site_requests",
-            Reason::ProxyHeader => "proxy_header",
-            Reason::ProxyUntrusted => "proxy_untrusted",
-        }
-    }
-}
-
-/// Refusals by reason, read at scrape time.
-#[derive(Debug, Default)]
-pub struct LimitStats {
-    counts: [AtomicU64; Reason::ALL.len()],
-}
-
-impl LimitStats {
-    pub fn count(&self, reason: Reason) {
-        self.counts[reason as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// `(label, count)` for every reason.
-    pub fn snapshot(&self) -> [(&'static str, u64); Reason::ALL.len()] {
-        Reason::ALL.map(|r| (r.label(), self.counts[r as usize].load(Ordering::Relaxed)))
-    }
-}
 
 /// A token bucket: `rate` tokens per second up to `burst`.
 #[derive(Debug, Clone, Copy)]
