@@ -65,7 +65,8 @@ pub(crate) async fn serve(
     let incoming = crate::listen::incoming(listener, tls, limits, shutdown.clone());
     tracing::info!(listen = %local, "control plane serving");
     Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // PINGs move bytes, so a long call (a deploy waiting for edges) never looks idle.
+        .http2_keepalive_interval(Some(Duration::from_secs(30).min(limits.idle_timeout() / 2)))
         .layer(ConnTrackLayer)
         .layer(metrics)
         .layer(auth)
