@@ -28,6 +28,7 @@ use statiko_proto::v1::cluster_service_client::ClusterServiceClient;
 use statiko_proto::v1::deployment_service_client::DeploymentServiceClient;
 use statiko_proto::v1::site_service_client::SiteServiceClient;
 use statiko_proto::v1::state_service_client::StateServiceClient;
+use statiko_proto::v1::token_service_client::TokenServiceClient;
 
 use crate::cli::GlobalArgs;
 
@@ -100,6 +101,11 @@ impl Api {
 
     pub(crate) fn cluster(&self) -> ClusterServiceClient<Authed> {
         ClusterServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    pub(crate) fn tokens(&self) -> TokenServiceClient<Authed> {
+        TokenServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
     }
 

@@ -6,6 +6,7 @@ mod cluster;
 mod deployments;
 mod sites;
 mod state;
+mod tokens;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use statiko_common::config::LimitsConfig;
 use statiko_common::crypto::SecretBox;
 use statiko_common::repo::BundleRepo;
 
+use crate::auth::{AuthLayer, StoredTokens};
 use crate::state::DesiredState;
 
 /// Everything a handler needs. Nothing in here is state that matters: the store is the truth.
@@ -28,6 +30,9 @@ pub(crate) struct Context {
     pub(crate) limits: LimitsConfig,
     /// Where uploads are spooled before they are verified and stored.
     pub(crate) upload_dir: PathBuf,
+    /// The token checks (config token names) and the watched cache of stored tokens.
+    pub(crate) auth: AuthLayer,
+    pub(crate) tokens: StoredTokens,
 }
 
 /// Implements every management service; cheap to clone.

@@ -1,8 +1,17 @@
 //! Bearer-token authentication and role checks, as a tower layer in front of every gRPC service.
 //!
 //! Health checks and server reflection answer without a token. Every other call needs
-//! `authorization: Bearer <token>` matching one of `auth.tokens` (compared in constant time);
-//! `readonly` tokens may only call `Get*` and `List*` methods.
+//! `authorization: Bearer <token>` matching one of `auth.tokens` (compared in constant time) or a
+//! token stored under `tokens/` (`tokens`: a watched cache); `policy` decides what each role may
+//! call and, for deployer tokens, which sites (`scope`).
+
+mod policy;
+mod scope;
+mod tokens;
+
+pub(crate) use self::policy::{authorize_site, site_visible};
+pub(crate) use self::scope::Scope;
+pub(crate) use self::tokens::{StoredTokens, digest_of, generate_secret};
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -10,6 +19,7 @@ use std::task::{Context, Poll};
 use aws_lc_rs::digest::{SHA256, digest};
 use futures::future::{Either, Ready, ready};
 use statiko_common::config::{Role, TokenConfig};
+use statiko_common::model::TokenRole;
 use tonic::Status;
 use tower::{Layer, Service};
 
@@ -17,7 +27,9 @@ use tower::{Layer, Service};
 #[derive(Debug, Clone)]
 pub(crate) struct Caller {
     pub(crate) name: String,
-    pub(crate) role: Role,
+    pub(crate) role: TokenRole,
+    /// Deployer tokens only.
+    pub(crate) scope: Scope,
 }
 
 #[derive(Debug)]
@@ -30,28 +42,45 @@ struct Token {
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     tokens: Arc<Vec<Token>>,
+    stored: StoredTokens,
 }
 
 impl AuthLayer {
+    /// Config tokens only.
     pub fn new(tokens: &[TokenConfig]) -> Self {
+        Self::with_stored(tokens, StoredTokens::disabled())
+    }
+
+    /// Config tokens, then the stored ones.
+    pub(crate) fn with_stored(tokens: &[TokenConfig], stored: StoredTokens) -> Self {
         let tokens = tokens
             .iter()
             .map(|t| Token {
                 digest: sha256(t.token.as_bytes()),
                 caller: Caller {
                     name: t.name.clone(),
-                    role: t.role,
+                    role: match t.role {
+                        Role::Admin => TokenRole::Admin,
+                        Role::Readonly => TokenRole::Readonly,
+                    },
+                    scope: Scope::default(),
                 },
             })
             .collect();
         Self {
             tokens: Arc::new(tokens),
+            stored,
         }
+    }
+
+    /// Whether a config token has this name (a stored token may not take it).
+    pub(crate) fn config_token_named(&self, name: &str) -> bool {
+        self.tokens.iter().any(|t| t.caller.name == name)
     }
 
     /// Finds the caller for a presented token. Every configured token is compared, in constant
     /// time over fixed-size digests, so timing reveals neither which token matched nor how much.
-    fn authenticate(&self, presented: &str) -> Option<Caller> {
+    fn authenticate(&self, presented: &str) -> Result<Option<Caller>, Status> {
         let presented = sha256(presented.as_bytes());
         let mut found = None;
         for token in self.tokens.iter() {
@@ -64,7 +93,10 @@ impl AuthLayer {
                 found = Some(token.caller.clone());
             }
         }
-        found
+        match found {
+            Some(caller) => Ok(Some(caller)),
+            None => self.stored.authenticate(&presented),
+        }
     }
 
     /// Decides on a request path (`/package.Service/Method`) and its authorization header.
@@ -88,14 +120,9 @@ impl AuthLayer {
             })?
             .trim();
         let caller = self
-            .authenticate(token)
+            .authenticate(token)?
             .ok_or_else(|| Status::unauthenticated("invalid bearer token"))?;
-        if caller.role == Role::Readonly && !is_read_only(path) {
-            return Err(Status::permission_denied(format!(
-                "token {:?} is read-only and cannot call {path}",
-                caller.name
-            )));
-        }
+        policy::check_method(&caller, path)?;
         Ok(Some(caller))
     }
 }
@@ -159,7 +186,9 @@ where
         match verdict {
             Ok(caller) => {
                 if let Some(caller) = caller {
+                    let method = policy::CalledMethod(request.uri().path().to_owned());
                     request.extensions_mut().insert(caller);
+                    request.extensions_mut().insert(method);
                 }
                 Either::Right(self.inner.call(request))
             }

@@ -88,6 +88,8 @@ pub async fn run(
     let repo = BundleRepo::from_config(&config.repo).context("open the bundle repository")?;
     let local = listener.local_addr().context("listener address")?;
     let identity = tls::identity(&config, local)?;
+    let tokens = auth::StoredTokens::watch(store.clone(), keys.clone(), shutdown.clone());
+    let auth = AuthLayer::with_stored(&config.auth.tokens, tokens.clone());
     let api = Api::new(api::Context {
         state: state::DesiredState::new(store, keys),
         repo,
@@ -96,6 +98,8 @@ pub async fn run(
         codesign_required: config.codesign.required,
         limits: config.limits.clone(),
         upload_dir: upload_dir(),
+        auth: auth.clone(),
+        tokens,
     });
     let metrics = std::sync::Arc::new(metrics::ControlMetrics::default());
     // Metrics are not worth refusing to serve the API for: a busy port is logged, not fatal.
@@ -112,7 +116,7 @@ pub async fn run(
     }
     server::serve(
         api,
-        AuthLayer::new(&config.auth.tokens),
+        auth,
         metrics::MetricsLayer::new(metrics),
         identity,
         listener,
