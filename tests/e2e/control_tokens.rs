@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use serde_json::Value;
+use serde_json::{Value, json};
 use statiko_proto::v1::{
     CreateTokenRequest, GetSiteRequest, ImportCertificateRequest, ListNodesRequest,
     ListSitesRequest, ListTokensRequest, TokenRole,
@@ -16,8 +16,8 @@ use statiko_tests::fixtures::{
     Upload, assert_status, cert_pair, deploy, digest_of, site, site_bundle,
 };
 use statiko_tests::{
-    Api, Control, ControlOptions, Etcd, OutputExt, StateStore, patience, require_tool, secs,
-    wait_until,
+    Api, Control, ControlOptions, Edge, EdgeOptions, Etcd, OutputExt, StateStore, patience,
+    require_tool, run_stk, secs, wait_until,
 };
 use tonic::Code;
 
@@ -391,5 +391,144 @@ async fn deployer_tokens_across_replicas() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// The pipeline of docs/ci.md, command for command, with a deployer token in a secret file:
+/// `stk app upload` and `stk deploy --wait` succeed and an edge serves the build; a site outside
+/// the scope exits 4; a deploy the edges do not all serve in time exits 3; the token is never
+/// printed.
+#[tokio::test]
+async fn ci_pipeline_with_a_deployer_token_file() -> Result<()> {
+    statiko_tests::init();
+    if !require_tool("etcd") {
+        return Ok(());
+    }
+    let etcd = Etcd::start().await?;
+    let control = Control::start(ControlOptions::default().store(StateStore::etcd(&etcd))).await?;
+    let mut edge = Edge::start(
+        EdgeOptions::new("edge-ci", StateStore::etcd(&etcd), &control.repo_dir())
+            .config(json!({"edge": {"leaseTtl": 10}})),
+    )
+    .await?;
+    let admin = control.admin().await?;
+    admin
+        .sites()
+        .create_site(site("www.team-a.test", &[]))
+        .await?;
+    admin.sites().create_site(site("team-b.test", &[])).await?;
+    let created = stk_create(
+        &control,
+        &[
+            "ci-team-a",
+            "--role",
+            "deployer",
+            "--scope",
+            "*.team-a.test",
+        ],
+    )
+    .await?;
+    let secret = created["secret"].as_str().context("secret")?.to_owned();
+
+    // What the CI runner has: a checkout with a build output, and the secret as a file.
+    let work = tempfile::tempdir()?;
+    let public = work.path().join("public");
+    std::fs::create_dir_all(&public)?;
+    std::fs::write(public.join("index.html"), "<h1>team a, build 1a2b3c</h1>")?;
+    let token_file = work.path().join("statiko-token");
+    std::fs::write(&token_file, format!("{secret}\n"))?;
+    let mut env = vec![
+        ("STATIKO_ENDPOINT".to_owned(), control.endpoint()),
+        (
+            "STATIKO_TOKEN_FILE".to_owned(),
+            token_file.display().to_string(),
+        ),
+    ];
+    if control.tls_enabled() {
+        env.push((
+            "STATIKO_CA".to_owned(),
+            control.ca_path().display().to_string(),
+        ));
+    }
+    let stk = async |args: &[&str]| {
+        let output = run_stk(args, &env).await?;
+        for text in [output.stdout_text(), output.stderr_text()] {
+            ensure!(!text.contains(&secret), "stk printed the token: {text}");
+        }
+        anyhow::Ok(output)
+    };
+    let public_arg = public.display().to_string();
+    stk(&[
+        "app",
+        "upload",
+        &public_arg,
+        "--name",
+        "team-a-web",
+        "--version",
+        "1a2b3c",
+    ])
+    .await?
+    .assert_success();
+    let deployed = stk(&[
+        "deploy",
+        "www.team-a.test",
+        "team-a-web@1a2b3c",
+        "--wait",
+        "--wait-timeout",
+        "60s",
+    ])
+    .await?;
+    deployed.assert_success();
+    ensure!(
+        deployed.stdout_text().contains("edge-ci"),
+        "{}",
+        deployed.stdout_text()
+    );
+    let page = edge.https_get("www.team-a.test", "/").await?;
+    ensure!(
+        page.status == 200 && page.text().contains("build 1a2b3c"),
+        "{}",
+        page.text()
+    );
+
+    let outside = stk(&["deploy", "team-b.test", "team-a-web@1a2b3c", "--wait"]).await?;
+    outside.assert_code(4);
+    ensure!(
+        outside
+            .stderr_text()
+            .contains(r#"may not deploy to team-b.test"#),
+        "{}",
+        outside.stderr_text()
+    );
+
+    // An edge that stopped answering still holds its lease: the wait times out, exit code 3.
+    std::fs::write(public.join("index.html"), "<h1>team a, build 4d5e6f</h1>")?;
+    stk(&[
+        "app",
+        "upload",
+        &public_arg,
+        "--name",
+        "team-a-web",
+        "--version",
+        "4d5e6f",
+    ])
+    .await?
+    .assert_success();
+    edge.kill().await?;
+    let late = stk(&[
+        "deploy",
+        "www.team-a.test",
+        "team-a-web@4d5e6f",
+        "--wait",
+        "--wait-timeout",
+        "1s",
+    ])
+    .await?;
+    late.assert_code(3);
+    ensure!(
+        late.stderr_text().contains("DEADLINE_EXCEEDED"),
+        "{}",
+        late.stderr_text()
+    );
     Ok(())
 }
