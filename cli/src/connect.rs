@@ -51,8 +51,13 @@ fn token(args: &GlobalArgs) -> anyhow::Result<Option<String>> {
     match (&args.token, &args.token_file) {
         (Some(token), _) if !token.trim().is_empty() => Ok(Some(token.clone())),
         (_, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the token file {}", path.display()))?;
+            // An unreadable token file is a mistake in how stk was called (exit code 64).
+            let text = std::fs::read_to_string(path).map_err(|err| {
+                crate::usage_error(format!(
+                    "cannot read the token file {}: {err}",
+                    path.display()
+                ))
+            })?;
             Ok(Some(text.trim_end().to_owned()))
         }
         (token, None) => Ok(token.clone()),
