@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use statiko_proto::v1::{
-    CreateTokenRequest, GetSiteRequest, ImportCertificateRequest, ListNodesRequest,
-    ListSitesRequest, ListTokensRequest, TokenRole,
+    CreateTokenRequest, GetSiteRequest, ImportCertificateRequest, ListAppsRequest,
+    ListAppsResponse, ListNodesRequest, ListSitesRequest, ListTokensRequest, TokenRole,
 };
 use statiko_tests::fixtures::{
     Upload, assert_status, cert_pair, deploy, digest_of, site, site_bundle,
@@ -195,6 +195,31 @@ async fn deployer_tokens_across_replicas() -> Result<()> {
             .as_deref(),
         Some("1.0.0")
     );
+    // An app's users, as a deployer sees them, are only the sites in its scope.
+    deploy(&admin, "mixed.team-a.test", "web", "1.0.0", false, secs(1)).await?;
+    let used_by = |apps: ListAppsResponse| {
+        apps.apps
+            .into_iter()
+            .find(|a| a.name == "web")
+            .map(|a| a.used_by)
+            .unwrap_or_default()
+    };
+    let all_users = used_by(
+        admin
+            .apps()
+            .list_apps(ListAppsRequest::default())
+            .await?
+            .into_inner(),
+    );
+    assert_eq!(all_users, ["mixed.team-a.test", "www.team-a.test"]);
+    let visible_users = used_by(
+        deployer
+            .apps()
+            .list_apps(ListAppsRequest::default())
+            .await?
+            .into_inner(),
+    );
+    assert_eq!(visible_users, ["www.team-a.test"]);
     let visible: Vec<String> = list_sites(&deployer)
         .await?
         .into_iter()
