@@ -1,15 +1,17 @@
 //! Bearer-token authentication and role checks, as a tower layer in front of every gRPC service.
 //!
 //! Health checks and server reflection answer without a token. Every other call needs
-//! `authorization: Bearer <token>` matching one of `auth.tokens` (compared in constant time) or a
-//! token stored under `tokens/` (`tokens`: a watched cache); `policy` decides what each role may
-//! call and, for deployer tokens, which sites (`scope`).
+//! `authorization: Bearer <token>` matching one of `auth.tokens` (compared in constant time);
+//! `readonly` tokens may only call `Get*` and `List*` methods.
+//!
+//! Tokens stored under `tokens/` are checked after the config ones (`tokens`: a watched cache);
+//! `policy` decides what each role may call and, for deployer tokens, which sites (`scope`).
 
 mod policy;
 mod scope;
 mod tokens;
 
-pub(crate) use self::policy::{authorize_site, site_visible};
+pub(crate) use self::policy::site_visible;
 pub(crate) use self::scope::Scope;
 pub(crate) use self::tokens::{StoredTokens, digest_of, generate_secret};
 
@@ -17,11 +19,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use aws_lc_rs::digest::{SHA256, digest};
-use futures::future::{Either, Ready, ready};
+use futures::future::{BoxFuture, Either, Ready, ready};
 use statiko_common::config::{Role, TokenConfig};
 use statiko_common::model::TokenRole;
 use tonic::Status;
+use tonic::body::Body;
 use tower::{Layer, Service};
+
+use crate::state::DesiredState;
 
 /// The identity a request was authenticated as; added to the request extensions.
 #[derive(Debug, Clone)]
@@ -43,16 +48,22 @@ struct Token {
 pub struct AuthLayer {
     tokens: Arc<Vec<Token>>,
     stored: StoredTokens,
+    /// Resolves the site a deployer's request names (no scoped calls without it).
+    state: Option<DesiredState>,
 }
 
 impl AuthLayer {
     /// Config tokens only.
     pub fn new(tokens: &[TokenConfig]) -> Self {
-        Self::with_stored(tokens, StoredTokens::disabled())
+        Self::with_stored(tokens, StoredTokens::disabled(), None)
     }
 
-    /// Config tokens, then the stored ones.
-    pub(crate) fn with_stored(tokens: &[TokenConfig], stored: StoredTokens) -> Self {
+    /// Config tokens, then the stored ones; `state` resolves the sites deployers name.
+    pub(crate) fn with_stored(
+        tokens: &[TokenConfig],
+        stored: StoredTokens,
+        state: Option<DesiredState>,
+    ) -> Self {
         let tokens = tokens
             .iter()
             .map(|t| Token {
@@ -70,6 +81,7 @@ impl AuthLayer {
         Self {
             tokens: Arc::new(tokens),
             stored,
+            state,
         }
     }
 
@@ -162,20 +174,26 @@ pub struct Auth<S> {
     inner: S,
 }
 
-impl<S, B, RB> Service<http::Request<B>> for Auth<S>
+impl<S, RB> Service<http::Request<Body>> for Auth<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<RB>>,
-    RB: Default,
+    S: Service<http::Request<Body>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    RB: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Either<Ready<Result<S::Response, S::Error>>, S::Future>;
+    /// Refused at once, passed straight on, or passed on after a scope check (boxed: only
+    /// deployers' site-scoped calls take that path).
+    type Future = Either<
+        Ready<Result<S::Response, S::Error>>,
+        Either<S::Future, BoxFuture<'static, Result<S::Response, S::Error>>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let verdict = self.layer.check(
             request.uri().path(),
             request
@@ -185,12 +203,26 @@ where
         );
         match verdict {
             Ok(caller) => {
+                let scoped = caller
+                    .as_ref()
+                    .and_then(|c| policy::site_scoped(c, request.uri().path()));
                 if let Some(caller) = caller {
-                    let method = policy::CalledMethod(request.uri().path().to_owned());
                     request.extensions_mut().insert(caller);
-                    request.extensions_mut().insert(method);
                 }
-                Either::Right(self.inner.call(request))
+                match (scoped, self.layer.state.clone()) {
+                    (Some(check), Some(state)) => {
+                        // The scope check reads the request's message first (see `policy`).
+                        let clone = self.inner.clone();
+                        let mut inner = std::mem::replace(&mut self.inner, clone);
+                        Either::Right(Either::Right(Box::pin(async move {
+                            match check.run(request, &state).await {
+                                Ok(request) => inner.call(request).await,
+                                Err(status) => Ok(status.into_http()),
+                            }
+                        })))
+                    }
+                    _ => Either::Right(Either::Left(self.inner.call(request))),
+                }
             }
             Err(status) => {
                 tracing::info!(path = request.uri().path(), code = ?status.code(), "request refused");

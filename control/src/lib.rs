@@ -89,9 +89,10 @@ pub async fn run(
     let local = listener.local_addr().context("listener address")?;
     let identity = tls::identity(&config, local)?;
     let tokens = auth::StoredTokens::watch(store.clone(), keys.clone(), shutdown.clone());
-    let auth = AuthLayer::with_stored(&config.auth.tokens, tokens.clone());
+    let state = state::DesiredState::new(store, keys);
+    let auth = AuthLayer::with_stored(&config.auth.tokens, tokens.clone(), Some(state.clone()));
     let api = Api::new(api::Context {
-        state: state::DesiredState::new(store, keys),
+        state,
         repo,
         secrets: prepared.secrets,
         codesign_key: prepared.codesign_key,

@@ -1,10 +1,13 @@
 //! What each role may call. `admin` calls everything; `readonly` calls `Get*` and `List*`
 //! (token management excepted); `deployer` calls only the methods in [`DEPLOYER_METHODS`], and
-//! for the site-scoped ones the handler checks the request's domain with [`authorize_site`].
-//! A new deployer-reachable RPC is one line in the table plus one `authorize_site` call.
+//! for the site-scoped ones ([`Access::Site`]) the auth layer reads the request message and
+//! checks the domain in its field 1 against the scope before the handler runs. A new
+//! deployer-reachable RPC is one line in the table (its request's field 1 must be the domain).
 
+use http_body_util::{BodyExt as _, Full, Limited};
 use statiko_common::model::TokenRole;
-use tonic::{Request, Status};
+use tonic::Status;
+use tonic::body::Body;
 
 use super::Caller;
 use crate::state::DesiredState;
@@ -94,59 +97,104 @@ pub(crate) fn site_visible<'a>(
     }
 }
 
-/// The scope check of a site-scoped call: the domain the request names, then every domain of the
-/// site it resolves to (primary and aliases), must be in the deployer's scope. Other roles pass
-/// (their method check already happened). A site that does not exist passes, so the handler
-/// answers `NOT_FOUND` as usual for an in-scope name.
-pub(crate) async fn authorize_site<T>(
-    request: &Request<T>,
-    state: &DesiredState,
-    domain: &str,
-) -> Result<(), Status> {
-    let Some(caller) = request.extensions().get::<Caller>() else {
-        return Ok(());
-    };
-    if caller.role != TokenRole::Deployer {
-        return Ok(());
-    }
-    let path = request
-        .extensions()
-        .get::<CalledMethod>()
-        .map(|m| m.0.as_str())
-        .unwrap_or_default();
-    let Some(Access::Site(verb)) = deployer_access(path) else {
-        return Err(Status::permission_denied(format!(
-            "{} may not call {}",
-            describe(caller),
-            method(path)
-        )));
-    };
-    let lookup = statiko_common::ids::domain("domain", domain)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    if !caller.scope.allows(&lookup) {
-        return Err(Status::permission_denied(format!(
-            "{} may not {verb} {lookup}",
-            describe(caller)
-        )));
-    }
-    let site = match state.find_site(&lookup).await {
-        Ok(site) => site.record,
-        Err(crate::error::ControlError::NotFound(_)) => return Ok(()),
-        Err(err) => return Err(err.into()),
-    };
-    if let Some(outside) = site.all_domains().find(|d| !caller.scope.allows(d)) {
-        return Err(Status::permission_denied(format!(
-            "{} may not {verb} {lookup}: its site {} also answers for {outside}, which is outside the scope",
-            describe(caller),
-            site.domain
-        )));
-    }
-    Ok(())
+/// Largest request message read for a scope check (site-scoped requests are a domain and a few
+/// small fields).
+const MAX_SCOPED_MESSAGE: usize = 64 * 1024;
+
+/// The first field of every site-scoped request message: `string domain = 1`. prost skips the
+/// other fields, so one decoder serves every method in the table.
+#[derive(Clone, PartialEq, prost::Message)]
+struct DomainField {
+    #[prost(string, tag = "1")]
+    domain: String,
 }
 
-/// The request path, kept in the extensions for [`authorize_site`].
-#[derive(Debug, Clone)]
-pub(crate) struct CalledMethod(pub(crate) String);
+/// A scope check to run on a deployer's site-scoped request before the handler sees it.
+#[derive(Debug)]
+pub(crate) struct ScopeCheck {
+    caller: Caller,
+    verb: &'static str,
+}
+
+/// The scope check a call needs: deployer tokens calling a site-scoped method.
+pub(crate) fn site_scoped(caller: &Caller, path: &str) -> Option<ScopeCheck> {
+    match (caller.role, deployer_access(path)) {
+        (TokenRole::Deployer, Some(Access::Site(verb))) => Some(ScopeCheck {
+            caller: caller.clone(),
+            verb,
+        }),
+        _ => None,
+    }
+}
+
+impl ScopeCheck {
+    /// Reads the request's one message (unary requests only), checks the domain it names, and
+    /// hands the request back with the same bytes for the handler.
+    pub(crate) async fn run(
+        self,
+        request: http::Request<Body>,
+        state: &DesiredState,
+    ) -> Result<http::Request<Body>, Status> {
+        let (parts, body) = request.into_parts();
+        let bytes = Limited::new(body, MAX_SCOPED_MESSAGE + 5)
+            .collect()
+            .await
+            .map_err(|err| Status::invalid_argument(format!("cannot read the request: {err}")))?
+            .to_bytes();
+        let domain = domain_of(&bytes)?;
+        self.check(&domain, state).await?;
+        Ok(http::Request::from_parts(
+            parts,
+            Body::new(Full::new(bytes)),
+        ))
+    }
+
+    /// The requested domain, then every domain of the site it resolves to (primary and aliases),
+    /// must be in scope. A site that does not exist passes, so the handler answers `NOT_FOUND`
+    /// as usual for an in-scope name.
+    async fn check(&self, domain: &str, state: &DesiredState) -> Result<(), Status> {
+        let caller = &self.caller;
+        let verb = self.verb;
+        let lookup = statiko_common::ids::domain("domain", domain)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if !caller.scope.allows(&lookup) {
+            return Err(Status::permission_denied(format!(
+                "{} may not {verb} {lookup}",
+                describe(caller)
+            )));
+        }
+        let site = match state.find_site(&lookup).await {
+            Ok(site) => site.record,
+            Err(crate::error::ControlError::NotFound(_)) => return Ok(()),
+            Err(err) => return Err(err.into()),
+        };
+        if let Some(outside) = site.all_domains().find(|d| !caller.scope.allows(d)) {
+            return Err(Status::permission_denied(format!(
+                "{} may not {verb} {lookup}: its site {} also answers for {outside}, which is outside the scope",
+                describe(caller),
+                site.domain
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The domain in a gRPC-framed request (a 5-byte prefix: compression flag, big-endian length).
+fn domain_of(frame: &[u8]) -> Result<String, Status> {
+    let malformed = || Status::invalid_argument("malformed request message");
+    let (header, message) = frame.split_at_checked(5).ok_or_else(malformed)?;
+    if header[0] != 0 {
+        return Err(Status::unimplemented(
+            "compressed requests are not accepted",
+        ));
+    }
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if len != message.len() || len > MAX_SCOPED_MESSAGE {
+        return Err(malformed());
+    }
+    let decoded = <DomainField as prost::Message>::decode(message).map_err(|_| malformed())?;
+    Ok(decoded.domain)
+}
 
 #[cfg(test)]
 mod tests {
@@ -164,6 +212,49 @@ mod tests {
                 _ => Scope::default(),
             },
         }
+    }
+
+    fn frame(message: &impl prost::Message) -> Vec<u8> {
+        let body = message.encode_to_vec();
+        let mut out = vec![0];
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn the_domain_is_field_one_of_every_scoped_request() {
+        use statiko_proto::v1 as pb;
+        let deploy = pb::DeployRequest {
+            domain: "www.team-a.test".into(),
+            app: Some(pb::AppRef {
+                name: "web".into(),
+                version: "1.0.0".into(),
+            }),
+            wait: true,
+            wait_timeout: None,
+        };
+        assert_eq!(
+            domain_of(&frame(&deploy)).ok().as_deref(),
+            Some("www.team-a.test")
+        );
+        let get = pb::GetSiteRequest {
+            domain: "b.test".into(),
+        };
+        assert_eq!(domain_of(&frame(&get)).ok().as_deref(), Some("b.test"));
+        let mut compressed = frame(&get);
+        compressed[0] = 1;
+        assert_eq!(
+            domain_of(&compressed).map_err(|s| s.code()),
+            Err(tonic::Code::Unimplemented)
+        );
+        let mut short = frame(&get);
+        short.pop();
+        assert_eq!(
+            domain_of(&short).map_err(|s| s.code()),
+            Err(tonic::Code::InvalidArgument)
+        );
+        assert!(domain_of(&[0, 0]).is_err());
     }
 
     #[test]
