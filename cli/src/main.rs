@@ -11,8 +11,9 @@
 //! 1 any other failure (every gRPC error not listed here, printed as `error: <CODE>: <message>`),
 //! 3 `DEADLINE_EXCEEDED` (a waiting deploy not served by every edge in time, or a call timeout),
 //! 4 `UNAUTHENTICATED` / `PERMISSION_DENIED` (token missing, wrong, expired, revoked or out of
-//! scope), 5 `UNAVAILABLE` (control or its store unreachable: worth a retry), 64 usage error
-//! (bad flags or arguments, unreadable input).
+//! scope), 5 `UNAVAILABLE` (control answered that its store is unreachable: worth a retry),
+//! 64 usage error (bad flags or arguments, unreadable input). Failing to connect at all
+//! (refused, TLS verification) is 1: the message says `cannot connect to <endpoint>`.
 
 // Printing to stdout and stderr is this binary's whole job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -41,7 +42,7 @@ const EXIT_FAILURE: u8 = 1;
 const EXIT_DEADLINE: u8 = 3;
 /// The token was refused (missing, wrong, expired, revoked) or lacks the permission or scope.
 const EXIT_AUTH: u8 = 4;
-/// Control or its store could not be reached; retrying later may succeed.
+/// Control reported `UNAVAILABLE` (its store cannot be reached); retrying later may succeed.
 const EXIT_UNAVAILABLE: u8 = 5;
 
 /// An error caused by how stk was called rather than by the server or the network.
@@ -117,12 +118,6 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             Code::Unavailable => EXIT_UNAVAILABLE,
             _ => EXIT_FAILURE,
         };
-    }
-    if err
-        .chain()
-        .any(|cause| cause.is::<tonic::transport::Error>())
-    {
-        return EXIT_UNAVAILABLE;
     }
     EXIT_FAILURE
 }
