@@ -31,7 +31,7 @@ const WAIT_GRACE: Duration = Duration::from_secs(10);
 /// Prints results in the chosen format.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Printer {
-    format: OutputFormat,
+    pub(crate) format: OutputFormat,
 }
 
 /// Runs the parsed command.

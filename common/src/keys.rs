@@ -243,13 +243,18 @@ mod tests {
             Some(Key::Other("acme/account".into()))
         );
         assert!(keys.leader().starts_with(&keys.election()));
-        assert_eq!(keys.token("ci"), "/statiko/v1/tokens/ci");
-        assert!(keys.token("ci").starts_with(&keys.tokens()));
     }
 
     #[test]
     fn prefix_ends() {
         assert_eq!(prefix_end("/statiko/v1/sites/"), "/statiko/v1/sites0");
         assert_eq!(prefix_end("a"), "b");
+    }
+
+    #[test]
+    fn token_keys() {
+        let keys = KeySchema::new("/statiko");
+        assert_eq!(keys.token("ci"), "/statiko/v1/tokens/ci");
+        assert!(keys.token("ci").starts_with(&keys.tokens()));
     }
 }

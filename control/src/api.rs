@@ -22,6 +22,9 @@ use crate::state::DesiredState;
 #[derive(Debug)]
 pub(crate) struct Context {
     pub(crate) state: DesiredState,
+    /// The token checks (config token names) and the watched cache of stored tokens.
+    pub(crate) auth: AuthLayer,
+    pub(crate) tokens: StoredTokens,
     pub(crate) repo: BundleRepo,
     pub(crate) secrets: Option<SecretBox>,
     /// Ed25519 public key for bundle signatures.
@@ -30,9 +33,6 @@ pub(crate) struct Context {
     pub(crate) limits: LimitsConfig,
     /// Where uploads are spooled before they are verified and stored.
     pub(crate) upload_dir: PathBuf,
-    /// The token checks (config token names) and the watched cache of stored tokens.
-    pub(crate) auth: AuthLayer,
-    pub(crate) tokens: StoredTokens,
 }
 
 /// Implements every management service; cheap to clone.

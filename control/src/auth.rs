@@ -3,17 +3,6 @@
 //! Health checks and server reflection answer without a token. Every other call needs
 //! `authorization: Bearer <token>` matching one of `auth.tokens` (compared in constant time);
 //! `readonly` tokens may only call `Get*` and `List*` methods.
-//!
-//! Tokens stored under `tokens/` are checked after the config ones (`tokens`: a watched cache);
-//! `policy` decides what each role may call and, for deployer tokens, which sites (`scope`).
-
-mod policy;
-mod scope;
-mod tokens;
-
-pub(crate) use self::policy::site_visible;
-pub(crate) use self::scope::Scope;
-pub(crate) use self::tokens::{StoredTokens, digest_of, generate_secret};
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,6 +16,17 @@ use tonic::body::Body;
 use tower::{Layer, Service};
 
 use crate::state::DesiredState;
+
+// Tokens stored under `tokens/` are checked after the config ones (`tokens`: a watched cache);
+// `policy` decides what each role (`deployer` too) may call and, for deployers, which sites
+// (`scope`).
+mod policy;
+mod scope;
+mod tokens;
+
+pub(crate) use self::policy::site_visible;
+pub(crate) use self::scope::Scope;
+pub(crate) use self::tokens::{StoredTokens, digest_of, generate_secret};
 
 /// The identity a request was authenticated as; added to the request extensions.
 #[derive(Debug, Clone)]

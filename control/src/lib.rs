@@ -93,14 +93,14 @@ pub async fn run(
     let auth = AuthLayer::with_stored(&config.auth.tokens, tokens.clone(), Some(state.clone()));
     let api = Api::new(api::Context {
         state,
+        auth: auth.clone(),
+        tokens,
         repo,
         secrets: prepared.secrets,
         codesign_key: prepared.codesign_key,
         codesign_required: config.codesign.required,
         limits: config.limits.clone(),
         upload_dir: upload_dir(),
-        auth: auth.clone(),
-        tokens,
     });
     let metrics = std::sync::Arc::new(metrics::ControlMetrics::default());
     // Metrics are not worth refusing to serve the API for: a busy port is logged, not fatal.
