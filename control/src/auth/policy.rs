@@ -232,7 +232,7 @@ mod tests {
                 version: "1.0.0".into(),
             }),
             wait: true,
-            wait_timeout: None,
+            ..pb::DeployRequest::default()
         };
         assert_eq!(
             domain_of(&frame(&deploy)).ok().as_deref(),
