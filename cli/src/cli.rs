@@ -96,6 +96,9 @@ pub(crate) enum Command {
     /// Export or import the whole desired state (backup, restore, migration).
     #[command(subcommand)]
     State(StateCommand),
+    /// Create, list and revoke API tokens (admin only).
+    #[command(subcommand)]
+    Token(crate::token::TokenCommand),
     /// Print the version of stk.
     Version,
 }

@@ -31,8 +31,8 @@ const WAIT_GRACE: Duration = Duration::from_secs(10);
 
 /// Prints results in the chosen format.
 #[derive(Debug, Clone, Copy)]
-struct Printer {
-    format: OutputFormat,
+pub(crate) struct Printer {
+    pub(crate) format: OutputFormat,
 }
 
 /// Runs the parsed command.
@@ -96,6 +96,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         (Command::Cert(command), _) => cert(&api, printer, command).await,
         (Command::Cluster(ClusterCommand::Status), _) => cluster_status(&api, printer).await,
         (Command::State(StateCommand::Get { out }), _) => state_get(&api, printer, out).await,
+        (Command::Token(command), _) => crate::token::run(&api, printer, command).await,
         (Command::Version | Command::State(StateCommand::Set { .. }), _) => Ok(()),
     }
 }
@@ -625,7 +626,11 @@ fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
 
 impl Printer {
     /// Prints `value` as pretty JSON, or the text that `table` renders.
-    fn print(&self, value: &Value, table: impl FnOnce() -> String) -> anyhow::Result<()> {
+    pub(crate) fn print(
+        &self,
+        value: &Value,
+        table: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
         match self.format {
             OutputFormat::Json => {
                 let mut text = serde_json::to_string_pretty(value).context("encoding JSON")?;

@@ -178,7 +178,7 @@ pub(crate) fn certificate_details(cert: &Certificate) -> String {
     table.render()
 }
 
-fn timestamp_json(ts: Option<&prost_types::Timestamp>) -> Value {
+pub(crate) fn timestamp_json(ts: Option<&prost_types::Timestamp>) -> Value {
     timestamp_string(ts).map_or(Value::Null, Value::String)
 }
 

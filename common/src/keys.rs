@@ -11,6 +11,7 @@
 //! {root}/v1/acme/orders/{domain}        AcmeOrderRecord: the order in flight for a site
 //! {root}/v1/acme/challenges/{token}     ChallengeRecord: an HTTP-01 response any edge serves
 //! {root}/v1/acme/reminders/{name}       ReminderRecord: last expiry reminder sent for a cert
+//! {root}/v1/tokens/{name}              TokenRecord: an API token (its secret's digest only)
 //! {root}/v1/meta/schema                 schema marker
 //! {root}/v1/meta/state                  touched by every desired-state write (its revision)
 //! {root}/v1/meta/secrets-check          a value sealed with secretsEncryptionKey (key check)
@@ -125,6 +126,13 @@ impl KeySchema {
     /// The last expiry reminder sent for certificate `name`.
     pub fn reminder(&self, name: &str) -> String {
         format!("{}acme/reminders/{name}", self.root)
+    }
+    /// API tokens made through `TokenService` (not desired state: edges ignore them).
+    pub fn tokens(&self) -> String {
+        format!("{}tokens/", self.root)
+    }
+    pub fn token(&self, name: &str) -> String {
+        format!("{}tokens/{name}", self.root)
     }
     /// A constant sealed with `secretsEncryptionKey` at first start, opened at every start.
     pub fn secrets_check(&self) -> String {
@@ -247,5 +255,12 @@ mod tests {
     fn prefix_ends() {
         assert_eq!(prefix_end("/statiko/v1/sites/"), "/statiko/v1/sites0");
         assert_eq!(prefix_end("a"), "b");
+    }
+
+    #[test]
+    fn token_keys() {
+        let keys = KeySchema::new("/statiko");
+        assert_eq!(keys.token("ci"), "/statiko/v1/tokens/ci");
+        assert!(keys.token("ci").starts_with(&keys.tokens()));
     }
 }

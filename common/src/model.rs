@@ -71,6 +71,51 @@ pub struct DomainRecord {
     pub site: String,
 }
 
+/// What an API token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenRole {
+    /// Everything.
+    Admin,
+    /// `Get*` and `List*` calls.
+    Readonly,
+    /// Upload apps; deploy, roll back and read the sites its scope names.
+    Deployer,
+}
+
+impl std::fmt::Display for TokenRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Admin => "admin",
+            Self::Readonly => "readonly",
+            Self::Deployer => "deployer",
+        })
+    }
+}
+
+/// `{root}/v1/tokens/{name}`: an API token made through `TokenService`. Only the SHA-256 of its
+/// secret is kept; the secret itself is shown once, when the token is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    pub name: String,
+    pub role: TokenRole,
+    /// Deployer only: exact domains or `*.suffix` patterns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scope: Vec<String>,
+    /// `sha256:<hex>` of the secret.
+    pub digest: String,
+    #[serde(default)]
+    pub created_at: i64,
+    #[serde(default)]
+    pub created_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    /// Coarse: written at most once a minute per control replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<i64>,
+}
+
 /// Archive format of a bundle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

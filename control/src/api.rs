@@ -6,6 +6,7 @@ mod cluster;
 mod deployments;
 mod sites;
 mod state;
+mod tokens;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,12 +15,16 @@ use statiko_common::config::LimitsConfig;
 use statiko_common::crypto::SecretBox;
 use statiko_common::repo::BundleRepo;
 
+use crate::auth::{AuthLayer, StoredTokens};
 use crate::state::DesiredState;
 
 /// Everything a handler needs. Nothing in here is state that matters: the store is the truth.
 #[derive(Debug)]
 pub(crate) struct Context {
     pub(crate) state: DesiredState,
+    /// The token checks (config token names) and the watched cache of stored tokens.
+    pub(crate) auth: AuthLayer,
+    pub(crate) tokens: StoredTokens,
     pub(crate) repo: BundleRepo,
     pub(crate) secrets: Option<SecretBox>,
     /// Ed25519 public key for bundle signatures.

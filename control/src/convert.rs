@@ -5,6 +5,7 @@ use statiko_common::model::{
     AppRecord, AppRef, BundleFormat, CertificateKind, CertificateRecord, NodeStatusRecord,
     SiteRecord, TlsChoice,
 };
+use statiko_common::model::{TokenRecord, TokenRole};
 use statiko_proto::v1 as pb;
 
 use crate::error::{Result, invalid};
@@ -15,6 +16,36 @@ pub(crate) fn timestamp(ms: i64) -> Option<prost_types::Timestamp> {
         seconds: ms.div_euclid(1000),
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
     })
+}
+
+pub(crate) fn token_role_from_proto(field: &str, value: i32) -> Result<TokenRole> {
+    match pb::TokenRole::try_from(value) {
+        Ok(pb::TokenRole::Admin) => Ok(TokenRole::Admin),
+        Ok(pb::TokenRole::Readonly) => Ok(TokenRole::Readonly),
+        Ok(pb::TokenRole::Deployer) => Ok(TokenRole::Deployer),
+        Ok(pb::TokenRole::Unspecified) => {
+            Err(invalid!("{field}: required: admin, readonly or deployer"))
+        }
+        Err(_) => Err(invalid!(
+            "{field}: unknown role {value}; use admin, readonly or deployer"
+        )),
+    }
+}
+
+pub(crate) fn token_to_proto(token: &TokenRecord) -> pb::Token {
+    pb::Token {
+        name: token.name.clone(),
+        role: match token.role {
+            TokenRole::Admin => pb::TokenRole::Admin,
+            TokenRole::Readonly => pb::TokenRole::Readonly,
+            TokenRole::Deployer => pb::TokenRole::Deployer,
+        } as i32,
+        scope: token.scope.clone(),
+        created_at: timestamp(token.created_at),
+        expires_at: token.expires_at.and_then(timestamp),
+        last_used_at: token.last_used_at.and_then(timestamp),
+        created_by: token.created_by.clone(),
+    }
 }
 
 pub(crate) fn tls_from_proto(field: &str, tls: Option<&pb::TlsConfig>) -> Result<TlsChoice> {

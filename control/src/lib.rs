@@ -83,8 +83,13 @@ pub async fn run(
     let repo = BundleRepo::from_config(&config.repo).context("open the bundle repository")?;
     let local = listener.local_addr().context("listener address")?;
     let identity = tls::identity(&config, local)?;
+    let tokens = auth::StoredTokens::watch(store.clone(), keys.clone(), shutdown.clone());
+    let state = state::DesiredState::new(store, keys);
+    let auth = AuthLayer::with_stored(&config.auth.tokens, tokens.clone(), Some(state.clone()));
     let api = Api::new(api::Context {
-        state: state::DesiredState::new(store, keys),
+        state,
+        auth: auth.clone(),
+        tokens,
         repo,
         secrets: prepared.secrets,
         codesign_key: prepared.codesign_key,
@@ -111,7 +116,7 @@ pub async fn run(
     }
     server::serve(
         api,
-        AuthLayer::new(&config.auth.tokens),
+        auth,
         metrics::MetricsLayer::new(metrics),
         identity,
         &config.control.limits,

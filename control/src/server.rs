@@ -46,6 +46,9 @@ pub(crate) async fn serve(
     health
         .set_serving::<pb::state_service_server::StateServiceServer<Api>>()
         .await;
+    health
+        .set_serving::<pb::token_service_server::TokenServiceServer<Api>>()
+        .await;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -80,6 +83,9 @@ pub(crate) async fn serve(
         ))
         .add_service(pb::certificate_service_server::CertificateServiceServer::new(api.clone()))
         .add_service(pb::cluster_service_server::ClusterServiceServer::new(
+            api.clone(),
+        ))
+        .add_service(pb::token_service_server::TokenServiceServer::new(
             api.clone(),
         ))
         .add_service(pb::state_service_server::StateServiceServer::new(api))

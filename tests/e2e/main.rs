@@ -12,6 +12,7 @@ mod control_deploy;
 mod control_etcd;
 mod control_sites;
 mod control_state;
+mod control_tokens;
 mod edge_certs;
 mod edge_cluster;
 mod edge_manifest;

@@ -331,7 +331,10 @@ impl pb::app_service_server::AppService for Api {
         };
         let state = &self.ctx.state;
         let (_, apps) = state.list_apps(name.as_deref()).await?;
-        let (_, sites) = state.list_sites().await?;
+        let (_, mut sites) = state.list_sites().await?;
+        // A deployer sees only the sites in its scope among an app's users.
+        let caller = request.extensions().get::<crate::auth::Caller>();
+        sites.retain(|s| crate::auth::site_visible(caller, s.record.all_domains()));
         let apps = apps
             .iter()
             .map(|app| {
