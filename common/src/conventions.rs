@@ -21,6 +21,9 @@ use serde::Deserialize;
 
 use crate::manifest::Manifest;
 
+/// The files of a bundle's root the edge reads and never serves.
+pub const SITE_FILES: [&str; 3] = [crate::manifest::MANIFEST_FILE, "_redirects", "_headers"];
+
 /// `Cache-Control` of content-hashed files.
 pub const IMMUTABLE: HeaderValue = HeaderValue::from_static("public, max-age=31536000, immutable");
 /// `Cache-Control` of HTML.

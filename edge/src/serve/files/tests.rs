@@ -107,6 +107,7 @@ fn bundle() -> StagedBundle {
         files,
         dirs,
         manifest: None,
+        rules: Default::default(),
     }
 }
 
