@@ -23,6 +23,7 @@
 mod tar_reader;
 mod zip_reader;
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Read, Write as _};
@@ -230,6 +231,38 @@ pub fn unpack_stream<R: Read>(
     unpacker.finish()
 }
 
+/// A file kept by [`inspect_keeping`]: its path and its first bytes.
+pub type KeptFile = (String, Vec<u8>);
+
+/// Like [`inspect`], also returning the content of the files of the archive's root (after
+/// flattening) that `keep` names, each cut at its cap plus one byte: the bundle files control
+/// validates at upload (`_redirects`, `_headers`).
+pub fn inspect_keeping(
+    archive: &Path,
+    format: BundleFormat,
+    limits: &ArchiveLimits,
+    keep: &[(&str, usize)],
+) -> Result<(UnpackStats, Vec<KeptFile>), ArchiveError> {
+    let kept = RefCell::new(Vec::new());
+    let mut unpacker = Unpacker::new(None, limits);
+    unpacker.keep = keep;
+    unpacker.kept = Some(&kept);
+    let stats = run(archive, format, unpacker)?.stats;
+    let prefix = stats.flattened.as_ref().map(|top| format!("{top}/"));
+    let root_files = kept
+        .into_inner()
+        .into_iter()
+        .filter_map(|(path, bytes)| {
+            let path = match &prefix {
+                Some(prefix) => path.strip_prefix(prefix.as_str())?.to_owned(),
+                None => path,
+            };
+            (!path.contains('/')).then_some((path, bytes))
+        })
+        .collect();
+    Ok((stats, root_files))
+}
+
 /// Applies the same checks as [`unpack`] without writing anything.
 pub fn inspect(
     archive: &Path,
@@ -348,6 +381,10 @@ struct Unpacker<'a> {
     /// Hash and list the files written (see [`Unpacker::recording`]).
     record: bool,
     written: Vec<UnpackedFile>,
+    /// Root files to keep in memory (see [`inspect_keeping`]).
+    keep: &'a [(&'a str, usize)],
+    /// Where the kept files go.
+    kept: Option<&'a RefCell<Vec<KeptFile>>>,
 }
 
 impl<'a> Unpacker<'a> {
@@ -365,6 +402,8 @@ impl<'a> Unpacker<'a> {
             buf: vec![0; CHUNK],
             record: false,
             written: Vec::new(),
+            keep: &[],
+            kept: None,
         }
     }
 
@@ -487,6 +526,16 @@ impl<'a> Unpacker<'a> {
             None => None,
         };
         let mut hasher = self.record.then(Sha256Hasher::new);
+        // A file `keep` names at the root or one level down (the root once flattened), kept up
+        // to its cap plus one byte so the reader can tell it is too large.
+        let mut kept = self.kept.and_then(|_| {
+            let name = rel.rsplit('/').next().unwrap_or(rel);
+            let depth = rel.matches('/').count();
+            self.keep
+                .iter()
+                .find(|(n, _)| *n == name && depth <= 1)
+                .map(|&(_, cap)| (cap + 1, Vec::new()))
+        });
         let mut len = 0u64;
         loop {
             let n = match reader.read(&mut self.buf) {
@@ -507,6 +556,13 @@ impl<'a> Unpacker<'a> {
             if let Some(hasher) = hasher.as_mut() {
                 hasher.update(&self.buf[..n]);
             }
+            if let Some((cap, bytes)) = kept.as_mut() {
+                let room = cap.saturating_sub(bytes.len()).min(n);
+                bytes.extend_from_slice(&self.buf[..room]);
+            }
+        }
+        if let (Some((_, bytes)), Some(into)) = (kept, self.kept) {
+            into.borrow_mut().push((rel.to_owned(), bytes));
         }
         if let Some(out) = out {
             let action = format!("finishing {:?}", entry());

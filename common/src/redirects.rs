@@ -114,6 +114,26 @@ pub(crate) fn check_line(
 
 const FILE: &str = "_redirects";
 
+/// The bundle-root files control validates at upload, with their size caps (for
+/// `archive::inspect_keeping`).
+pub const ROUTING_FILES: [(&str, usize); 2] = [
+    (FILE, MAX_REDIRECTS_LEN),
+    ("_headers", crate::headers_file::MAX_HEADERS_LEN),
+];
+
+/// Validates the `_redirects` and `_headers` among `files` (name, content) as staging will,
+/// so a bundle the edges would refuse is refused at upload, with the line.
+pub fn check_routing_files(files: &[(String, Vec<u8>)]) -> Result<(), SiteFileError> {
+    for (name, bytes) in files {
+        match name.as_str() {
+            FILE => drop(Redirects::parse(bytes)?),
+            "_headers" => drop(crate::headers_file::HeaderRules::parse(bytes)?),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// A validated, compiled `_redirects`.
 #[derive(Debug, Default)]
 pub struct Redirects {

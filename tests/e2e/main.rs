@@ -14,6 +14,7 @@ mod control_sites;
 mod control_state;
 mod edge_certs;
 mod edge_cluster;
+mod edge_conventions;
 mod edge_manifest;
 mod edge_start;
 mod faults;

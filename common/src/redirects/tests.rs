@@ -298,3 +298,18 @@ fn ten_thousand_rules() {
     );
     assert_eq!(outcome(&r, "/unmatched/path", None), None);
 }
+
+#[test]
+fn routing_files_are_checked_by_name() {
+    let good = vec![
+        ("_redirects".to_owned(), b"/a /b\n".to_vec()),
+        ("_headers".to_owned(), b"/*\n  X-A: 1\n".to_vec()),
+        ("index.html".to_owned(), b"/not parsed".to_vec()),
+    ];
+    check_routing_files(&good).unwrap();
+    let bad = vec![("_headers".to_owned(), b"/*\n  Connection: close\n".to_vec())];
+    let err = check_routing_files(&bad).unwrap_err();
+    assert_eq!((err.file, err.line), ("_headers", Some(2)));
+    let bad = vec![("_redirects".to_owned(), b"/a /b 299\n".to_vec())];
+    assert_eq!(check_routing_files(&bad).unwrap_err().line, Some(1));
+}
