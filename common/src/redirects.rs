@@ -29,10 +29,16 @@
 //! Refused, with the line number and the reason: domain-level rules (a `from` URL), query or
 //! condition fields (`id=:id`, `Country=us`), a 200 to an absolute URL (that would make
 //! Statiko a proxy to another origin), a 200/404/410 target with `..` or a query (it must stay
-//! inside the bundle), placeholders `to` uses but `from` does not define, a redirect whose
-//! target its own `from` matches (a redirect loop), and files over the size limits below.
-//! A loop across several rules (A to B, B to A) is not detected; the edge never follows a
-//! redirect itself, so it costs the browser a few round trips and no server work.
+//! inside the bundle), placeholders `to` uses but `from` does not define, a forced redirect
+//! whose target its own `from` matches (it would always loop), and files over the size limits
+//! below.
+//!
+//! A rule without `!` whose target its own `from` matches (`/docs/* /docs/ 301`) is fine while
+//! the target exists (the file shadows the rule); when it does not, the target would be
+//! answered by the same rule again, so [`Redirects::find`] answers [`Outcome::Loop`] (the edge
+//! serves its not-found answer) instead of a redirect the browser would follow forever. A loop
+//! across several rules (A to B, B to A) is not detected; the edge never follows a redirect
+//! itself, so it costs the browser a few round trips and no server work.
 
 use crate::path_pattern::{Match, Pattern, Router, is_name};
 
@@ -151,6 +157,9 @@ pub struct Rule {
     pub line: usize,
     pub status: u16,
     pub force: bool,
+    /// A redirect whose target its own pattern matches (checked per request, see the module
+    /// docs).
+    may_loop: bool,
     target: Target,
 }
 
@@ -180,6 +189,8 @@ pub enum Outcome {
     Rewrite { path: String },
     /// Serve this path of the bundle with `status` (404 or 410).
     Serve { status: u16, path: String },
+    /// The rule would redirect to a URL it answers again: answer "not found" instead.
+    Loop,
 }
 
 impl Redirects {
@@ -233,23 +244,42 @@ impl Redirects {
     }
 
     /// The rule that applies to `path` (decoded, normalised) and what it asks for. `exists`
-    /// says whether the path resolves to a file of the bundle; it is asked only when the first
-    /// matching rule is not forced. `query` is the request's query string, passed on to a
-    /// redirect.
+    /// says whether a path (decoded) resolves to a file of the bundle; it is asked only when
+    /// the first matching rule is not forced. `query` is the request's query string, passed on
+    /// to a redirect.
     pub fn find(
         &self,
         path: &str,
         query: Option<&str>,
-        exists: impl FnOnce() -> bool,
+        exists: impl Fn(&str) -> bool,
     ) -> Option<(&Rule, Outcome)> {
-        let found = self.all.first(path)?;
-        let found = if self.rules[found.index].force || !exists() {
-            found
-        } else {
-            self.forced.first(path)?
-        };
+        let found = self.applying(path, &exists)?;
         let rule = &self.rules[found.index];
+        if rule.may_loop
+            && let Target::Path(parts) = &rule.target
+        {
+            let target = expand(parts, &found, true);
+            let target = target.split(['?', '#']).next().unwrap_or_default();
+            let target = percent_decode(target).unwrap_or_else(|| target.to_owned());
+            if self
+                .applying(&target, &exists)
+                .is_some_and(|again| again.index == found.index)
+            {
+                return Some((rule, Outcome::Loop));
+            }
+        }
         Some((rule, rule.outcome(&found, query)))
+    }
+
+    /// The first rule that applies to `path`: the first match, or the first forced one when
+    /// the path is a file.
+    fn applying<'p>(&self, path: &'p str, exists: &impl Fn(&str) -> bool) -> Option<Match<'p>> {
+        let found = self.all.first(path)?;
+        if self.rules[found.index].force || !exists(path) {
+            Some(found)
+        } else {
+            self.forced.first(path)
+        }
     }
 }
 
@@ -432,10 +462,11 @@ fn parse_rule(line: usize, fields: &[&str]) -> Result<(Pattern, Rule), String> {
             "target {to:?} must be a path starting with \"/\" or an absolute http(s) URL"
         ));
     };
-    let rule = Rule {
+    let mut rule = Rule {
         line,
         status,
         force,
+        may_loop: false,
         target,
     };
     if !internal && let Target::Path(parts) = &rule.target {
@@ -451,9 +482,12 @@ fn parse_rule(line: usize, fields: &[&str]) -> Result<(Pattern, Rule), String> {
         let sample_path = sample.split(['?', '#']).next().unwrap_or_default();
         let decoded = percent_decode(sample_path).unwrap_or_else(|| sample_path.to_owned());
         if pattern.matches(&decoded) {
-            return Err(format!(
-                "{from:?} redirects to {to:?}, which the same rule matches again: a redirect loop"
-            ));
+            if force {
+                return Err(format!(
+                    "{from:?} redirects to {to:?}, which the same forced rule matches again: a redirect loop"
+                ));
+            }
+            rule.may_loop = true;
         }
     }
     Ok((pattern, rule))

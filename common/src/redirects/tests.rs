@@ -28,7 +28,7 @@ fn check_err(text: &str, line: usize, parts: &[&str]) {
 
 /// The outcome for `path` when it is not a file.
 fn outcome(redirects: &Redirects, path: &str, query: Option<&str>) -> Option<Outcome> {
-    redirects.find(path, query, || false).map(|(_, o)| o)
+    redirects.find(path, query, |_| false).map(|(_, o)| o)
 }
 
 fn redirect(status: u16, location: &str) -> Option<Outcome> {
@@ -91,7 +91,7 @@ fn every_status_and_target_kind() {
     );
     assert_eq!(outcome(&r, "/see-other", None), redirect(303, "/form"));
     assert_eq!(outcome(&r, "/nothing", None), None);
-    let (rule, _) = r.find("/gone", None, || false).unwrap();
+    let (rule, _) = r.find("/gone", None, |_| false).unwrap();
     assert_eq!((rule.line, rule.status, rule.force), (8, 410, false));
 }
 
@@ -151,19 +151,19 @@ fn files_shadow_rules_unless_forced() {
     // The path is no file: the first match applies.
     assert_eq!(outcome(&r, "/a/b", None), redirect(301, "/x/b"));
     // The path is a file: only forced rules apply, the first forced one wins.
-    let found = r.find("/a/b", None, || true).map(|(_, o)| o);
+    let found = r.find("/a/b", None, |_| true).map(|(_, o)| o);
     assert_eq!(found, redirect(302, "/forced"));
-    assert!(r.find("/c", None, || true).is_none());
+    assert!(r.find("/c", None, |_| true).is_none());
     // `exists` is not asked when the first match is forced.
     let r = parse("/c /d 301!\n");
-    let found = r.find("/c", None, || panic!("asked")).map(|(_, o)| o);
+    let found = r.find("/c", None, |_| panic!("asked")).map(|(_, o)| o);
     assert_eq!(found, redirect(301, "/d"));
     // Nor when nothing matches.
-    assert!(r.find("/zzz", None, || panic!("asked")).is_none());
+    assert!(r.find("/zzz", None, |_| panic!("asked")).is_none());
     // `!` alone forces the default status.
     let r = parse("/e /f !\n");
     assert_eq!(
-        r.find("/e", None, || true).map(|(_, o)| o),
+        r.find("/e", None, |_| true).map(|(_, o)| o),
         redirect(301, "/f")
     );
 }
@@ -236,12 +236,12 @@ fn invalid_utf8_names_its_line() {
 }
 
 #[test]
-fn redirect_loops_are_refused() {
-    check_err("/a /a\n", 1, &["a redirect loop"]);
+fn forced_redirect_loops_are_refused() {
+    check_err("/a /a !\n", 1, &["same forced rule", "a redirect loop"]);
     check_err("/ok /fine\n/about/ /about 301!\n", 2, &["a redirect loop"]);
-    check_err("/* /index.html 302\n", 1, &["a redirect loop"]);
-    check_err("/:lang/* /en/:splat\n", 1, &["a redirect loop"]);
-    check_err("/x/:id /x/:id?ref=1\n", 1, &["a redirect loop"]);
+    check_err("/* /index.html 302!\n", 1, &["a redirect loop"]);
+    check_err("/:lang/* /en/:splat 301!\n", 1, &["a redirect loop"]);
+    check_err("/x/:id /x/:id?ref=1 302!\n", 1, &["a redirect loop"]);
     // Rewrites are single-pass and absolute targets leave the site: no loop.
     parse("/* /index.html 200\n/a/* https://example.com/a/:splat\n/b /b.html 200\n");
     // A target the pattern does not match is fine.
@@ -312,4 +312,25 @@ fn routing_files_are_checked_by_name() {
     assert_eq!((err.file, err.line), ("_headers", Some(2)));
     let bad = vec![("_redirects".to_owned(), b"/a /b 299\n".to_vec())];
     assert_eq!(check_routing_files(&bad).unwrap_err().line, Some(1));
+}
+
+/// A rule that is not forced and redirects to a path it matches itself loops only when the
+/// target is no file: then the answer is `Loop`, not a redirect.
+#[test]
+fn unforced_self_redirects_are_answered_without_a_loop() {
+    let r = parse("/docs/* /docs/ 302\n/:lang/* /en/:splat\n/a /a\n");
+    // The target exists: a plain redirect, which the file answers next time.
+    let docs_exist = |path: &str| path == "/docs/" || path == "/docs";
+    let found = r.find("/docs/old", None, docs_exist).map(|(_, o)| o);
+    assert_eq!(found, redirect(302, "/docs/"));
+    // It does not: the same rule would answer the target again.
+    assert_eq!(outcome(&r, "/docs/old", None), Some(Outcome::Loop));
+    assert_eq!(outcome(&r, "/a", Some("q=1")), Some(Outcome::Loop));
+    assert_eq!(outcome(&r, "/fr/page", None), Some(Outcome::Loop));
+    let exists = |path: &str| path == "/en/page";
+    let found = r.find("/fr/page", None, exists).map(|(_, o)| o);
+    assert_eq!(found, redirect(301, "/en/page"));
+    // A target another, earlier rule answers is not this rule's loop.
+    let r = parse("/en/* /english/:splat 302\n/:lang/* /en/:splat\n");
+    assert_eq!(outcome(&r, "/fr/page", None), redirect(301, "/en/page"));
 }

@@ -319,8 +319,8 @@ fn serve_path<B>(bundle: &StagedBundle, req: &Request<B>, head: bool) -> Prepare
         );
     };
     let pretty_urls = bundle.rules.conventions.pretty_urls;
-    let found = redirects.find(&request.key, req.uri().query(), || {
-        site::exists(bundle, &request, pretty_urls)
+    let found = redirects.find(&request.key, req.uri().query(), |path| {
+        files::clean_decoded(path).is_ok_and(|path| site::exists(bundle, &path, pretty_urls))
     });
     match found.map(|(_, outcome)| outcome) {
         None => serve_with_manifest(
@@ -335,6 +335,7 @@ fn serve_path<B>(bundle: &StagedBundle, req: &Request<B>, head: bool) -> Prepare
         Some(Outcome::Redirect { status, location }) => {
             Prepared::Ready(site::redirect(status, location, head))
         }
+        Some(Outcome::Loop) => manifest_error(bundle, manifest, StatusCode::NOT_FOUND, head),
         Some(Outcome::Rewrite { path }) => match files::clean_decoded(&path) {
             Ok(target) => serve_with_manifest(bundle, manifest, &request, target, true, req, head),
             Err(_) => manifest_error(bundle, manifest, StatusCode::NOT_FOUND, head),
