@@ -62,7 +62,7 @@ fn per_lookup(redirects: &Redirects, path: &str, is_file: bool, iterations: u32)
     rounds[2].as_secs_f64() * 1e9 / f64::from(iterations)
 }
 
-#[allow(clippy::print_stdout)]
+#[expect(clippy::print_stdout)]
 fn main() {
     let iterations: u32 = std::env::args()
         .nth(1)
