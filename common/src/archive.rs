@@ -23,6 +23,7 @@
 mod tar_reader;
 mod zip_reader;
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Read, Write as _};
@@ -234,6 +235,9 @@ pub fn unpack_stream<R: Read>(
     unpacker.finish()
 }
 
+/// A file kept by [`check_upload`]: its path and its first bytes.
+pub type KeptFile = (String, Vec<u8>);
+
 /// Applies the same checks as [`unpack`] without writing anything.
 pub fn inspect(
     archive: &Path,
@@ -243,17 +247,37 @@ pub fn inspect(
     run(archive, format, Unpacker::new(None, limits)).map(|u| u.stats)
 }
 
-/// What control checks at upload: [`inspect`], plus the rules staging applies to the unpacked
-/// bundle (a `_statiko.yaml` at its root, after flattening, must be a valid manifest whose
-/// pages are in the bundle), so that whatever uploads stages. Writes nothing.
+/// What control checks at upload, in one pass: [`inspect`], plus the rules staging applies to
+/// the unpacked bundle (a `_statiko.yaml` at its root, after flattening, must be a valid
+/// manifest whose pages are in the bundle), so that whatever uploads stages. Writes nothing.
+/// Also returns the content of the files of the archive's root (after flattening) that `keep`
+/// names, each cut at its cap plus one byte: the other bundle files control validates at upload
+/// (`_redirects`, `_headers`).
 pub fn check_upload(
     archive: &Path,
     format: BundleFormat,
     limits: &ArchiveLimits,
-) -> Result<UnpackStats, ArchiveError> {
+    keep: &[(&str, usize)],
+) -> Result<(UnpackStats, Vec<KeptFile>), ArchiveError> {
+    let kept = RefCell::new(Vec::new());
     let mut unpacker = Unpacker::new(None, limits);
     unpacker.manifest = Some(ManifestCapture::default());
-    run(archive, format, unpacker).map(|u| u.stats)
+    unpacker.keep = keep;
+    unpacker.kept = Some(&kept);
+    let stats = run(archive, format, unpacker)?.stats;
+    let prefix = stats.flattened.as_ref().map(|top| format!("{top}/"));
+    let root_files = kept
+        .into_inner()
+        .into_iter()
+        .filter_map(|(path, bytes)| {
+            let path = match &prefix {
+                Some(prefix) => path.strip_prefix(prefix.as_str())?.to_owned(),
+                None => path,
+            };
+            (!path.contains('/')).then_some((path, bytes))
+        })
+        .collect();
+    Ok((stats, root_files))
 }
 
 fn run(
@@ -415,9 +439,49 @@ struct Unpacker<'a> {
     written: Vec<UnpackedFile>,
     /// Set by [`check_upload`]: capture the manifest and check it at the end.
     manifest: Option<ManifestCapture>,
+    /// Root files to keep in memory (see [`check_upload`]).
+    keep: &'a [(&'a str, usize)],
+    /// Where the kept files go.
+    kept: Option<&'a RefCell<Vec<KeptFile>>>,
+    /// The one top folder whose files `keep` may name one level down (they are root files if
+    /// the bundle is flattened); a second top folder means no flattening, and then nothing
+    /// below the root is kept, so memory stays bounded by one file per name and place.
+    keep_top: KeepTop,
+}
+
+#[derive(Debug, Default)]
+enum KeepTop {
+    #[default]
+    Unseen,
+    One(String),
+    Several,
 }
 
 impl<'a> Unpacker<'a> {
+    /// The cap of `rel` when [`check_upload`] keeps it: a `keep` name at the root, or one level
+    /// down in the bundle's only top folder (see [`Unpacker::keep_top`]).
+    fn keep_cap(&mut self, rel: &str) -> Option<usize> {
+        let kept = self.kept?;
+        let (top, name) = match rel.split_once('/') {
+            None => (None, rel),
+            Some((top, name)) if !name.contains('/') => (Some(top), name),
+            Some(_) => return None,
+        };
+        let cap = self.keep.iter().find(|(n, _)| *n == name)?.1;
+        if let Some(top) = top {
+            match &self.keep_top {
+                KeepTop::Unseen => self.keep_top = KeepTop::One(top.to_owned()),
+                KeepTop::One(first) if first == top => {}
+                KeepTop::One(_) | KeepTop::Several => {
+                    self.keep_top = KeepTop::Several;
+                    kept.borrow_mut().retain(|(path, _)| !path.contains('/'));
+                    return None;
+                }
+            }
+        }
+        Some(cap)
+    }
+
     fn new(dest: Option<&'a Path>, limits: &'a ArchiveLimits) -> Self {
         Self {
             dest,
@@ -433,6 +497,9 @@ impl<'a> Unpacker<'a> {
             record: false,
             written: Vec::new(),
             manifest: None,
+            keep: &[],
+            kept: None,
+            keep_top: KeepTop::Unseen,
         }
     }
 
@@ -560,6 +627,9 @@ impl<'a> Unpacker<'a> {
             .as_mut()
             .is_some_and(|m| m.wants(rel))
             .then(Vec::new);
+        // A file `keep` names at the root or one level down (the root once flattened), kept up
+        // to its cap plus one byte so the reader can tell it is too large.
+        let mut kept = self.keep_cap(rel).map(|cap| (cap + 1, Vec::new()));
         let mut len = 0u64;
         loop {
             let n = match reader.read(&mut self.buf) {
@@ -584,9 +654,16 @@ impl<'a> Unpacker<'a> {
                 let room = (MAX_MANIFEST_LEN + 1).saturating_sub(capture.len());
                 capture.extend_from_slice(&self.buf[..n.min(room)]);
             }
+            if let Some((cap, bytes)) = kept.as_mut() {
+                let room = cap.saturating_sub(bytes.len()).min(n);
+                bytes.extend_from_slice(&self.buf[..room]);
+            }
         }
         if let (Some(bytes), Some(manifest)) = (capture, self.manifest.as_mut()) {
             manifest.keep(rel, Captured { len, bytes });
+        }
+        if let (Some((_, bytes)), Some(into)) = (kept, self.kept) {
+            into.borrow_mut().push((rel.to_owned(), bytes));
         }
         if let Some(out) = out {
             let action = format!("finishing {:?}", entry());

@@ -24,6 +24,8 @@
 //! page404: 404.html                 # custom error pages from the bundle (a leading / is optional)
 //! page403: 403.html
 //! spa: true                         # an addition: single-page-app fallback to /index.html
+//! conventions:                      # an addition: see `crate::conventions` (all default on)
+//!   prettyUrls: false
 //! ```
 //!
 //! Rule indexes in messages are zero-based (`rules[0]` is the first rule). Unknown keys are
@@ -122,6 +124,7 @@ pub struct Manifest {
     page404: Option<String>,
     page403: Option<String>,
     spa: bool,
+    conventions: Option<crate::conventions::Settings>,
 }
 
 /// What a matching rule does to a response.
@@ -282,6 +285,11 @@ impl Manifest {
         self.spa
     }
 
+    /// The `conventions` key, when the manifest has one.
+    pub fn conventions(&self) -> Option<&crate::conventions::Settings> {
+        self.conventions.as_ref()
+    }
+
     /// Number of rules.
     pub fn rule_count(&self) -> usize {
         self.options.len()
@@ -290,6 +298,7 @@ impl Manifest {
     fn compile(raw: RawManifest) -> Result<Self, ManifestError> {
         let mut manifest = Manifest {
             spa: raw.spa.unwrap_or(false),
+            conventions: raw.conventions,
             ..Manifest::default()
         };
         let mut set_patterns = Vec::new();
@@ -496,6 +505,17 @@ pub fn parse_duration(value: &str) -> Option<u64> {
     Some(seconds.min(MAX_CACHE_AGE))
 }
 
+/// A response header name a manifest or `_headers` may set: valid, and neither hop-by-hop nor
+/// framing (the server owns those).
+pub fn settable_header(name: &str) -> Result<HeaderName, &'static str> {
+    let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| "invalid header name")?;
+    let lower = header.as_str();
+    if FORBIDDEN_HEADERS.contains(&lower) || lower.starts_with("proxy-") {
+        return Err("hop-by-hop and framing headers cannot be set");
+    }
+    Ok(header)
+}
+
 fn compile_options(at: &str, raw: RawOptions) -> Result<RuleOptions, ManifestError> {
     let mut options = RuleOptions {
         deny: raw.deny.unwrap_or(false),
@@ -503,15 +523,7 @@ fn compile_options(at: &str, raw: RawOptions) -> Result<RuleOptions, ManifestErr
     };
     for (name, value) in raw.headers.map(|m| m.0).unwrap_or_default() {
         let key = format!("{at}.options.headers.{name}");
-        let header = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| invalid(&key, "invalid header name"))?;
-        let lower = header.as_str();
-        if FORBIDDEN_HEADERS.contains(&lower) || lower.starts_with("proxy-") {
-            return Err(invalid(
-                &key,
-                "hop-by-hop and framing headers cannot be set",
-            ));
-        }
+        let header = settable_header(&name).map_err(|message| invalid(&key, message))?;
         let value = HeaderValue::from_str(&value.0).map_err(|_| {
             invalid(
                 &key,
@@ -650,6 +662,7 @@ struct RawManifest {
     page404: Option<Scalar>,
     page403: Option<Scalar>,
     spa: Option<bool>,
+    conventions: Option<crate::conventions::Settings>,
 }
 
 #[derive(Debug, Deserialize)]

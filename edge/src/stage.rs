@@ -41,6 +41,7 @@ mod fetch;
 mod meta;
 mod precompress;
 mod seal;
+mod site_files;
 #[cfg(test)]
 mod tests;
 
@@ -62,6 +63,7 @@ pub use self::content_type::content_type_for;
 use self::meta::BundleMeta;
 pub use self::precompress::MIN_COMPRESS_LEN;
 use crate::bundle::StagedBundle;
+use statiko_common::conventions::SITE_FILES;
 
 /// Variant trees under `variants/`. Mirroring `root/` (rather than `<file>.gz` side files)
 /// means no file or directory name in a bundle can collide with a variant.
@@ -94,6 +96,10 @@ pub enum StageError {
     /// `rules[3].options.clientCaching: invalid duration "5x"`.
     #[error("invalid app manifest {MANIFEST_FILE}: {0}")]
     Manifest(String),
+    /// `_redirects` or `_headers` is invalid; the message names the file and the line, e.g.
+    /// `_redirects line 3: unsupported status 399`.
+    #[error("{0}")]
+    SiteFile(String),
     #[error("staging the bundle: {0}")]
     Io(String),
 }

@@ -15,6 +15,7 @@ mod control_state;
 mod control_tokens;
 mod edge_certs;
 mod edge_cluster;
+mod edge_conventions;
 mod edge_manifest;
 mod edge_start;
 mod faults;

@@ -990,7 +990,7 @@ fn check_upload_tgz(
     let tmp = tempfile::tempdir().unwrap();
     let archive = tmp.path().join("b.tgz");
     std::fs::write(&archive, gz(&tar_of(entries))).unwrap();
-    let checked = check_upload(&archive, BundleFormat::TarGz, limits);
+    let checked = check_upload(&archive, BundleFormat::TarGz, limits, &[]).map(|(stats, _)| stats);
     let inspected = inspect(&archive, BundleFormat::TarGz, limits);
     // Nothing written next to the archive.
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
@@ -1070,7 +1070,7 @@ fn upload_check_applies_the_manifest_rules_of_staging() {
         ])),
     )
     .unwrap();
-    let err = check_upload(&archive, BundleFormat::TarGz, &roomy).unwrap_err();
+    let err = check_upload(&archive, BundleFormat::TarGz, &roomy, &[]).unwrap_err();
     assert!(
         err.to_string().contains("over the 1048576-byte limit"),
         "{err}"
@@ -1085,4 +1085,45 @@ fn upload_check_applies_the_manifest_rules_of_staging() {
     )
     .0
     .unwrap();
+}
+
+/// The files `check_upload` keeps for control's checks (`_redirects`, `_headers`): root files,
+/// or the only top folder's when the bundle is flattened; with several top folders nothing
+/// below the root is kept, so memory stays bounded by one file per name and place.
+#[test]
+fn upload_check_keeps_root_files_only() {
+    let keep = [("_redirects", 64)];
+    let run = |entries: &[Raw<'_>]| {
+        let tmp = tempfile::tempdir().unwrap();
+        let archive = tmp.path().join("b.tgz");
+        std::fs::write(&archive, gz(&tar_of(entries))).unwrap();
+        check_upload(&archive, BundleFormat::TarGz, &limits(), &keep)
+            .unwrap()
+            .1
+    };
+    let flattened = run(&[
+        file("site/index.html", b"x"),
+        file("site/_redirects", b"/a /b 301\n"),
+    ]);
+    assert_eq!(
+        flattened,
+        vec![("_redirects".to_owned(), b"/a /b 301\n".to_vec())]
+    );
+    let several_tops = run(&[
+        file("a/_redirects", b"/a /b\n"),
+        file("b/_redirects", b"/c /d\n"),
+        file("c/_redirects", b"/e /f\n"),
+        file("index.html", b"x"),
+    ]);
+    assert!(several_tops.is_empty(), "{several_tops:?}");
+    let root = run(&[
+        file("_redirects", b"/x /y\n"),
+        file("docs/_redirects", b"/nested /no\n"),
+        file("index.html", b"x"),
+    ]);
+    assert_eq!(root, vec![("_redirects".to_owned(), b"/x /y\n".to_vec())]);
+    // Longer than its cap: kept up to the cap plus one byte, so the reader sees it is too long.
+    let long = vec![b'#'; 200];
+    let cut = run(&[file("_redirects", &long)]);
+    assert_eq!(cut[0].1.len(), 65);
 }

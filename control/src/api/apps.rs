@@ -9,6 +9,7 @@ use statiko_common::archive::{self, ArchiveLimits};
 use statiko_common::crypto::{self, Sha256Hasher};
 use statiko_common::ids;
 use statiko_common::model::{self, AppRecord, BundleFormat, now_ms};
+use statiko_common::redirects;
 use statiko_common::store::{Compare, TxnOp};
 use statiko_proto::v1 as pb;
 use tokio::io::AsyncWriteExt;
@@ -188,9 +189,14 @@ impl Api {
         // checks again: the repository is not trusted).
         let limits = ArchiveLimits::from_config(&self.ctx.limits);
         let path = spooled.file.to_path_buf();
-        tokio::task::spawn_blocking(move || archive::check_upload(&path, format, &limits))
-            .await
-            .map_err(|err| ControlError::Internal(anyhow::anyhow!("inspect bundle: {err}")))?
+        let (_, routing_files) = tokio::task::spawn_blocking(move || {
+            archive::check_upload(&path, format, &limits, &redirects::ROUTING_FILES)
+        })
+        .await
+        .map_err(|err| ControlError::Internal(anyhow::anyhow!("inspect bundle: {err}")))?
+        .map_err(|err| invalid!("bundle refused: {err}"))?;
+        // `_redirects` and `_headers` are checked as staging will (their line in the message).
+        redirects::check_routing_files(&routing_files)
             .map_err(|err| invalid!("bundle refused: {err}"))?;
         let digest = crypto::format_digest(&spooled.digest);
         if let Some(declared) = declared_digest

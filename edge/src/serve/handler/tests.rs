@@ -51,6 +51,7 @@ fn handler(disk: Option<std::path::PathBuf>) -> Handler {
         files,
         dirs: HashSet::from(["/".to_owned(), "/docs".to_owned()]),
         manifest: None,
+        rules: Default::default(),
     };
     let mut table = RoutingTable::default();
     table.hosts.insert(
