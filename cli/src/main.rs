@@ -16,6 +16,7 @@
 mod cli;
 mod commands;
 mod connect;
+mod deploy;
 mod output;
 mod upload;
 

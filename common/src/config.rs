@@ -74,6 +74,7 @@ pub struct Config {
     pub acme: AcmeConfig,
     pub codesign: CodesignConfig,
     pub limits: LimitsConfig,
+    pub deploy: DeployConfig,
     pub notifications: NotificationsConfig,
     pub log: LogConfig,
 }
@@ -411,6 +412,25 @@ impl Default for LimitsConfig {
             upload_idle_timeout: 60_000,
             // 256 MiB at about 450 KB/s.
             upload_timeout: 600_000,
+        }
+    }
+}
+
+/// `deploy`: deployments and their cutover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DeployConfig {
+    /// Deployment records kept per site (older ones are deleted when a new one is made).
+    pub history: u32,
+    /// Seconds every live edge has to stage an atomic deployment before it fails.
+    pub stage_timeout: u64,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        Self {
+            history: 20,
+            stage_timeout: 120,
         }
     }
 }
@@ -795,6 +815,17 @@ impl Config {
             if value == 0 {
                 return bad(key, "must be greater than 0");
             }
+        }
+
+        // deploy
+        if self.deploy.history < 2 {
+            return bad(
+                "deploy.history",
+                "must be at least 2 (the live deployment and one to roll back to)",
+            );
+        }
+        if self.deploy.stage_timeout == 0 {
+            return bad("deploy.stageTimeout", "must be greater than 0");
         }
 
         // log

@@ -24,6 +24,7 @@ use statiko_common::notify::Notifier;
 use crate::bundle::StagedBundle;
 use crate::desired::{Changed, Desired, Position};
 use crate::metrics::EdgeMetrics;
+use crate::releases::Releases;
 use crate::serve::tls::{CertMap, CertResolver, certified_key_from_pem};
 use crate::stage::Stager;
 use crate::table::{Challenge, Hosts, Route, RoutingTable, SharedTable, SiteRoute};
@@ -73,6 +74,8 @@ pub struct Applied {
     pub sites: SiteStatuses,
     /// Certificates in use.
     pub certificates: CertExpiries,
+    /// How staging went for each deployment in `staging` state (see `releases.rs`).
+    pub staging: crate::releases::StageReports,
 }
 
 impl Applied {
@@ -137,6 +140,8 @@ pub struct Reconciler {
     /// The last deploy error notified per site, so each distinct failure is sent once.
     notified: HashMap<String, String>,
     metrics: Option<Arc<EdgeMetrics>>,
+    /// Deployments staged ahead of their cutover.
+    releases: Releases,
 }
 
 impl Reconciler {
@@ -167,6 +172,7 @@ impl Reconciler {
             notifier: None,
             notified: HashMap::new(),
             metrics: None,
+            releases: Releases::default(),
         }
     }
 
@@ -297,6 +303,15 @@ impl Reconciler {
         if challenges_changed {
             self.challenges = Arc::new(challenges(desired));
         }
+        // Deployments staging ahead of their cutover: after the sites took their references, so
+        // a bundle that just went live is never evicted in between.
+        let held = self.releases.apply(desired, &self.stager).await;
+        for digest in &held.added {
+            self.bundle_refs.add(digest);
+        }
+        for digest in &held.released {
+            self.release_bundle(digest);
+        }
 
         // Certificates first, so no new host is routed before its certificate is there.
         self.certs.set(self.cert_map.clone());
@@ -313,6 +328,7 @@ impl Reconciler {
             revision: desired.revision,
             sites: self.status.clone(),
             certificates: self.cert_expiries.clone(),
+            staging: self.releases.reports(),
         }
     }
 
@@ -394,9 +410,14 @@ impl Reconciler {
                 self.cert_expiries.remove(&name);
             }
         }
-        if let Some(bundle) = &old.served.bundle
-            && self.bundle_refs.release(&bundle.digest)
-        {
+        if let Some(bundle) = &old.served.bundle {
+            self.release_bundle(&bundle.digest);
+        }
+    }
+
+    /// Counts down one user of a bundle; evicts what no one uses any more.
+    fn release_bundle(&mut self, digest: &str) {
+        if self.bundle_refs.release(digest) {
             let keep: HashSet<String> = self.bundle_refs.0.keys().cloned().collect();
             let stager = self.stager.clone();
             // Off the apply path: evicting removes directories.

@@ -10,6 +10,7 @@ mod control_cli;
 mod control_common;
 mod control_deploy;
 mod control_etcd;
+mod control_releases;
 mod control_sites;
 mod control_state;
 mod edge_certs;
