@@ -29,7 +29,7 @@ pub(crate) async fn run(api: &Api, printer: Printer, args: DeployArgs) -> anyhow
             let strategy = if args.immediate {
                 DeployStrategy::Immediate
             } else {
-                DeployStrategy::Unspecified
+                DeployStrategy::Atomic
             };
             deploy(
                 api,

@@ -218,7 +218,21 @@ async fn history_rollback_and_bad_input() -> Result<()> {
     );
 
     // History keeps `deploy.history` (4) records: the oldest go first.
-    deploy(&admin, "rel.example.com", "web", "3", false, secs(5)).await?;
+    // Atomic asked for, but no edge leader to drive a cutover: made immediate, and recorded so.
+    let three = admin
+        .deployments()
+        .deploy(statiko_proto::v1::DeployRequest {
+            domain: "rel.example.com".into(),
+            app: Some(app_ref("web", "3")),
+            strategy: DeployStrategy::Atomic as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .deployment
+        .context("deployment")?;
+    assert_eq!(three.strategy(), DeployStrategy::Immediate);
+    assert_eq!(three.state(), DeploymentState::Live);
     deploy(&admin, "rel.example.com", "web", "4", false, secs(5)).await?;
     let listed = history(&admin, "rel.example.com").await?;
     assert_eq!(

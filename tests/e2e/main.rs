@@ -21,6 +21,7 @@ mod faults;
 mod hardening;
 mod harness_smoke;
 mod observability;
+mod releases;
 mod safe_defaults;
 mod sdk_python;
 mod state_import_large;

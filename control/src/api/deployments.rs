@@ -7,7 +7,7 @@ use statiko_common::ids;
 use statiko_common::model::{
     self, AppRef, DeployStrategy, DeploymentRecord, DeploymentState, SiteRecord, now_ms,
 };
-use statiko_common::store::{Compare, TxnOp};
+use statiko_common::store::{Compare, Store, TxnOp};
 use statiko_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -96,13 +96,13 @@ impl Api {
     ) -> Result<Created> {
         let state = &self.ctx.state;
         let strategy = match strategy {
-            Some(strategy) => strategy,
-            // Atomic needs the leader edge to drive it: without one (no edge yet, every edge
-            // disallows leadership, or the single-node file store) the site switches at once.
-            None if state.store.get(&state.keys.leader()).await?.is_some() => {
-                DeployStrategy::Atomic
-            }
-            None => DeployStrategy::Immediate,
+            // Unset: the per-edge switch that clients predating the field asked for.
+            None | Some(DeployStrategy::Immediate) => DeployStrategy::Immediate,
+            // Atomic needs a live edge leader to drive it. Without one (no edge yet, or every
+            // edge disallows leadership) there is nothing to cut over: the site switches at once,
+            // and the record says so.
+            Some(DeployStrategy::Atomic) if self.cutover_driver().await? => DeployStrategy::Atomic,
+            Some(DeployStrategy::Atomic) => DeployStrategy::Immediate,
         };
         for _ in 0..MAX_ATTEMPTS {
             let current = state.find_site(lookup).await?;
@@ -239,7 +239,7 @@ impl Api {
             .create_deployment(
                 &site.domain,
                 &target.app,
-                None,
+                Some(DeployStrategy::Atomic),
                 author,
                 Some(target.id.clone()),
             )
@@ -259,6 +259,21 @@ impl Api {
         Ok(pb::RollbackResponse {
             deployment: Some(deployment_to_proto(&deployment)),
             ready_nodes,
+        })
+    }
+
+    /// Whether an edge can drive an atomic cutover: an elected leader (etcd), or a live edge on
+    /// the single-node file store (where the one edge is always the leader).
+    async fn cutover_driver(&self) -> Result<bool> {
+        let state = &self.ctx.state;
+        Ok(match &state.store {
+            Store::File(_) => !state
+                .store
+                .snapshot(&state.keys.nodes())
+                .await?
+                .kvs
+                .is_empty(),
+            Store::Etcd(_) => state.store.get(&state.keys.leader()).await?.is_some(),
         })
     }
 
