@@ -1,21 +1,16 @@
 //! `stk deploy`: deploy an app version to a site, list a site's deployments, roll back.
 
-use std::time::Duration;
-
 use anyhow::Context as _;
 use serde_json::{Value, json};
 use statiko_proto::v1::{
-    AppRef, DeployRequest, DeployStrategy, ListDeploymentsRequest, RollbackRequest,
+    AppRef, DeployRequest, DeployStrategy, GetSiteRequest, ListDeploymentsRequest, RollbackRequest,
 };
 
 use crate::cli::{DeployArgs, DeployCommand, WaitArgs};
 use crate::commands::Printer;
 use crate::connect::Api;
 use crate::output;
-use crate::usage_error;
-
-/// Extra time given to a waiting call on top of its wait timeout, for the server to answer.
-const WAIT_GRACE: Duration = Duration::from_secs(10);
+use crate::watch;
 
 pub(crate) async fn run(api: &Api, printer: Printer, args: DeployArgs) -> anyhow::Result<()> {
     match args.command {
@@ -45,23 +40,6 @@ pub(crate) async fn run(api: &Api, printer: Printer, args: DeployArgs) -> anyhow
     }
 }
 
-/// The `wait_timeout` to send and the call timeout to use.
-fn wait_settings(
-    api: &Api,
-    wait: &WaitArgs,
-) -> anyhow::Result<(Option<prost_types::Duration>, Duration)> {
-    if !wait.wait {
-        return Ok((None, api.timeout()));
-    }
-    let sent = prost_types::Duration::try_from(wait.wait_timeout)
-        .map_err(|_| usage_error("--wait-timeout is too large"))?;
-    // A waiting call legitimately takes as long as its wait timeout.
-    Ok((
-        Some(sent),
-        api.timeout().max(wait.wait_timeout + WAIT_GRACE),
-    ))
-}
-
 async fn deploy(
     api: &Api,
     printer: Printer,
@@ -71,24 +49,42 @@ async fn deploy(
     strategy: DeployStrategy,
     wait: WaitArgs,
 ) -> anyhow::Result<()> {
-    let (wait_timeout, timeout) = wait_settings(api, &wait)?;
     let request = DeployRequest {
         domain: domain.clone(),
         app: Some(AppRef {
             name: name.clone(),
             version: version.clone(),
         }),
-        wait: wait.wait,
-        wait_timeout,
         strategy: strategy as i32,
+        ..DeployRequest::default()
     };
-    let response = api
+    let mut response = api
         .unary(
-            timeout,
-            api.deployments()
-                .deploy(api.request_with_timeout(request, timeout)),
+            api.timeout(),
+            api.deployments().deploy(api.request(request)),
         )
         .await?;
+    if wait.wait {
+        let id = response
+            .deployment
+            .as_ref()
+            .map(|d| d.id.clone())
+            .context("the server returned no deployment in its response")?;
+        let last = watch::follow(api, &domain, &id, wait.wait_timeout).await?;
+        let site = api
+            .unary(
+                api.timeout(),
+                api.sites().get_site(api.request(GetSiteRequest {
+                    domain: domain.clone(),
+                })),
+            )
+            .await?
+            .site;
+        response.revision = site.as_ref().map_or(response.revision, |s| s.revision);
+        response.site = site;
+        response.deployment = last.deployment;
+        response.ready_nodes = last.serving_nodes;
+    }
     let deployment = response.deployment.as_ref();
     printer.print(
         &json!({
@@ -140,20 +136,27 @@ async fn rollback(
     to: Option<String>,
     wait: WaitArgs,
 ) -> anyhow::Result<()> {
-    let (wait_timeout, timeout) = wait_settings(api, &wait)?;
     let request = RollbackRequest {
         domain: domain.clone(),
         to: to.unwrap_or_default(),
-        wait: wait.wait,
-        wait_timeout,
+        ..RollbackRequest::default()
     };
-    let response = api
+    let mut response = api
         .unary(
-            timeout,
-            api.deployments()
-                .rollback(api.request_with_timeout(request, timeout)),
+            api.timeout(),
+            api.deployments().rollback(api.request(request)),
         )
         .await?;
+    if wait.wait {
+        let id = response
+            .deployment
+            .as_ref()
+            .map(|d| d.id.clone())
+            .context("the server returned no deployment in its response")?;
+        let last = watch::follow(api, &domain, &id, wait.wait_timeout).await?;
+        response.deployment = last.deployment;
+        response.ready_nodes = last.serving_nodes;
+    }
     let deployment = response
         .deployment
         .as_ref()

@@ -19,6 +19,7 @@ mod connect;
 mod deploy;
 mod output;
 mod upload;
+mod watch;
 
 use std::error::Error as _;
 use std::fmt;

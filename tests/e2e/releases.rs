@@ -19,7 +19,7 @@ use statiko_proto::v1::{
 };
 use statiko_tests::cluster::{Cluster, assert_converged};
 use statiko_tests::fixtures::{self, site};
-use statiko_tests::{Edge, https_get_unverified, require_tool, secs, wait_until};
+use statiko_tests::{Edge, OutputExt, https_get_unverified, require_tool, secs, wait_until};
 use tonic::Code;
 
 /// The page `fixtures::site_bundle("web@version")` serves at `/`.
@@ -242,6 +242,23 @@ async fn a_failed_stage_or_missed_deadline_switches_no_edge() -> Result<()> {
     assert!(failed.reason.contains("edge edge-1"), "{}", failed.reason);
     assert_eq!(history[1].state(), DeploymentState::Live);
     all_serve(&cluster.edge_refs(), "fail.test", "1").await?;
+    // stk deploy --wait: per-edge progress lines (not a terminal), non-zero naming the edge.
+    let cli = cluster
+        .control
+        .stk([
+            "deploy",
+            "fail.test",
+            "web@2",
+            "--wait",
+            "--wait-timeout",
+            "30s",
+        ])
+        .await?;
+    assert!(!cli.status.success(), "{}", cli.stdout_text());
+    let stderr = cli.stderr_text();
+    assert!(stderr.contains("failed on edge(s) edge-1"), "{stderr}");
+    assert!(stderr.contains("staging: staged"), "{stderr}");
+    all_serve(&cluster.edge_refs(), "fail.test", "1").await?;
     std::fs::remove_file(&planted)?;
 
     // An edge partitioned from etcd (not the leader) misses the stage deadline.
@@ -317,5 +334,27 @@ async fn control_and_leader_killed_mid_cutover() -> Result<()> {
     cluster.edges[leader_index].restart().await?;
     all_serve(&cluster.edge_refs(), "kill.test", expected).await?;
     settled(&cluster).await?;
-    Ok(())
+
+    // stk deploy --wait on the healed cluster: progress lines, then every edge serves it.
+    let cli = cluster
+        .control
+        .stk([
+            "deploy",
+            "kill.test",
+            "web@3",
+            "--wait",
+            "--wait-timeout",
+            "30s",
+        ])
+        .await?;
+    cli.assert_success();
+    let stderr = cli.stderr_text();
+    assert!(stderr.contains("live: staged 3/3"), "{stderr}");
+    assert!(stderr.contains("serving 3/3"), "{stderr}");
+    assert!(
+        cli.stdout_text().contains("served by 3 edge(s)"),
+        "{}",
+        cli.stdout_text()
+    );
+    all_serve(&cluster.edge_refs(), "kill.test", "3").await
 }

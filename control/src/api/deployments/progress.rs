@@ -69,9 +69,8 @@ fn progress(
 fn finished(p: &pb::WatchDeploymentResponse) -> bool {
     match p.deployment.as_ref().map(pb::Deployment::state) {
         Some(pb::DeploymentState::Failed | pb::DeploymentState::Superseded) | None => true,
-        Some(pb::DeploymentState::Live) => {
-            !p.nodes.is_empty() && p.serving_nodes.len() == p.nodes.len()
-        }
+        // Served by every live edge (or there is none to wait for).
+        Some(pb::DeploymentState::Live) => p.serving_nodes.len() == p.nodes.len(),
         _ => false,
     }
 }
