@@ -328,6 +328,9 @@ pub struct EdgeConfig {
     pub redirect_http: bool,
     pub limits: EdgeLimitsConfig,
     pub proxy_protocol: ProxyProtocolConfig,
+    /// Bundles of the last live deployments kept staged per site (the live one included), so
+    /// a rollback to one of them needs no download.
+    pub retain_deployments: u32,
 }
 
 impl Default for EdgeConfig {
@@ -341,6 +344,7 @@ impl Default for EdgeConfig {
             redirect_http: true,
             limits: EdgeLimitsConfig::default(),
             proxy_protocol: ProxyProtocolConfig::default(),
+            retain_deployments: 3,
         }
     }
 }
@@ -815,6 +819,13 @@ impl Config {
             if value == 0 {
                 return bad(key, "must be greater than 0");
             }
+        }
+
+        if self.edge.retain_deployments == 0 {
+            return bad(
+                "edge.retainDeployments",
+                "must be at least 1 (the live deployment)",
+            );
         }
 
         // deploy

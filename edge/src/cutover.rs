@@ -34,16 +34,16 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// The leader's cutover job.
 #[derive(Debug, Clone)]
-pub struct Cutover {
-    pub store: Store,
-    pub keys: KeySchema,
+pub(crate) struct Cutover {
+    pub(crate) store: Store,
+    pub(crate) keys: KeySchema,
     /// `deploy.stageTimeout`.
-    pub stage_timeout: Duration,
+    pub(crate) stage_timeout: Duration,
 }
 
 /// What the leader decides for one staging deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Some live nodes have not reported yet.
     Wait,
     /// Every live node staged it (their names).
@@ -53,7 +53,7 @@ pub enum Decision {
 }
 
 /// Decides from the live nodes' reports.
-pub fn decide(
+pub(crate) fn decide(
     deployment: &DeploymentRecord,
     nodes: &[NodeStatusRecord],
     now: i64,
@@ -108,7 +108,7 @@ pub fn decide(
 
 impl Cutover {
     /// Runs while `lead` lasts.
-    pub async fn run(self, lead: Leadership, mut desired: watch::Receiver<Arc<Desired>>) {
+    pub(crate) async fn run(self, lead: Leadership, mut desired: watch::Receiver<Arc<Desired>>) {
         loop {
             let staging: Vec<DeploymentRecord> = desired
                 .borrow_and_update()

@@ -176,6 +176,12 @@ impl Reconciler {
         }
     }
 
+    /// Keeps `n` live bundles per site staged for rollback (`edge.retainDeployments`).
+    pub fn with_retained_deployments(mut self, n: u32) -> Self {
+        self.releases = Releases::new(n as usize);
+        self
+    }
+
     /// Reports failed deploys through `notifier`.
     pub fn with_notifier(mut self, notifier: Notifier) -> Self {
         self.notifier = Some(notifier);
@@ -298,6 +304,7 @@ impl Reconciler {
             self.sites.insert(domain.clone(), state);
         }
         for old in released {
+            self.retain_replaced(&old, desired);
             self.release(old);
         }
         if challenges_changed {
@@ -311,6 +318,11 @@ impl Reconciler {
         }
         for digest in &held.released {
             self.release_bundle(digest);
+        }
+        if let Some(metrics) = &self.metrics {
+            for _ in 0..held.failed {
+                metrics.staging_failed();
+            }
         }
 
         // Certificates first, so no new host is routed before its certificate is there.
@@ -395,6 +407,38 @@ impl Reconciler {
         }
         for name in &old.cert_deps {
             unindex(&mut self.cert_users, name, domain);
+        }
+    }
+
+    /// Keeps the bundle a site served before for rollback (`releases.rs`), or drops what a
+    /// removed site kept.
+    fn retain_replaced(&mut self, old: &SiteState, desired: &Desired) {
+        let Some(domain) = old.hosts.first().cloned() else {
+            return;
+        };
+        if !desired.sites.contains_key(&domain) {
+            for digest in self.releases.forget(&domain) {
+                self.release_bundle(&digest);
+            }
+            return;
+        }
+        let Some(bundle) = &old.served.bundle else {
+            return;
+        };
+        let live = self
+            .sites
+            .get(&domain)
+            .and_then(|s| s.served.bundle.as_ref())
+            .map(|b| b.digest.clone());
+        if live.as_deref() == Some(bundle.digest.as_str()) {
+            return;
+        }
+        self.bundle_refs.add(&bundle.digest);
+        for digest in self
+            .releases
+            .retain(&domain, bundle.clone(), live.as_deref())
+        {
+            self.release_bundle(&digest);
         }
     }
 

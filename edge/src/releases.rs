@@ -4,11 +4,15 @@
 //! edge reports the deployment staged; the switch then finds the bundle already staged here, so
 //! every edge flips at the same store revision.
 //!
+//! Retention: when a site switches bundles, the one it served before is kept staged (and
+//! referenced, so eviction spares it), up to `edge.retainDeployments - 1` per site, newest
+//! first. A rollback to one of them stages from memory at once: a pure flip, no download.
+//!
 //! An edge that was down during a cutover does nothing special when it comes back: the site
 //! record names the live app, so the ordinary apply stages it (keeping the persisted version
 //! served until then).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use futures::StreamExt as _;
@@ -19,17 +23,34 @@ use crate::desired::{Desired, app_key};
 use crate::stage::Stager;
 
 /// Staging reports by deployment id.
-pub type StageReports = BTreeMap<String, StageReport>;
+pub(crate) type StageReports = BTreeMap<String, StageReport>;
 
 /// Deployment bundles staged at the same time.
 const CONCURRENCY: usize = 3;
 
-/// Deployments staged (or that failed to stage) ahead of their cutover.
-#[derive(Debug, Default)]
-pub struct Releases {
+/// Deployments staged (or that failed to stage) ahead of their cutover, and the bundles kept
+/// for rollback.
+#[derive(Debug)]
+pub(crate) struct Releases {
     /// By deployment id.
     held: HashMap<String, Held>,
     reports: StageReports,
+    /// Per site, the bundles it served before, newest first.
+    retained: HashMap<String, VecDeque<Retained>>,
+    /// `edge.retainDeployments`: the live bundle plus this many minus one retained.
+    retain: usize,
+}
+
+/// A bundle a site served before.
+#[derive(Debug)]
+struct Retained {
+    bundle: Arc<StagedBundle>,
+}
+
+impl Default for Releases {
+    fn default() -> Self {
+        Self::new(3)
+    }
 }
 
 #[derive(Debug)]
@@ -40,16 +61,67 @@ struct Held {
 
 /// What an apply changed in the bundles held.
 #[derive(Debug, Default)]
-pub struct HeldChange {
+pub(crate) struct HeldChange {
     /// Digests now held by a staging deployment.
-    pub added: Vec<String>,
+    pub(crate) added: Vec<String>,
     /// Digests no longer held by one that left `staging`.
-    pub released: Vec<String>,
+    pub(crate) released: Vec<String>,
+    /// Deployments that failed to stage.
+    pub(crate) failed: u64,
 }
 
 impl Releases {
+    /// Keeps `retain_deployments` live bundles per site (the live one included).
+    pub(crate) fn new(retain_deployments: usize) -> Self {
+        Self {
+            held: HashMap::new(),
+            reports: StageReports::new(),
+            retained: HashMap::new(),
+            retain: retain_deployments.max(1),
+        }
+    }
+
+    /// Site `domain` stopped serving `bundle` for `live_digest`: keeps it, and
+    /// returns the digests no longer kept (the oldest beyond the limit, the live one, or `bundle`
+    /// itself when the limit keeps none): one reference each to drop. The caller takes one
+    /// reference to `bundle`.
+    pub(crate) fn retain(
+        &mut self,
+        domain: &str,
+        bundle: Arc<StagedBundle>,
+        live_digest: Option<&str>,
+    ) -> Vec<String> {
+        let kept = self.retained.entry(domain.to_owned()).or_default();
+        let mut dropped = Vec::new();
+        // Kept once, and not while live again (after a rollback to it).
+        kept.retain(|r| {
+            let keep =
+                r.bundle.digest != bundle.digest && Some(r.bundle.digest.as_str()) != live_digest;
+            if !keep {
+                dropped.push(r.bundle.digest.clone());
+            }
+            keep
+        });
+        kept.push_front(Retained { bundle });
+        while kept.len() > self.retain - 1 {
+            match kept.pop_back() {
+                Some(old) => dropped.push(old.bundle.digest.clone()),
+                None => break,
+            }
+        }
+        dropped
+    }
+
+    /// Site `domain` is gone: returns the digests it kept.
+    pub(crate) fn forget(&mut self, domain: &str) -> Vec<String> {
+        self.retained
+            .remove(domain)
+            .map(|kept| kept.into_iter().map(|r| r.bundle.digest.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Stages the deployments new in `desired.staging` and forgets those that left it.
-    pub async fn apply(&mut self, desired: &Desired, stager: &Stager) -> HeldChange {
+    pub(crate) async fn apply(&mut self, desired: &Desired, stager: &Stager) -> HeldChange {
         let mut change = HeldChange::default();
         let gone: Vec<String> = self
             .held
@@ -88,7 +160,7 @@ impl Releases {
                 }
                 Err(error) => {
                     tracing::warn!(deployment = %id, %error, "staging a deployment failed");
-                    crate::metrics::staging_failed();
+                    change.failed += 1;
                     let report = StageReport {
                         ok: false,
                         error: Some(error),
@@ -103,7 +175,7 @@ impl Releases {
     }
 
     /// How staging went, for the node record.
-    pub fn reports(&self) -> StageReports {
+    pub(crate) fn reports(&self) -> StageReports {
         self.reports.clone()
     }
 }

@@ -358,3 +358,54 @@ async fn control_and_leader_killed_mid_cutover() -> Result<()> {
     );
     all_serve(&cluster.edge_refs(), "kill.test", "3").await
 }
+
+#[tokio::test]
+async fn rollback_is_served_from_retained_bundles() -> Result<()> {
+    if !require_tool("etcd") {
+        return Ok(());
+    }
+    let cluster = Cluster::start(3).await?;
+    settled(&cluster).await?;
+    serving_v1(&cluster, "back.test").await?;
+    deploy_atomic(&cluster, "back.test", "2", true).await?;
+    all_serve(&cluster.edge_refs(), "back.test", "2").await?;
+
+    // web@1's bundle leaves the repository: only the edges' retained copies remain.
+    let api = cluster.control.admin().await?;
+    let apps = api
+        .apps()
+        .list_apps(statiko_proto::v1::ListAppsRequest::default())
+        .await?
+        .into_inner()
+        .apps;
+    let v1 = apps
+        .iter()
+        .find(|a| a.version == "1")
+        .context("web@1 uploaded")?;
+    let stored = cluster
+        .control
+        .repo_dir()
+        .join("bundles/sha256")
+        .join(v1.digest.trim_start_matches("sha256:"));
+    ensure!(stored.exists(), "no bundle at {}", stored.display());
+    std::fs::remove_file(&stored)?;
+
+    let cli = cluster
+        .control
+        .stk([
+            "deploy",
+            "rollback",
+            "back.test",
+            "--wait",
+            "--wait-timeout",
+            "30s",
+        ])
+        .await?;
+    cli.assert_success();
+    assert!(
+        cli.stdout_text().contains("web@1") && cli.stdout_text().contains("served by 3 edge(s)"),
+        "{}",
+        cli.stdout_text()
+    );
+    all_serve(&cluster.edge_refs(), "back.test", "1").await
+}
