@@ -65,12 +65,13 @@ async fn deploy(
         )
         .await?;
     if wait.wait {
-        let id = response
-            .deployment
-            .as_ref()
-            .map(|d| d.id.clone())
-            .context("the server returned no deployment in its response")?;
-        let last = watch::follow(api, &domain, &id, wait.wait_timeout).await?;
+        let last = watch::follow(
+            api,
+            &domain,
+            response.deployment.as_ref(),
+            wait.wait_timeout,
+        )
+        .await?;
         let site = api
             .unary(
                 api.timeout(),
@@ -148,12 +149,13 @@ async fn rollback(
         )
         .await?;
     if wait.wait {
-        let id = response
-            .deployment
-            .as_ref()
-            .map(|d| d.id.clone())
-            .context("the server returned no deployment in its response")?;
-        let last = watch::follow(api, &domain, &id, wait.wait_timeout).await?;
+        let last = watch::follow(
+            api,
+            &domain,
+            response.deployment.as_ref(),
+            wait.wait_timeout,
+        )
+        .await?;
         response.deployment = last.deployment;
         response.ready_nodes = last.serving_nodes;
     }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use futures::StreamExt as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use statiko_proto::v1::{DeploymentState, WatchDeploymentRequest, WatchDeploymentResponse};
+use statiko_proto::v1::{
+    Deployment, DeploymentState, WatchDeploymentRequest, WatchDeploymentResponse,
+};
 
 use crate::connect::Api;
 use crate::output;
@@ -35,14 +37,17 @@ fn describe(p: &WatchDeploymentResponse) -> String {
     line
 }
 
-/// Follows deployment `id` of `domain` until it is live and served by every live edge (returns
+/// Follows `deployment` (just made) of `domain` until it is live and served by every live edge (returns
 /// the last progress), and fails naming the edges when it failed or `timeout` passed first.
 pub(crate) async fn follow(
     api: &Api,
     domain: &str,
-    id: &str,
+    deployment: Option<&Deployment>,
     timeout: Duration,
 ) -> anyhow::Result<WatchDeploymentResponse> {
+    let id = deployment
+        .map(|d| d.id.as_str())
+        .context("the server returned no deployment in its response")?;
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::with_draw_target(Some(1), ProgressDrawTarget::stderr());
         bar.set_style(

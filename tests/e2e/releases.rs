@@ -82,6 +82,23 @@ async fn get_deployment(cluster: &Cluster, domain: &str, id: &str) -> Result<Dep
         .context("a deployment")
 }
 
+/// The digest of `web@version` as uploaded.
+async fn digest_of(cluster: &Cluster, version: &str) -> Result<String> {
+    let apps = cluster
+        .control
+        .admin()
+        .await?
+        .apps()
+        .list_apps(statiko_proto::v1::ListAppsRequest::default())
+        .await?
+        .into_inner()
+        .apps;
+    apps.into_iter()
+        .find(|a| a.name == "web" && a.version == version)
+        .map(|a| a.digest)
+        .with_context(|| format!("web@{version} uploaded"))
+}
+
 /// Deploys `web@version` to `domain` with the atomic strategy (what `stk deploy` asks for).
 async fn deploy_atomic(
     cluster: &Cluster,
@@ -205,22 +222,13 @@ async fn a_failed_stage_or_missed_deadline_switches_no_edge() -> Result<()> {
     let leader = settled(&cluster).await?;
     serving_v1(&cluster, "fail.test").await?;
     let api = cluster.control.admin().await?;
-    let apps = api
-        .apps()
-        .list_apps(statiko_proto::v1::ListAppsRequest::default())
-        .await?
-        .into_inner()
-        .apps;
-    let v2 = apps
-        .iter()
-        .find(|a| a.version == "2")
-        .context("web@2 uploaded")?;
+    let v2 = digest_of(&cluster, "2").await?;
 
     // A corrupt bundle on edge-1's disk: a file where the staged directory would go.
     let planted = cluster.edges[1]
         .dir()
         .join("data/bundles")
-        .join(v2.digest.trim_start_matches("sha256:"));
+        .join(v2.trim_start_matches("sha256:"));
     std::fs::create_dir_all(planted.parent().context("bundles dir")?)?;
     std::fs::write(&planted, b"corrupt")?;
     let status = deploy_atomic(&cluster, "fail.test", "2", true)
@@ -371,22 +379,12 @@ async fn rollback_is_served_from_retained_bundles() -> Result<()> {
     all_serve(&cluster.edge_refs(), "back.test", "2").await?;
 
     // web@1's bundle leaves the repository: only the edges' retained copies remain.
-    let api = cluster.control.admin().await?;
-    let apps = api
-        .apps()
-        .list_apps(statiko_proto::v1::ListAppsRequest::default())
-        .await?
-        .into_inner()
-        .apps;
-    let v1 = apps
-        .iter()
-        .find(|a| a.version == "1")
-        .context("web@1 uploaded")?;
+    let v1 = digest_of(&cluster, "1").await?;
     let stored = cluster
         .control
         .repo_dir()
         .join("bundles/sha256")
-        .join(v1.digest.trim_start_matches("sha256:"));
+        .join(v1.trim_start_matches("sha256:"));
     ensure!(stored.exists(), "no bundle at {}", stored.display());
     std::fs::remove_file(&stored)?;
 
