@@ -222,6 +222,8 @@ impl Cutover {
         ));
         ops.push(TxnOp::put(self.keys.meta_state(), Vec::new()));
         let mut compares = lead.compares();
+        // Never in the middle of a state import (it replaces sites).
+        compares.push(Compare::absent(self.keys.meta_import()));
         compares.push(Compare::unchanged_since(site_key, site_kv.mod_revision));
         compares.push(Compare::unchanged_since(
             self.keys.deployment(&domain, &deployment.id),
