@@ -21,9 +21,11 @@
 mod cli;
 mod commands;
 mod connect;
+mod deploy;
 mod output;
 mod token;
 mod upload;
+mod watch;
 
 use std::error::Error as _;
 use std::fmt;

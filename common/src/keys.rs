@@ -6,6 +6,7 @@
 //! {root}/v1/apps/{name}/{version}       AppRecord
 //! {root}/v1/certificates/{name}         CertificateRecord (private key sealed)
 //! {root}/v1/nodes/{node}                NodeStatusRecord, on the node's lease
+//! {root}/v1/deployments/{site}/{id}     DeploymentRecord: one deploy of an app to a site
 //! {root}/v1/election/edge-leader/leader the leader's node name, on the leader's lease
 //! {root}/v1/acme/account                AcmeAccountRecord (credentials sealed)
 //! {root}/v1/acme/orders/{domain}        AcmeOrderRecord: the order in flight for a site
@@ -38,6 +39,11 @@ pub enum Key {
     },
     Certificate(String),
     Node(String),
+    /// `deployments/{site}/{id}`.
+    Deployment {
+        site: String,
+        id: String,
+    },
     /// `acme/challenges/{token}`.
     AcmeChallenge(String),
     /// `acme/orders/{domain}`.
@@ -91,6 +97,17 @@ impl KeySchema {
     }
     pub fn node(&self, name: &str) -> String {
         format!("{}nodes/{name}", self.root)
+    }
+    /// Every deployment record of every site.
+    pub fn all_deployments(&self) -> String {
+        format!("{}deployments/", self.root)
+    }
+    /// The deployment records of site `domain` (ids sort by creation time).
+    pub fn deployments(&self, domain: &str) -> String {
+        format!("{}deployments/{domain}/", self.root)
+    }
+    pub fn deployment(&self, domain: &str, id: &str) -> String {
+        format!("{}deployments/{domain}/{id}", self.root)
     }
     pub fn election(&self) -> String {
         format!("{}election/edge-leader/", self.root)
@@ -184,6 +201,13 @@ impl KeySchema {
                     version: single(version)?,
                 }
             }
+            "deployments" => {
+                let (site, id) = id.split_once('/')?;
+                Key::Deployment {
+                    site: single(site)?,
+                    id: single(id)?,
+                }
+            }
             _ => Key::Other(rest.to_owned()),
         })
     }
@@ -249,6 +273,22 @@ mod tests {
             Some(Key::Other("acme/account".into()))
         );
         assert!(keys.leader().starts_with(&keys.election()));
+        assert_eq!(
+            keys.parse(&keys.deployment("a.test", "d1")),
+            Some(Key::Deployment {
+                site: "a.test".into(),
+                id: "d1".into()
+            })
+        );
+        assert!(
+            keys.deployments("a.test")
+                .starts_with(&keys.all_deployments())
+        );
+        assert!(
+            !keys
+                .deployment("a.testx", "d1")
+                .starts_with(&keys.deployments("a.test"))
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod tokens;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use statiko_common::config::LimitsConfig;
+use statiko_common::config::{DeployConfig, LimitsConfig};
 use statiko_common::crypto::SecretBox;
 use statiko_common::repo::BundleRepo;
 
@@ -31,6 +31,8 @@ pub(crate) struct Context {
     pub(crate) codesign_key: Option<[u8; 32]>,
     pub(crate) codesign_required: bool,
     pub(crate) limits: LimitsConfig,
+    /// `deploy`: history length and stage deadline.
+    pub(crate) deploy: DeployConfig,
     /// Where uploads are spooled before they are verified and stored.
     pub(crate) upload_dir: PathBuf,
 }

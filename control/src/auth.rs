@@ -2,7 +2,7 @@
 //!
 //! Health checks and server reflection answer without a token. Every other call needs
 //! `authorization: Bearer <token>` matching one of `auth.tokens` (compared in constant time);
-//! `readonly` tokens may only call `Get*` and `List*` methods.
+//! `readonly` tokens may only call `Get*`, `List*` and `Watch*` methods.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -155,7 +155,7 @@ fn is_public(path: &str) -> bool {
 
 fn is_read_only(path: &str) -> bool {
     let method = path.rsplit('/').next().unwrap_or_default();
-    method.starts_with("Get") || method.starts_with("List")
+    method.starts_with("Get") || method.starts_with("List") || method.starts_with("Watch")
 }
 
 impl<S> Layer<S> for AuthLayer {

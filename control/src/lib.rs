@@ -95,6 +95,7 @@ pub async fn run(
         codesign_key: prepared.codesign_key,
         codesign_required: config.codesign.required,
         limits: config.limits.clone(),
+        deploy: config.deploy.clone(),
         upload_dir: config.control.data_dir.join("uploads"),
     });
     let metrics = std::sync::Arc::new(metrics::ControlMetrics::default());

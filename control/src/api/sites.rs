@@ -189,6 +189,10 @@ impl Api {
                 site.all_domains()
                     .map(|d| TxnOp::delete(state.keys.domain(d))),
             );
+            // The site's deployment history goes with it.
+            ops.push(TxnOp::DeletePrefix {
+                prefix: state.keys.deployments(&site.domain),
+            });
             let compares = vec![Compare::unchanged_since(
                 state.keys.site(&site.domain),
                 current.mod_revision,
