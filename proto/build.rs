@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "statiko/v1/certificate_service.proto",
         "statiko/v1/cluster_service.proto",
         "statiko/v1/state_service.proto",
+        "statiko/v1/token_service.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -96,6 +96,9 @@ pub(crate) enum Command {
     /// Export or import the whole desired state (backup, restore, migration).
     #[command(subcommand)]
     State(StateCommand),
+    /// Create, list and revoke API tokens (admin only).
+    #[command(subcommand)]
+    Token(crate::token::TokenCommand),
     /// Print the version of stk.
     Version,
 }
@@ -190,19 +193,54 @@ pub(crate) enum AppCommand {
     },
 }
 
+/// `stk deploy SITE NAME@VERSION`, or one of the `stk deploy` subcommands.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub(crate) struct DeployArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<DeployCommand>,
     /// Primary domain or alias of the site.
-    pub(crate) domain: String,
+    #[arg(required = true)]
+    pub(crate) domain: Option<String>,
     /// App version to deploy.
-    #[arg(value_name = "NAME@VERSION")]
-    pub(crate) app: AppRefArg,
-    /// Return only when every live edge serves the version.
+    #[arg(value_name = "NAME@VERSION", required = true)]
+    pub(crate) app: Option<AppRefArg>,
+    #[command(flatten)]
+    pub(crate) wait: WaitArgs,
+    /// Switch the site at once and let each edge serve the version as soon as it has it,
+    /// instead of the atomic cutover (faster; edges may serve different versions for a moment).
+    #[arg(long)]
+    pub(crate) immediate: bool,
+}
+
+/// `--wait` and `--wait-timeout`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct WaitArgs {
+    /// Return only when every live edge serves the version (shows per-edge progress).
     #[arg(long)]
     pub(crate) wait: bool,
     /// How long --wait waits, e.g. 60s, 5m.
     #[arg(long, value_parser = parse_duration, default_value = "60s", requires = "wait")]
     pub(crate) wait_timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DeployCommand {
+    /// List the deployments of a site, newest first.
+    History {
+        /// Primary domain or alias.
+        domain: String,
+    },
+    /// Make the previous live deployment (or --to ID) live again.
+    Rollback {
+        /// Primary domain or alias.
+        domain: String,
+        /// The deployment to go back to (see `stk deploy history`).
+        #[arg(long, value_name = "ID")]
+        to: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -526,21 +564,53 @@ mod tests {
         let Command::Deploy(args) = cli.command else {
             panic!("wrong command");
         };
-        assert_eq!(args.domain, "example.com");
-        assert_eq!(args.app.to_string(), "web@1.4.0");
-        assert!(args.wait);
-        assert_eq!(args.wait_timeout, Duration::from_secs(120));
+        assert_eq!(args.domain.as_deref(), Some("example.com"));
+        assert_eq!(
+            args.app.as_ref().map(ToString::to_string).as_deref(),
+            Some("web@1.4.0")
+        );
+        assert!(args.wait.wait);
+        assert_eq!(args.wait.wait_timeout, Duration::from_secs(120));
+        assert!(!args.immediate && args.command.is_none());
 
-        let cli = parse(&["deploy", "example.com", "web@1"]);
+        let cli = parse(&["deploy", "example.com", "web@1", "--immediate"]);
         let Command::Deploy(args) = cli.command else {
             panic!("wrong command");
         };
-        assert!(!args.wait);
-        assert_eq!(args.wait_timeout, Duration::from_secs(60));
+        assert!(!args.wait.wait);
+        assert!(args.immediate);
+        assert_eq!(args.wait.wait_timeout, Duration::from_secs(60));
         assert_eq!(
             parse_err(&["deploy", "example.com", "web"]),
             clap::error::ErrorKind::ValueValidation
         );
+        assert_eq!(
+            parse_err(&["deploy", "example.com"]),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+
+        let cli = parse(&["deploy", "history", "example.com"]);
+        let Command::Deploy(DeployArgs {
+            command: Some(DeployCommand::History { domain }),
+            ..
+        }) = cli.command
+        else {
+            panic!("wrong command");
+        };
+        assert_eq!(domain, "example.com");
+        let cli = parse(&["deploy", "rollback", "example.com", "--to", "d1", "--wait"]);
+        let Command::Deploy(DeployArgs {
+            command: Some(DeployCommand::Rollback { domain, to, wait }),
+            ..
+        }) = cli.command
+        else {
+            panic!("wrong command");
+        };
+        assert_eq!(
+            (domain.as_str(), to.as_deref()),
+            ("example.com", Some("d1"))
+        );
+        assert!(wait.wait);
     }
 
     #[test]

@@ -3,36 +3,32 @@
 
 use std::io::{IsTerminal as _, Read as _, Write as _};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use indicatif::HumanBytes;
 use serde_json::{Value, json};
 
 use statiko_proto::v1::{
-    AliasList, AppRef, CreateSiteRequest, DeleteAppRequest, DeleteCertificateRequest,
-    DeleteSiteRequest, DeployRequest, ExportStateRequest, GetSiteRequest, ImportCertificateRequest,
-    ImportStateRequest, ImportStateResponse, ListAppsRequest, ListCertificatesRequest,
-    ListNodesRequest, ListSitesRequest, Site, StreamExportStateRequest, StreamImportStateRequest,
-    TlsConfig, TlsType, UpdateSiteRequest,
+    AliasList, CreateSiteRequest, DeleteAppRequest, DeleteCertificateRequest, DeleteSiteRequest,
+    ExportStateRequest, GetSiteRequest, ImportCertificateRequest, ImportStateRequest,
+    ImportStateResponse, ListAppsRequest, ListCertificatesRequest, ListNodesRequest,
+    ListSitesRequest, Site, StreamExportStateRequest, StreamImportStateRequest, TlsConfig, TlsType,
+    UpdateSiteRequest,
 };
 
 use crate::cli::{
-    AppCommand, CertCommand, Cli, ClusterCommand, Command, DeployArgs, OutputFormat, SiteCommand,
-    StateCommand, TlsArg,
+    AppCommand, CertCommand, Cli, ClusterCommand, Command, OutputFormat, SiteCommand, StateCommand,
+    TlsArg,
 };
 use crate::connect::Api;
 use crate::output::{self, Table};
 use crate::upload::{self, UploadOptions};
 use crate::{usage_error, warn};
 
-/// Extra time given to a waiting deploy on top of its wait timeout, for the server to answer.
-const WAIT_GRACE: Duration = Duration::from_secs(10);
-
 /// Prints results in the chosen format.
 #[derive(Debug, Clone, Copy)]
-struct Printer {
-    format: OutputFormat,
+pub(crate) struct Printer {
+    pub(crate) format: OutputFormat,
 }
 
 /// Runs the parsed command.
@@ -92,10 +88,11 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         (Command::Site(command), _) => site(&api, printer, command).await,
         (Command::App(command), _) => app(&api, printer, command).await,
-        (Command::Deploy(args), _) => deploy(&api, printer, args).await,
+        (Command::Deploy(args), _) => crate::deploy::run(&api, printer, args).await,
         (Command::Cert(command), _) => cert(&api, printer, command).await,
         (Command::Cluster(ClusterCommand::Status), _) => cluster_status(&api, printer).await,
         (Command::State(StateCommand::Get { out }), _) => state_get(&api, printer, out).await,
+        (Command::Token(command), _) => crate::token::run(&api, printer, command).await,
         (Command::Version | Command::State(StateCommand::Set { .. }), _) => Ok(()),
     }
 }
@@ -246,66 +243,6 @@ async fn app(api: &Api, printer: Printer, command: AppCommand) -> anyhow::Result
             printer.print(&json!({}), || format!("deleted app {app}\n"))
         }
     }
-}
-
-async fn deploy(api: &Api, printer: Printer, args: DeployArgs) -> anyhow::Result<()> {
-    let DeployArgs {
-        domain,
-        app,
-        wait,
-        wait_timeout,
-    } = args;
-    let wait_duration = if wait {
-        Some(
-            prost_types::Duration::try_from(wait_timeout)
-                .map_err(|_| usage_error("--wait-timeout is too large"))?,
-        )
-    } else {
-        None
-    };
-    // A waiting deploy legitimately takes as long as its wait timeout.
-    let timeout = if wait {
-        api.timeout().max(wait_timeout + WAIT_GRACE)
-    } else {
-        api.timeout()
-    };
-    let request = DeployRequest {
-        domain: domain.clone(),
-        app: Some(AppRef {
-            name: app.name.clone(),
-            version: app.version.clone(),
-        }),
-        wait,
-        wait_timeout: wait_duration,
-    };
-    let response = api
-        .unary(
-            timeout,
-            api.deployments()
-                .deploy(api.request_with_timeout(request, timeout)),
-        )
-        .await?;
-    printer.print(
-        &json!({
-            "site": response.site.as_ref().map_or(Value::Null, output::site_json),
-            "revision": response.revision,
-            "ready_nodes": response.ready_nodes,
-        }),
-        || {
-            let mut text = format!(
-                "deployed {app} to {domain} at revision {}\n",
-                response.revision
-            );
-            if wait {
-                text.push_str(&format!(
-                    "served by {} edge(s): {}\n",
-                    response.ready_nodes.len(),
-                    output::list(&response.ready_nodes)
-                ));
-            }
-            text
-        },
-    )
 }
 
 async fn cert(api: &Api, printer: Printer, command: CertCommand) -> anyhow::Result<()> {
@@ -625,7 +562,11 @@ fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
 
 impl Printer {
     /// Prints `value` as pretty JSON, or the text that `table` renders.
-    fn print(&self, value: &Value, table: impl FnOnce() -> String) -> anyhow::Result<()> {
+    pub(crate) fn print(
+        &self,
+        value: &Value,
+        table: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
         match self.format {
             OutputFormat::Json => {
                 let mut text = serde_json::to_string_pretty(value).context("encoding JSON")?;

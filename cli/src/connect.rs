@@ -28,6 +28,7 @@ use statiko_proto::v1::cluster_service_client::ClusterServiceClient;
 use statiko_proto::v1::deployment_service_client::DeploymentServiceClient;
 use statiko_proto::v1::site_service_client::SiteServiceClient;
 use statiko_proto::v1::state_service_client::StateServiceClient;
+use statiko_proto::v1::token_service_client::TokenServiceClient;
 
 use crate::cli::GlobalArgs;
 
@@ -50,8 +51,13 @@ fn token(args: &GlobalArgs) -> anyhow::Result<Option<String>> {
     match (&args.token, &args.token_file) {
         (Some(token), _) if !token.trim().is_empty() => Ok(Some(token.clone())),
         (_, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the token file {}", path.display()))?;
+            // An unreadable token file is a mistake in how stk was called (exit code 64).
+            let text = std::fs::read_to_string(path).map_err(|err| {
+                crate::usage_error(format!(
+                    "cannot read the token file {}: {err}",
+                    path.display()
+                ))
+            })?;
             Ok(Some(text.trim_end().to_owned()))
         }
         (token, None) => Ok(token.clone()),
@@ -100,6 +106,11 @@ impl Api {
 
     pub(crate) fn cluster(&self) -> ClusterServiceClient<Authed> {
         ClusterServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    pub(crate) fn tokens(&self) -> TokenServiceClient<Authed> {
+        TokenServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
     }
 

@@ -7,8 +7,13 @@
 //! - `upload`: folder packing, archive detection, SHA-256, Ed25519 signing, chunked streaming.
 //! - `output`: aligned tables, timestamps, JSON views of the proto messages.
 //!
-//! Exit codes, for scripts: 0 success, 1 runtime failure (including every gRPC error, printed
-//! as `error: <CODE>: <message>`), 64 usage error (bad flags or arguments, unreadable input).
+//! Exit codes, for scripts and CI (see `exit_code`; documented in docs/ci.md): 0 success,
+//! 1 any other failure (every gRPC error not listed here, printed as `error: <CODE>: <message>`),
+//! 3 `DEADLINE_EXCEEDED` (a waiting deploy not served by every edge in time, or a call timeout),
+//! 4 `UNAUTHENTICATED` / `PERMISSION_DENIED` (token missing, wrong, expired, revoked or out of
+//! scope), 5 `UNAVAILABLE` (control answered that its store is unreachable: worth a retry),
+//! 64 usage error (bad flags or arguments, unreadable input). Failing to connect at all
+//! (refused, TLS verification) is 1: the message says `cannot connect to <endpoint>`.
 
 // Printing to stdout and stderr is this binary's whole job.
 #![expect(clippy::print_stderr)]
@@ -16,8 +21,11 @@
 mod cli;
 mod commands;
 mod connect;
+mod deploy;
 mod output;
+mod token;
 mod upload;
+mod watch;
 
 use std::error::Error as _;
 use std::fmt;
@@ -26,11 +34,18 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 use crate::cli::Cli;
+use crate::commands::Printer;
 
 /// Exit code for usage errors (`EX_USAGE`).
 const EXIT_USAGE: u8 = 64;
 /// Exit code for every other failure.
 const EXIT_FAILURE: u8 = 1;
+/// A deadline passed: a waiting deploy that edges did not all serve in time, or a call timeout.
+const EXIT_DEADLINE: u8 = 3;
+/// The token was refused (missing, wrong, expired, revoked) or lacks the permission or scope.
+const EXIT_AUTH: u8 = 4;
+/// Control reported `UNAVAILABLE` (its store cannot be reached); retrying later may succeed.
+const EXIT_UNAVAILABLE: u8 = 5;
 
 /// An error caused by how stk was called rather than by the server or the network.
 #[derive(Debug)]
@@ -87,13 +102,26 @@ fn main() -> ExitCode {
             if let Some(hint) = hint(&err) {
                 eprintln!("hint: {hint}");
             }
-            if err.downcast_ref::<UsageError>().is_some() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::from(EXIT_FAILURE)
-            }
+            ExitCode::from(exit_code(&err))
         }
     }
+}
+
+/// The exit code for a failed command (the table is in the crate docs and docs/ci.md).
+fn exit_code(err: &anyhow::Error) -> u8 {
+    use tonic::Code;
+    if err.downcast_ref::<UsageError>().is_some() {
+        return EXIT_USAGE;
+    }
+    if let Some(status) = err.downcast_ref::<tonic::Status>() {
+        return match status.code() {
+            Code::DeadlineExceeded => EXIT_DEADLINE,
+            Code::Unauthenticated | Code::PermissionDenied => EXIT_AUTH,
+            Code::Unavailable => EXIT_UNAVAILABLE,
+            _ => EXIT_FAILURE,
+        };
+    }
+    EXIT_FAILURE
 }
 
 /// `CODE: message` for gRPC errors (plus the transport cause, if any); the context chain otherwise.
@@ -159,5 +187,20 @@ mod tests {
         let err = usage_error("bad").context("while parsing");
         assert_eq!(describe(&err), "while parsing: bad");
         assert!(err.downcast_ref::<UsageError>().is_some());
+    }
+
+    #[test]
+    fn exit_codes() {
+        let code = |status: tonic::Status| exit_code(&anyhow::Error::new(status));
+        assert_eq!(
+            code(tonic::Status::deadline_exceeded("late")),
+            EXIT_DEADLINE
+        );
+        assert_eq!(code(tonic::Status::permission_denied("scope")), EXIT_AUTH);
+        assert_eq!(code(tonic::Status::unauthenticated("expired")), EXIT_AUTH);
+        assert_eq!(code(tonic::Status::unavailable("down")), EXIT_UNAVAILABLE);
+        assert_eq!(code(tonic::Status::not_found("site")), EXIT_FAILURE);
+        assert_eq!(exit_code(&usage_error("bad")), EXIT_USAGE);
+        assert_eq!(exit_code(&anyhow::anyhow!("disk full")), EXIT_FAILURE);
     }
 }

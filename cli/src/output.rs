@@ -8,8 +8,8 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 
 use statiko_proto::v1::{
-    App, AppRef, BundleFormat, Certificate, CertificateType, Node, NodeCertificateStatus,
-    NodeSiteStatus, Site, TlsConfig, TlsType,
+    App, AppRef, BundleFormat, Certificate, CertificateType, DeployStrategy, Deployment,
+    DeploymentState, Node, NodeCertificateStatus, NodeSiteStatus, Site, TlsConfig, TlsType,
 };
 
 /// Rows of cells printed as left-aligned columns separated by two spaces.
@@ -178,7 +178,7 @@ pub(crate) fn certificate_details(cert: &Certificate) -> String {
     table.render()
 }
 
-fn timestamp_json(ts: Option<&prost_types::Timestamp>) -> Value {
+pub(crate) fn timestamp_json(ts: Option<&prost_types::Timestamp>) -> Value {
     timestamp_string(ts).map_or(Value::Null, Value::String)
 }
 
@@ -234,6 +234,70 @@ pub(crate) fn certificate_json(cert: &Certificate) -> Value {
         "not_after": timestamp_json(cert.not_after.as_ref()),
         "fingerprint": cert.fingerprint,
         "used_by": cert.used_by,
+    })
+}
+
+/// A deployment state as `stk` prints it (`live`, `failed`, ...).
+pub(crate) fn deployment_state(state: DeploymentState) -> &'static str {
+    match state {
+        DeploymentState::Unspecified => "-",
+        DeploymentState::Staging => "staging",
+        DeploymentState::Live => "live",
+        DeploymentState::Superseded => "superseded",
+        DeploymentState::Failed => "failed",
+    }
+}
+
+fn deploy_strategy(strategy: DeployStrategy) -> &'static str {
+    match strategy {
+        DeployStrategy::Unspecified => "-",
+        DeployStrategy::Atomic => "atomic",
+        DeployStrategy::Immediate => "immediate",
+    }
+}
+
+/// One line per deployment, newest first as given.
+pub(crate) fn deployments_table(deployments: &[Deployment]) -> String {
+    let mut table = Table::new(&[
+        "id", "app", "state", "author", "created", "strategy", "note",
+    ]);
+    for d in deployments {
+        let note = if !d.reason.is_empty() {
+            d.reason.clone()
+        } else if !d.rollback_of.is_empty() {
+            format!("rollback to {}", d.rollback_of)
+        } else {
+            String::new()
+        };
+        table.row([
+            d.id.clone(),
+            app_ref(d.app.as_ref()),
+            deployment_state(d.state()).to_owned(),
+            or_dash(&d.author),
+            timestamp(d.created_at.as_ref()),
+            deploy_strategy(d.strategy()).to_owned(),
+            or_dash(&note),
+        ]);
+    }
+    table.render()
+}
+
+pub(crate) fn deployment_json(d: &Deployment) -> Value {
+    json!({
+        "id": d.id,
+        "site": d.site,
+        "app": app_ref_json(d.app.as_ref()),
+        "author": d.author,
+        "state": d.state().as_str_name(),
+        "strategy": d.strategy().as_str_name(),
+        "reason": d.reason,
+        "failed_nodes": d.failed_nodes,
+        "staged_nodes": d.staged_nodes,
+        "rollback_of": d.rollback_of,
+        "created_at": timestamp_json(d.created_at.as_ref()),
+        "live_at": timestamp_json(d.live_at.as_ref()),
+        "superseded_at": timestamp_json(d.superseded_at.as_ref()),
+        "failed_at": timestamp_json(d.failed_at.as_ref()),
     })
 }
 

@@ -352,13 +352,14 @@ async fn plaintext_calls() {
         "error: FAILED_PRECONDITION: app web@1 is used by example.com\n"
     );
 
-    // No token: the server refuses, and stk says how to fix it.
+    // No token: the server refuses, and stk says how to fix it; a token problem exits 4
+    // (docs/ci.md, "Exit codes").
     let output = stk(
         &["site", "list"],
         &[("STATIKO_ENDPOINT", endpoint.as_str())],
     )
     .await;
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(4));
     assert!(
         stderr(&output).starts_with("error: UNAUTHENTICATED: missing or invalid token\nhint: "),
         "{}",

@@ -23,6 +23,7 @@
 mod tar_reader;
 mod zip_reader;
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Read, Write as _};
@@ -32,6 +33,7 @@ use std::time::SystemTime;
 
 use crate::config::LimitsConfig;
 use crate::crypto::Sha256Hasher;
+use crate::manifest::{MANIFEST_FILE, MAX_MANIFEST_LEN, Manifest};
 use crate::model::BundleFormat;
 
 /// Default cap on the length of one entry's path, in bytes.
@@ -163,6 +165,9 @@ pub enum ArchiveError {
     Duplicate { entry: String },
     #[error("entry {entry:?} is both a file and a directory")]
     PathConflict { entry: String },
+    /// Only from [`check_upload`]: the rules staging applies after unpacking.
+    #[error("invalid app manifest {MANIFEST_FILE}: {0}")]
+    Manifest(String),
     #[error("not a valid {format} archive: {detail}")]
     Corrupt {
         format: &'static str,
@@ -230,6 +235,9 @@ pub fn unpack_stream<R: Read>(
     unpacker.finish()
 }
 
+/// A file kept by [`check_upload`]: its path and its first bytes.
+pub type KeptFile = (String, Vec<u8>);
+
 /// Applies the same checks as [`unpack`] without writing anything.
 pub fn inspect(
     archive: &Path,
@@ -237,6 +245,39 @@ pub fn inspect(
     limits: &ArchiveLimits,
 ) -> Result<UnpackStats, ArchiveError> {
     run(archive, format, Unpacker::new(None, limits)).map(|u| u.stats)
+}
+
+/// What control checks at upload, in one pass: [`inspect`], plus the rules staging applies to
+/// the unpacked bundle (a `_statiko.yaml` at its root, after flattening, must be a valid
+/// manifest whose pages are in the bundle), so that whatever uploads stages. Writes nothing.
+/// Also returns the content of the files of the archive's root (after flattening) that `keep`
+/// names, each cut at its cap plus one byte: the other bundle files control validates at upload
+/// (`_redirects`, `_headers`).
+pub fn check_upload(
+    archive: &Path,
+    format: BundleFormat,
+    limits: &ArchiveLimits,
+    keep: &[(&str, usize)],
+) -> Result<(UnpackStats, Vec<KeptFile>), ArchiveError> {
+    let kept = RefCell::new(Vec::new());
+    let mut unpacker = Unpacker::new(None, limits);
+    unpacker.manifest = Some(ManifestCapture::default());
+    unpacker.keep = keep;
+    unpacker.kept = Some(&kept);
+    let stats = run(archive, format, unpacker)?.stats;
+    let prefix = stats.flattened.as_ref().map(|top| format!("{top}/"));
+    let root_files = kept
+        .into_inner()
+        .into_iter()
+        .filter_map(|(path, bytes)| {
+            let path = match &prefix {
+                Some(prefix) => path.strip_prefix(prefix.as_str())?.to_owned(),
+                None => path,
+            };
+            (!path.contains('/')).then_some((path, bytes))
+        })
+        .collect();
+    Ok((stats, root_files))
 }
 
 fn run(
@@ -331,6 +372,54 @@ fn ancestors(rel: &str) -> impl Iterator<Item = &str> {
     rel.match_indices('/').map(move |(i, _)| &rel[..i])
 }
 
+/// A manifest file's first bytes (up to one past the limit) and its length.
+struct Captured {
+    len: u64,
+    bytes: Vec<u8>,
+}
+
+/// The files that may become the bundle's manifest, known only once flattening is: the one at
+/// the root, and the one under the first top-level folder (dropped when a second folder has
+/// one: then nothing is flattened). So at most two, each bounded.
+#[derive(Default)]
+struct ManifestCapture {
+    root: Option<Captured>,
+    nested_top: Option<String>,
+    nested: Option<Captured>,
+}
+
+impl ManifestCapture {
+    /// Whether the file `rel` is a candidate (and so must be captured).
+    fn wants(&mut self, rel: &str) -> bool {
+        if rel == MANIFEST_FILE {
+            return true;
+        }
+        let Some((top, MANIFEST_FILE)) = rel.split_once('/') else {
+            return false;
+        };
+        match &self.nested_top {
+            None => {
+                self.nested_top = Some(top.to_owned());
+                true
+            }
+            Some(first) => {
+                if first != top {
+                    self.nested = None;
+                }
+                false
+            }
+        }
+    }
+
+    fn keep(&mut self, rel: &str, captured: Captured) {
+        if rel == MANIFEST_FILE {
+            self.root = Some(captured);
+        } else {
+            self.nested = Some(captured);
+        }
+    }
+}
+
 /// Walks entries, enforcing the limits and writing into `dest` when there is one.
 struct Unpacker<'a> {
     dest: Option<&'a Path>,
@@ -348,9 +437,51 @@ struct Unpacker<'a> {
     /// Hash and list the files written (see [`Unpacker::recording`]).
     record: bool,
     written: Vec<UnpackedFile>,
+    /// Set by [`check_upload`]: capture the manifest and check it at the end.
+    manifest: Option<ManifestCapture>,
+    /// Root files to keep in memory (see [`check_upload`]).
+    keep: &'a [(&'a str, usize)],
+    /// Where the kept files go.
+    kept: Option<&'a RefCell<Vec<KeptFile>>>,
+    /// The one top folder whose files `keep` may name one level down (they are root files if
+    /// the bundle is flattened); a second top folder means no flattening, and then nothing
+    /// below the root is kept, so memory stays bounded by one file per name and place.
+    keep_top: KeepTop,
+}
+
+#[derive(Debug, Default)]
+enum KeepTop {
+    #[default]
+    Unseen,
+    One(String),
+    Several,
 }
 
 impl<'a> Unpacker<'a> {
+    /// The cap of `rel` when [`check_upload`] keeps it: a `keep` name at the root, or one level
+    /// down in the bundle's only top folder (see [`Unpacker::keep_top`]).
+    fn keep_cap(&mut self, rel: &str) -> Option<usize> {
+        let kept = self.kept?;
+        let (top, name) = match rel.split_once('/') {
+            None => (None, rel),
+            Some((top, name)) if !name.contains('/') => (Some(top), name),
+            Some(_) => return None,
+        };
+        let cap = self.keep.iter().find(|(n, _)| *n == name)?.1;
+        if let Some(top) = top {
+            match &self.keep_top {
+                KeepTop::Unseen => self.keep_top = KeepTop::One(top.to_owned()),
+                KeepTop::One(first) if first == top => {}
+                KeepTop::One(_) | KeepTop::Several => {
+                    self.keep_top = KeepTop::Several;
+                    kept.borrow_mut().retain(|(path, _)| !path.contains('/'));
+                    return None;
+                }
+            }
+        }
+        Some(cap)
+    }
+
     fn new(dest: Option<&'a Path>, limits: &'a ArchiveLimits) -> Self {
         Self {
             dest,
@@ -365,6 +496,10 @@ impl<'a> Unpacker<'a> {
             buf: vec![0; CHUNK],
             record: false,
             written: Vec::new(),
+            manifest: None,
+            keep: &[],
+            kept: None,
+            keep_top: KeepTop::Unseen,
         }
     }
 
@@ -487,6 +622,14 @@ impl<'a> Unpacker<'a> {
             None => None,
         };
         let mut hasher = self.record.then(Sha256Hasher::new);
+        let mut capture = self
+            .manifest
+            .as_mut()
+            .is_some_and(|m| m.wants(rel))
+            .then(Vec::new);
+        // A file `keep` names at the root or one level down (the root once flattened), kept up
+        // to its cap plus one byte so the reader can tell it is too large.
+        let mut kept = self.keep_cap(rel).map(|cap| (cap + 1, Vec::new()));
         let mut len = 0u64;
         loop {
             let n = match reader.read(&mut self.buf) {
@@ -507,6 +650,20 @@ impl<'a> Unpacker<'a> {
             if let Some(hasher) = hasher.as_mut() {
                 hasher.update(&self.buf[..n]);
             }
+            if let Some(capture) = capture.as_mut() {
+                let room = (MAX_MANIFEST_LEN + 1).saturating_sub(capture.len());
+                capture.extend_from_slice(&self.buf[..n.min(room)]);
+            }
+            if let Some((cap, bytes)) = kept.as_mut() {
+                let room = cap.saturating_sub(bytes.len()).min(n);
+                bytes.extend_from_slice(&self.buf[..room]);
+            }
+        }
+        if let (Some(bytes), Some(manifest)) = (capture, self.manifest.as_mut()) {
+            manifest.keep(rel, Captured { len, bytes });
+        }
+        if let (Some((_, bytes)), Some(into)) = (kept, self.kept) {
+            into.borrow_mut().push((rel.to_owned(), bytes));
         }
         if let Some(out) = out {
             let action = format!("finishing {:?}", entry());
@@ -540,6 +697,9 @@ impl<'a> Unpacker<'a> {
             return Err(ArchiveError::Empty);
         }
         let flattened = self.single_top_folder();
+        if let Some(capture) = &self.manifest {
+            self.check_manifest(capture, flattened.as_deref())?;
+        }
         if let (Some(top), Some(dest)) = (flattened.as_deref(), self.dest) {
             flatten(dest, top, &self.flatten_staging(top))?;
         }
@@ -566,6 +726,30 @@ impl<'a> Unpacker<'a> {
             }
         }
         Ok(Unpacked { stats, files, dirs })
+    }
+
+    /// The manifest rules staging applies to the unpacked (and flattened) bundle.
+    fn check_manifest(
+        &self,
+        capture: &ManifestCapture,
+        top: Option<&str>,
+    ) -> Result<(), ArchiveError> {
+        let prefix = top.map(|top| format!("{top}/")).unwrap_or_default();
+        if self.dirs.contains(&format!("{prefix}{MANIFEST_FILE}")) {
+            return Err(ArchiveError::Manifest("it is not a file".into()));
+        }
+        let captured = match top {
+            Some(_) => capture.nested.as_ref(),
+            None => capture.root.as_ref(),
+        };
+        let Some(captured) = captured else {
+            return Ok(());
+        };
+        Manifest::from_bundle_file(&captured.bytes, captured.len)
+            .and_then(|manifest| {
+                manifest.check_files(|rel| self.files.contains(&format!("{prefix}{rel}")))
+            })
+            .map_err(ArchiveError::Manifest)
     }
 
     /// The folder every entry lives under, when there is exactly one.

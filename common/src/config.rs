@@ -74,6 +74,7 @@ pub struct Config {
     pub acme: AcmeConfig,
     pub codesign: CodesignConfig,
     pub limits: LimitsConfig,
+    pub deploy: DeployConfig,
     pub notifications: NotificationsConfig,
     pub log: LogConfig,
 }
@@ -327,6 +328,9 @@ pub struct EdgeConfig {
     pub redirect_http: bool,
     pub limits: EdgeLimitsConfig,
     pub proxy_protocol: ProxyProtocolConfig,
+    /// Bundles of the last live deployments kept staged per site (the live one included), so
+    /// a rollback to one of them needs no download.
+    pub retain_deployments: u32,
 }
 
 impl Default for EdgeConfig {
@@ -340,6 +344,7 @@ impl Default for EdgeConfig {
             redirect_http: true,
             limits: EdgeLimitsConfig::default(),
             proxy_protocol: ProxyProtocolConfig::default(),
+            retain_deployments: 3,
         }
     }
 }
@@ -411,6 +416,25 @@ impl Default for LimitsConfig {
             upload_idle_timeout: 60_000,
             // 256 MiB at about 450 KB/s.
             upload_timeout: 600_000,
+        }
+    }
+}
+
+/// `deploy`: deployments and their cutover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DeployConfig {
+    /// Deployment records kept per site (older ones are deleted when a new one is made).
+    pub history: u32,
+    /// Seconds every live edge has to stage an atomic deployment before it fails.
+    pub stage_timeout: u64,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        Self {
+            history: 20,
+            stage_timeout: 120,
         }
     }
 }
@@ -795,6 +819,24 @@ impl Config {
             if value == 0 {
                 return bad(key, "must be greater than 0");
             }
+        }
+
+        if self.edge.retain_deployments == 0 {
+            return bad(
+                "edge.retainDeployments",
+                "must be at least 1 (the live deployment)",
+            );
+        }
+
+        // deploy
+        if self.deploy.history < 2 {
+            return bad(
+                "deploy.history",
+                "must be at least 2 (the live deployment and one to roll back to)",
+            );
+        }
+        if self.deploy.stage_timeout == 0 {
+            return bad("deploy.stageTimeout", "must be greater than 0");
         }
 
         // log

@@ -158,9 +158,58 @@ pub fn node_name(field: &str, raw: &str) -> Result<String, InvalidName> {
     Ok(raw.to_owned())
 }
 
+/// A new deployment id: `d`, the creation time as 13 decimal digits of Unix milliseconds, then 4
+/// random base32 characters (`d1733600000000k7qa`). Ids sort by creation time as strings, are
+/// lowercase DNS-label safe, and two deploys in the same millisecond almost never collide (the
+/// create transaction requires the key to be absent anyway).
+pub fn new_deployment_id(now_ms: i64) -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut random = [0u8; 4];
+    // A failing system RNG leaves zeros: the id is still unique by time in practice.
+    let _ = aws_lc_rs::rand::fill(&mut random);
+    let suffix: String = random
+        .iter()
+        .map(|b| ALPHABET[usize::from(b % 32)] as char)
+        .collect();
+    format!("d{:013}{suffix}", now_ms.clamp(0, 9_999_999_999_999))
+}
+
+/// Deployment ids as made by [`new_deployment_id`].
+pub fn deployment_id(field: &str, raw: &str) -> Result<String, InvalidName> {
+    let raw = raw.trim();
+    let valid = raw.len() == 18
+        && raw.starts_with('d')
+        && raw[1..14].bytes().all(|b| b.is_ascii_digit())
+        && raw[14..]
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
+    if !valid {
+        return Err(InvalidName::new(
+            field,
+            format!(
+                "invalid deployment id {raw:?}: expected d, 13 digits and 4 letters (see `stk deploy history`)"
+            ),
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deployment_ids() {
+        let a = new_deployment_id(1_733_600_000_000);
+        let b = new_deployment_id(1_733_600_000_001);
+        assert!(a < b, "{a} {b}");
+        assert_eq!(deployment_id("to", &a).as_deref(), Ok(a.as_str()));
+        assert!(domain("f", &format!("{a}.example.com")).is_ok());
+        let err = deployment_id("to", "d123").unwrap_err();
+        assert_eq!(err.field, "to");
+        assert!(deployment_id("to", "D1733600000000abcd").is_err());
+        assert!(deployment_id("to", "d1733600000000ab/d").is_err());
+    }
 
     #[track_caller]
     fn check_domain(raw: &str, expected: Option<&str>) {

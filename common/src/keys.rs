@@ -6,11 +6,13 @@
 //! {root}/v1/apps/{name}/{version}       AppRecord
 //! {root}/v1/certificates/{name}         CertificateRecord (private key sealed)
 //! {root}/v1/nodes/{node}                NodeStatusRecord, on the node's lease
+//! {root}/v1/deployments/{site}/{id}     DeploymentRecord: one deploy of an app to a site
 //! {root}/v1/election/edge-leader/leader the leader's node name, on the leader's lease
 //! {root}/v1/acme/account                AcmeAccountRecord (credentials sealed)
 //! {root}/v1/acme/orders/{domain}        AcmeOrderRecord: the order in flight for a site
 //! {root}/v1/acme/challenges/{token}     ChallengeRecord: an HTTP-01 response any edge serves
 //! {root}/v1/acme/reminders/{name}       ReminderRecord: last expiry reminder sent for a cert
+//! {root}/v1/tokens/{name}              TokenRecord: an API token (its secret's digest only)
 //! {root}/v1/meta/state                  touched by every desired-state write (its revision)
 //! {root}/v1/meta/secrets-check          a value sealed with secretsEncryptionKey (key check)
 //! {root}/v1/meta/import                 present while a state import is being written
@@ -36,6 +38,11 @@ pub enum Key {
     },
     Certificate(String),
     Node(String),
+    /// `deployments/{site}/{id}`.
+    Deployment {
+        site: String,
+        id: String,
+    },
     /// `acme/challenges/{token}`.
     AcmeChallenge(String),
     /// `acme/orders/{domain}`.
@@ -90,6 +97,17 @@ impl KeySchema {
     pub fn node(&self, name: &str) -> String {
         format!("{}nodes/{name}", self.root)
     }
+    /// Every deployment record of every site.
+    pub fn all_deployments(&self) -> String {
+        format!("{}deployments/", self.root)
+    }
+    /// The deployment records of site `domain` (ids sort by creation time).
+    pub fn deployments(&self, domain: &str) -> String {
+        format!("{}deployments/{domain}/", self.root)
+    }
+    pub fn deployment(&self, domain: &str, id: &str) -> String {
+        format!("{}deployments/{domain}/{id}", self.root)
+    }
     pub fn election(&self) -> String {
         format!("{}election/edge-leader/", self.root)
     }
@@ -124,6 +142,13 @@ impl KeySchema {
     /// The last expiry reminder sent for certificate `name`.
     pub fn reminder(&self, name: &str) -> String {
         format!("{}acme/reminders/{name}", self.root)
+    }
+    /// API tokens made through `TokenService` (not desired state: edges ignore them).
+    pub fn tokens(&self) -> String {
+        format!("{}tokens/", self.root)
+    }
+    pub fn token(&self, name: &str) -> String {
+        format!("{}tokens/{name}", self.root)
     }
     /// A constant sealed with `secretsEncryptionKey` at first start, opened at every start.
     pub fn secrets_check(&self) -> String {
@@ -170,6 +195,13 @@ impl KeySchema {
                 Key::App {
                     name: single(name)?,
                     version: single(version)?,
+                }
+            }
+            "deployments" => {
+                let (site, id) = id.split_once('/')?;
+                Key::Deployment {
+                    site: single(site)?,
+                    id: single(id)?,
                 }
             }
             _ => Key::Other(rest.to_owned()),
@@ -237,11 +269,34 @@ mod tests {
             Some(Key::Other("acme/account".into()))
         );
         assert!(keys.leader().starts_with(&keys.election()));
+        assert_eq!(
+            keys.parse(&keys.deployment("a.test", "d1")),
+            Some(Key::Deployment {
+                site: "a.test".into(),
+                id: "d1".into()
+            })
+        );
+        assert!(
+            keys.deployments("a.test")
+                .starts_with(&keys.all_deployments())
+        );
+        assert!(
+            !keys
+                .deployment("a.testx", "d1")
+                .starts_with(&keys.deployments("a.test"))
+        );
     }
 
     #[test]
     fn prefix_ends() {
         assert_eq!(prefix_end("/statiko/v1/sites/"), "/statiko/v1/sites0");
         assert_eq!(prefix_end("a"), "b");
+    }
+
+    #[test]
+    fn token_keys() {
+        let keys = KeySchema::new("/statiko");
+        assert_eq!(keys.token("ci"), "/statiko/v1/tokens/ci");
+        assert!(keys.token("ci").starts_with(&keys.tokens()));
     }
 }

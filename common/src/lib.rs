@@ -13,6 +13,9 @@
 //! - `notify`: webhook notifications (failed deploys and issuance, expiry reminders).
 //! - `secrets_check`: the start-up check that `secretsEncryptionKey` opens the cluster's secrets.
 //! - `manifest`: the app manifest (`_statiko.yaml`): parsing, validation and compiled rules.
+//! - `redirects`, `headers_file`: a bundle's `_redirects` and `_headers`, on the
+//!   `path_pattern` router; `conventions`: the static-host conventions (404.html, pretty URLs,
+//!   caching of content-hashed names and HTML).
 //! - `repo`: the bundle repository (local directory, S3, Azure Blob, GCS) via `object_store`.
 //! - `http_admin`: the small plain-HTTP server behind the operator endpoints.
 //! - `listener`: what every TCP listener shares: accept back-off, connection caps (total and
@@ -25,9 +28,11 @@
 pub mod archive;
 pub mod backoff;
 pub mod config;
+pub mod conventions;
 pub mod crypto;
 pub mod demo;
 pub mod grpc;
+pub mod headers_file;
 pub mod http_admin;
 pub mod ids;
 pub mod keys;
@@ -35,8 +40,10 @@ pub mod listener;
 pub mod manifest;
 pub mod model;
 pub mod notify;
+pub mod path_pattern;
 pub mod private_files;
 pub mod process;
+pub mod redirects;
 pub mod repo;
 pub mod secrets_check;
 pub mod shutdown;

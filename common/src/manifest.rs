@@ -24,6 +24,8 @@
 //! page404: 404.html                 # custom error pages from the bundle (a leading / is optional)
 //! page403: 403.html
 //! spa: true                         # an addition: single-page-app fallback to /index.html
+//! conventions:                      # an addition: see `crate::conventions` (all default on)
+//!   prettyUrls: false
 //! ```
 //!
 //! Rule indexes in messages are zero-based (`rules[0]` is the first rule). Unknown keys are
@@ -122,6 +124,7 @@ pub struct Manifest {
     page404: Option<String>,
     page403: Option<String>,
     spa: bool,
+    conventions: Option<crate::conventions::Settings>,
 }
 
 /// What a matching rule does to a response.
@@ -158,6 +161,39 @@ enum Part {
 }
 
 impl Manifest {
+    /// The manifest of a bundle from its file's bytes (`len` bytes in all; `bytes` may stop at
+    /// [`MAX_MANIFEST_LEN`] + 1): at most that long, UTF-8, valid. The error is the reason shown
+    /// after "invalid app manifest _statiko.yaml: ", by control at upload and edges at staging.
+    pub fn from_bundle_file(bytes: &[u8], len: u64) -> Result<Self, String> {
+        if len > MAX_MANIFEST_LEN as u64 {
+            return Err(format!(
+                "it is {len} bytes, over the {MAX_MANIFEST_LEN}-byte limit"
+            ));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| "it is not valid UTF-8".to_owned())?;
+        Self::parse(text).map_err(|e| e.to_string())
+    }
+
+    /// The files the manifest names must be in the bundle: the error pages, and `index.html`
+    /// for the single-page-app fallback. `exists` is asked for bundle-relative paths.
+    pub fn check_files(&self, exists: impl Fn(&str) -> bool) -> Result<(), String> {
+        let exists = |url_path: &str| {
+            let rel = url_path.trim_start_matches('/');
+            rel != MANIFEST_FILE && exists(rel)
+        };
+        for (key, page) in [("page404", self.page404()), ("page403", self.page403())] {
+            if let Some(page) = page
+                && !exists(page)
+            {
+                return Err(format!("{key}: {page:?} is not in the bundle"));
+            }
+        }
+        if self.spa() && !exists("/index.html") {
+            return Err("spa: the bundle has no index.html to fall back to".into());
+        }
+        Ok(())
+    }
+
     /// Parses, validates and compiles a manifest. An empty document is an empty manifest.
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
         if text.len() > MAX_MANIFEST_LEN {
@@ -249,6 +285,11 @@ impl Manifest {
         self.spa
     }
 
+    /// The `conventions` key, when the manifest has one.
+    pub fn conventions(&self) -> Option<&crate::conventions::Settings> {
+        self.conventions.as_ref()
+    }
+
     /// Number of rules.
     pub fn rule_count(&self) -> usize {
         self.options.len()
@@ -257,6 +298,7 @@ impl Manifest {
     fn compile(raw: RawManifest) -> Result<Self, ManifestError> {
         let mut manifest = Manifest {
             spa: raw.spa.unwrap_or(false),
+            conventions: raw.conventions,
             ..Manifest::default()
         };
         let mut set_patterns = Vec::new();
@@ -463,6 +505,17 @@ pub fn parse_duration(value: &str) -> Option<u64> {
     Some(seconds.min(MAX_CACHE_AGE))
 }
 
+/// A response header name a manifest or `_headers` may set: valid, and neither hop-by-hop nor
+/// framing (the server owns those).
+pub fn settable_header(name: &str) -> Result<HeaderName, &'static str> {
+    let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| "invalid header name")?;
+    let lower = header.as_str();
+    if FORBIDDEN_HEADERS.contains(&lower) || lower.starts_with("proxy-") {
+        return Err("hop-by-hop and framing headers cannot be set");
+    }
+    Ok(header)
+}
+
 fn compile_options(at: &str, raw: RawOptions) -> Result<RuleOptions, ManifestError> {
     let mut options = RuleOptions {
         deny: raw.deny.unwrap_or(false),
@@ -470,15 +523,7 @@ fn compile_options(at: &str, raw: RawOptions) -> Result<RuleOptions, ManifestErr
     };
     for (name, value) in raw.headers.map(|m| m.0).unwrap_or_default() {
         let key = format!("{at}.options.headers.{name}");
-        let header = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| invalid(&key, "invalid header name"))?;
-        let lower = header.as_str();
-        if FORBIDDEN_HEADERS.contains(&lower) || lower.starts_with("proxy-") {
-            return Err(invalid(
-                &key,
-                "hop-by-hop and framing headers cannot be set",
-            ));
-        }
+        let header = settable_header(&name).map_err(|message| invalid(&key, message))?;
         let value = HeaderValue::from_str(&value.0).map_err(|_| {
             invalid(
                 &key,
@@ -617,6 +662,7 @@ struct RawManifest {
     page404: Option<Scalar>,
     page403: Option<Scalar>,
     spa: Option<bool>,
+    conventions: Option<crate::conventions::Settings>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -71,6 +71,51 @@ pub struct DomainRecord {
     pub site: String,
 }
 
+/// What an API token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenRole {
+    /// Everything.
+    Admin,
+    /// `Get*` and `List*` calls.
+    Readonly,
+    /// Upload apps; deploy, roll back and read the sites its scope names.
+    Deployer,
+}
+
+impl std::fmt::Display for TokenRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Admin => "admin",
+            Self::Readonly => "readonly",
+            Self::Deployer => "deployer",
+        })
+    }
+}
+
+/// `{root}/v1/tokens/{name}`: an API token made through `TokenService`. Only the SHA-256 of its
+/// secret is kept; the secret itself is shown once, when the token is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    pub name: String,
+    pub role: TokenRole,
+    /// Deployer only: exact domains or `*.suffix` patterns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scope: Vec<String>,
+    /// `sha256:<hex>` of the secret.
+    pub digest: String,
+    #[serde(default)]
+    pub created_at: i64,
+    #[serde(default)]
+    pub created_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    /// Coarse: written at most once a minute per control replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<i64>,
+}
+
 /// Archive format of a bundle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -278,6 +323,121 @@ pub struct ReminderRecord {
     pub sent_at: i64,
 }
 
+/// Where a deployment is in its life: `staging` -> `live` -> `superseded`, or `staging` ->
+/// `failed`. Only the leader edge moves an atomic deployment out of `staging`; an immediate one is
+/// written `live` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeploymentState {
+    #[default]
+    Staging,
+    Live,
+    Superseded,
+    Failed,
+}
+
+impl DeploymentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Staging => "staging",
+            Self::Live => "live",
+            Self::Superseded => "superseded",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// How a deployment reaches the edges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeployStrategy {
+    /// Every live edge stages first; the site switches in one store revision once all have.
+    #[default]
+    Atomic,
+    /// The site switches at once; each edge serves the new version as soon as it has staged it.
+    Immediate,
+}
+
+impl DeployStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Atomic => "atomic",
+            Self::Immediate => "immediate",
+        }
+    }
+}
+
+/// `{root}/v1/deployments/{site}/{id}`: one deploy of an app version to a site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentRecord {
+    /// `ids::new_deployment_id`: sorts by creation time.
+    pub id: String,
+    /// Primary domain of the site.
+    pub site: String,
+    pub app: AppRef,
+    /// The app's digest, so that edges can stage without another lookup.
+    #[serde(default)]
+    pub digest: String,
+    /// The name of the token that made the deployment.
+    #[serde(default)]
+    pub author: String,
+    #[serde(default)]
+    pub created_at: i64,
+    #[serde(default)]
+    pub state: DeploymentState,
+    #[serde(default)]
+    pub strategy: DeployStrategy,
+    /// Why a deployment failed (names the edges and their errors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The edges that failed to stage, or did not report before the stage deadline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_nodes: Vec<String>,
+    /// The edges that staged the deployment before its cutover.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub staged_nodes: Vec<String>,
+    /// The deployment this one rolls back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_at: Option<i64>,
+    /// When the deployment failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<i64>,
+}
+
+impl DeploymentRecord {
+    /// A new deployment in `staging` state (the caller makes an immediate one live).
+    pub fn new(
+        id: String,
+        site: String,
+        app: AppRef,
+        strategy: DeployStrategy,
+        created_at: i64,
+    ) -> Self {
+        Self {
+            id,
+            site,
+            app,
+            digest: String::new(),
+            author: String::new(),
+            created_at,
+            state: DeploymentState::Staging,
+            strategy,
+            reason: None,
+            failed_nodes: Vec::new(),
+            staged_nodes: Vec::new(),
+            rollback_of: None,
+            live_at: None,
+            superseded_at: None,
+            failed_at: None,
+        }
+    }
+}
+
 /// What one edge serves for one site.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -327,6 +487,20 @@ pub struct NodeStatusRecord {
     /// Certificates left out of `certificates`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub certificates_omitted: u64,
+    /// How staging went for each deployment in `staging` state, by deployment id (the leader
+    /// cuts a deployment over once every live node reports it staged).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub staging: std::collections::BTreeMap<String, StageReport>,
+}
+
+/// One node's staging of one deployment: `{"ok": true}` or `{"error": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StageReport {
+    #[serde(default)]
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {

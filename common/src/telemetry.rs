@@ -103,7 +103,9 @@ pub fn init_with_env(
         LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).boxed(),
         LogFormat::Json => fmt.json().with_ansi(false).boxed(),
     };
-    let fmt = fmt.with_filter(tracing_subscriber::filter::filter_fn(throttle_rustls));
+    let fmt = fmt.with_filter(tracing_subscriber::filter::dynamic_filter_fn(|meta, _| {
+        throttle_rustls(meta)
+    }));
     let otlp = OtlpSettings::from_env(env, &default_service_name())
         .map(|settings| otlp_pipeline(&settings))
         .transpose()?;
@@ -150,7 +152,8 @@ fn otlp_pipeline(
 /// rustls logs a WARN line for some malformed handshakes (an IP address or a duplicate name as
 /// SNI, a warning alert), which any client can send as often as it likes: at most one rustls
 /// line below ERROR passes per 10 s, so a client cannot flood the log (the listeners count
-/// failed handshakes in their metrics).
+/// failed handshakes in their metrics). Used through `dynamic_filter_fn`: a plain `filter_fn`
+/// caches its first answer per callsite, which would let every later line through.
 fn throttle_rustls(meta: &tracing::Metadata<'_>) -> bool {
     static THROTTLE: std::sync::OnceLock<crate::listener::Throttle> = std::sync::OnceLock::new();
     if !meta.is_event()
@@ -189,6 +192,43 @@ fn filter_from(log: &LogConfig, rust_log: Option<&str>) -> anyhow::Result<EnvFil
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rustls_warnings_are_throttled() {
+        use std::io::Write;
+        use std::sync::{Arc, Mutex};
+
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(move || writer.clone())
+            .with_filter(tracing_subscriber::filter::dynamic_filter_fn(|meta, _| {
+                throttle_rustls(meta)
+            }));
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..50 {
+                tracing::warn!(target: "rustls::msgs::handshake", "Illegal SNI hostname received");
+                tracing::warn!(target: "statiko_edge", "ours");
+            }
+            tracing::error!(target: "rustls::server", "errors always pass");
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches("Illegal SNI").count(), 1, "{text}");
+        assert_eq!(text.matches("ours").count(), 50);
+        assert_eq!(text.matches("errors always pass").count(), 1);
+    }
 
     #[test]
     fn level_filter_parses() {

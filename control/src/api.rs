@@ -6,26 +6,33 @@ mod cluster;
 mod deployments;
 mod sites;
 mod state;
+mod tokens;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use statiko_common::config::LimitsConfig;
+use statiko_common::config::{DeployConfig, LimitsConfig};
 use statiko_common::crypto::SecretBox;
 use statiko_common::repo::BundleRepo;
 
+use crate::auth::{AuthLayer, StoredTokens};
 use crate::state::DesiredState;
 
 /// Everything a handler needs. Nothing in here is state that matters: the store is the truth.
 #[derive(Debug)]
 pub(crate) struct Context {
     pub(crate) state: DesiredState,
+    /// The token checks (config token names) and the watched cache of stored tokens.
+    pub(crate) auth: AuthLayer,
+    pub(crate) tokens: StoredTokens,
     pub(crate) repo: BundleRepo,
     pub(crate) secrets: Option<SecretBox>,
     /// Ed25519 public key for bundle signatures.
     pub(crate) codesign_key: Option<[u8; 32]>,
     pub(crate) codesign_required: bool,
     pub(crate) limits: LimitsConfig,
+    /// `deploy`: history length and stage deadline.
+    pub(crate) deploy: DeployConfig,
     /// Where uploads are spooled before they are verified and stored.
     pub(crate) upload_dir: PathBuf,
 }

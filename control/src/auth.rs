@@ -2,22 +2,39 @@
 //!
 //! Health checks and server reflection answer without a token. Every other call needs
 //! `authorization: Bearer <token>` matching one of `auth.tokens` (compared in constant time);
-//! `readonly` tokens may only call `Get*` and `List*` methods.
+//! `readonly` tokens may only call `Get*`, `List*` and `Watch*` methods.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use aws_lc_rs::digest::{SHA256, digest};
-use futures::future::{Either, Ready, ready};
+use futures::future::{BoxFuture, Either, Ready, ready};
 use statiko_common::config::{Role, TokenConfig};
+use statiko_common::model::TokenRole;
 use tonic::Status;
+use tonic::body::Body;
 use tower::{Layer, Service};
+
+use crate::state::DesiredState;
+
+// Tokens stored under `tokens/` are checked after the config ones (`tokens`: a watched cache);
+// `policy` decides what each role (`deployer` too) may call and, for deployers, which sites
+// (`scope`).
+mod policy;
+mod scope;
+mod tokens;
+
+pub(crate) use self::policy::site_visible;
+pub(crate) use self::scope::Scope;
+pub(crate) use self::tokens::{StoredTokens, digest_of, generate_secret};
 
 /// The identity a request was authenticated as; added to the request extensions.
 #[derive(Debug, Clone)]
 pub(crate) struct Caller {
     pub(crate) name: String,
-    pub(crate) role: Role,
+    pub(crate) role: TokenRole,
+    /// Deployer tokens only.
+    pub(crate) scope: Scope,
 }
 
 #[derive(Debug)]
@@ -30,28 +47,52 @@ struct Token {
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     tokens: Arc<Vec<Token>>,
+    stored: StoredTokens,
+    /// Resolves the site a deployer's request names (no scoped calls without it).
+    state: Option<DesiredState>,
 }
 
 impl AuthLayer {
+    /// Config tokens only.
     pub fn new(tokens: &[TokenConfig]) -> Self {
+        Self::with_stored(tokens, StoredTokens::disabled(), None)
+    }
+
+    /// Config tokens, then the stored ones; `state` resolves the sites deployers name.
+    pub(crate) fn with_stored(
+        tokens: &[TokenConfig],
+        stored: StoredTokens,
+        state: Option<DesiredState>,
+    ) -> Self {
         let tokens = tokens
             .iter()
             .map(|t| Token {
                 digest: sha256(t.token.as_bytes()),
                 caller: Caller {
                     name: t.name.clone(),
-                    role: t.role,
+                    role: match t.role {
+                        Role::Admin => TokenRole::Admin,
+                        Role::Readonly => TokenRole::Readonly,
+                    },
+                    scope: Scope::default(),
                 },
             })
             .collect();
         Self {
             tokens: Arc::new(tokens),
+            stored,
+            state,
         }
+    }
+
+    /// Whether a config token has this name (a stored token may not take it).
+    pub(crate) fn config_token_named(&self, name: &str) -> bool {
+        self.tokens.iter().any(|t| t.caller.name == name)
     }
 
     /// Finds the caller for a presented token. Every configured token is compared, in constant
     /// time over fixed-size digests, so timing reveals neither which token matched nor how much.
-    fn authenticate(&self, presented: &str) -> Option<Caller> {
+    fn authenticate(&self, presented: &str) -> Result<Option<Caller>, Status> {
         let presented = sha256(presented.as_bytes());
         let mut found = None;
         for token in self.tokens.iter() {
@@ -64,7 +105,10 @@ impl AuthLayer {
                 found = Some(token.caller.clone());
             }
         }
-        found
+        match found {
+            Some(caller) => Ok(Some(caller)),
+            None => self.stored.authenticate(&presented),
+        }
     }
 
     /// Decides on a request path (`/package.Service/Method`) and its authorization header.
@@ -90,14 +134,9 @@ impl AuthLayer {
             })?
             .trim();
         let caller = self
-            .authenticate(token)
+            .authenticate(token)?
             .ok_or_else(|| Status::unauthenticated("invalid bearer token"))?;
-        if caller.role == Role::Readonly && !is_read_only(path) {
-            return Err(Status::permission_denied(format!(
-                "token {:?} is read-only and cannot call {path}",
-                caller.name
-            )));
-        }
+        policy::check_method(&caller, path)?;
         Ok(Some(caller))
     }
 }
@@ -116,7 +155,7 @@ fn is_public(path: &str) -> bool {
 
 fn is_read_only(path: &str) -> bool {
     let method = path.rsplit('/').next().unwrap_or_default();
-    method.starts_with("Get") || method.starts_with("List")
+    method.starts_with("Get") || method.starts_with("List") || method.starts_with("Watch")
 }
 
 impl<S> Layer<S> for AuthLayer {
@@ -137,20 +176,26 @@ pub struct Auth<S> {
     inner: S,
 }
 
-impl<S, B, RB> Service<http::Request<B>> for Auth<S>
+impl<S, RB> Service<http::Request<Body>> for Auth<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<RB>>,
-    RB: Default,
+    S: Service<http::Request<Body>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    RB: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Either<Ready<Result<S::Response, S::Error>>, S::Future>;
+    /// Refused at once, passed straight on, or passed on after a scope check (boxed: only
+    /// deployers' site-scoped calls take that path).
+    type Future = Either<
+        Ready<Result<S::Response, S::Error>>,
+        Either<S::Future, BoxFuture<'static, Result<S::Response, S::Error>>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let verdict = self.layer.check(
             request.uri().path(),
             request
@@ -160,10 +205,26 @@ where
         );
         match verdict {
             Ok(caller) => {
+                let scoped = caller
+                    .as_ref()
+                    .and_then(|c| policy::site_scoped(c, request.uri().path()));
                 if let Some(caller) = caller {
                     request.extensions_mut().insert(caller);
                 }
-                Either::Right(self.inner.call(request))
+                match (scoped, self.layer.state.clone()) {
+                    (Some(check), Some(state)) => {
+                        // The scope check reads the request's message first (see `policy`).
+                        let clone = self.inner.clone();
+                        let mut inner = std::mem::replace(&mut self.inner, clone);
+                        Either::Right(Either::Right(Box::pin(async move {
+                            match check.run(request, &state).await {
+                                Ok(request) => inner.call(request).await,
+                                Err(status) => Ok(status.into_http()),
+                            }
+                        })))
+                    }
+                    _ => Either::Right(Either::Left(self.inner.call(request))),
+                }
             }
             Err(status) => {
                 tracing::info!(path = request.uri().path(), code = ?status.code(), "request refused");

@@ -2,9 +2,10 @@
 
 use statiko_common::ids;
 use statiko_common::model::{
-    AppRecord, AppRef, BundleFormat, CertificateKind, CertificateRecord, NodeStatusRecord,
-    SiteRecord, TlsChoice,
+    AppRecord, AppRef, BundleFormat, CertificateKind, CertificateRecord, DeployStrategy,
+    DeploymentRecord, DeploymentState, NodeStatusRecord, SiteRecord, TlsChoice,
 };
+use statiko_common::model::{TokenRecord, TokenRole};
 use statiko_proto::v1 as pb;
 
 use crate::error::{Result, invalid};
@@ -15,6 +16,36 @@ pub(crate) fn timestamp(ms: i64) -> Option<prost_types::Timestamp> {
         seconds: ms.div_euclid(1000),
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
     })
+}
+
+pub(crate) fn token_role_from_proto(field: &str, value: i32) -> Result<TokenRole> {
+    match pb::TokenRole::try_from(value) {
+        Ok(pb::TokenRole::Admin) => Ok(TokenRole::Admin),
+        Ok(pb::TokenRole::Readonly) => Ok(TokenRole::Readonly),
+        Ok(pb::TokenRole::Deployer) => Ok(TokenRole::Deployer),
+        Ok(pb::TokenRole::Unspecified) => {
+            Err(invalid!("{field}: required: admin, readonly or deployer"))
+        }
+        Err(_) => Err(invalid!(
+            "{field}: unknown role {value}; use admin, readonly or deployer"
+        )),
+    }
+}
+
+pub(crate) fn token_to_proto(token: &TokenRecord) -> pb::Token {
+    pb::Token {
+        name: token.name.clone(),
+        role: match token.role {
+            TokenRole::Admin => pb::TokenRole::Admin,
+            TokenRole::Readonly => pb::TokenRole::Readonly,
+            TokenRole::Deployer => pb::TokenRole::Deployer,
+        } as i32,
+        scope: token.scope.clone(),
+        created_at: timestamp(token.created_at),
+        expires_at: token.expires_at.and_then(timestamp),
+        last_used_at: token.last_used_at.and_then(timestamp),
+        created_by: token.created_by.clone(),
+    }
 }
 
 pub(crate) fn tls_from_proto(field: &str, tls: Option<&pb::TlsConfig>) -> Result<TlsChoice> {
@@ -172,6 +203,45 @@ pub(crate) fn node_to_proto(node: &NodeStatusRecord) -> pb::Node {
         disallow_leadership: node.disallow_leadership,
         sites_omitted: node.sites_omitted,
         certificates_omitted: node.certificates_omitted,
+    }
+}
+
+/// `None` for `DEPLOY_STRATEGY_UNSPECIFIED` (the server picks).
+pub(crate) fn strategy_from_proto(value: i32) -> Result<Option<DeployStrategy>> {
+    match pb::DeployStrategy::try_from(value) {
+        Ok(pb::DeployStrategy::Unspecified) => Ok(None),
+        Ok(pb::DeployStrategy::Atomic) => Ok(Some(DeployStrategy::Atomic)),
+        Ok(pb::DeployStrategy::Immediate) => Ok(Some(DeployStrategy::Immediate)),
+        Err(_) => Err(invalid!("strategy: unknown value {value}")),
+    }
+}
+
+pub(crate) fn deployment_to_proto(d: &DeploymentRecord) -> pb::Deployment {
+    let state = match d.state {
+        DeploymentState::Staging => pb::DeploymentState::Staging,
+        DeploymentState::Live => pb::DeploymentState::Live,
+        DeploymentState::Superseded => pb::DeploymentState::Superseded,
+        DeploymentState::Failed => pb::DeploymentState::Failed,
+    };
+    let strategy = match d.strategy {
+        DeployStrategy::Atomic => pb::DeployStrategy::Atomic,
+        DeployStrategy::Immediate => pb::DeployStrategy::Immediate,
+    };
+    pb::Deployment {
+        id: d.id.clone(),
+        site: d.site.clone(),
+        app: Some(app_ref_to_proto(&d.app)),
+        author: d.author.clone(),
+        state: state as i32,
+        strategy: strategy as i32,
+        reason: d.reason.clone().unwrap_or_default(),
+        failed_nodes: d.failed_nodes.clone(),
+        staged_nodes: d.staged_nodes.clone(),
+        rollback_of: d.rollback_of.clone().unwrap_or_default(),
+        created_at: timestamp(d.created_at),
+        live_at: d.live_at.and_then(timestamp),
+        superseded_at: d.superseded_at.and_then(timestamp),
+        failed_at: d.failed_at.and_then(timestamp),
     }
 }
 

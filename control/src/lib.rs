@@ -83,13 +83,19 @@ pub async fn run(
     let repo = BundleRepo::from_config(&config.repo).context("open the bundle repository")?;
     let local = listener.local_addr().context("listener address")?;
     let identity = tls::identity(&config, local)?;
+    let tokens = auth::StoredTokens::watch(store.clone(), keys.clone(), shutdown.clone());
+    let state = state::DesiredState::new(store, keys);
+    let auth = AuthLayer::with_stored(&config.auth.tokens, tokens.clone(), Some(state.clone()));
     let api = Api::new(api::Context {
-        state: state::DesiredState::new(store, keys),
+        state,
+        auth: auth.clone(),
+        tokens,
         repo,
         secrets: prepared.secrets,
         codesign_key: prepared.codesign_key,
         codesign_required: config.codesign.required,
         limits: config.limits.clone(),
+        deploy: config.deploy.clone(),
         upload_dir: config.control.data_dir.join("uploads"),
     });
     let metrics = std::sync::Arc::new(metrics::ControlMetrics::default());
@@ -111,7 +117,7 @@ pub async fn run(
     }
     server::serve(
         api,
-        AuthLayer::new(&config.auth.tokens),
+        auth,
         metrics::MetricsLayer::new(metrics),
         identity,
         &config.control.limits,

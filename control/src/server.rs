@@ -46,6 +46,9 @@ pub(crate) async fn serve(
     health
         .set_serving::<pb::state_service_server::StateServiceServer<Api>>()
         .await;
+    health
+        .set_serving::<pb::token_service_server::TokenServiceServer<Api>>()
+        .await;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -65,7 +68,8 @@ pub(crate) async fn serve(
     let incoming = crate::listen::incoming(listener, tls, limits, shutdown.clone());
     tracing::info!(listen = %local, "control plane serving");
     Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // PINGs move bytes, so a long call (a deploy waiting for edges) never looks idle.
+        .http2_keepalive_interval(Some(Duration::from_secs(30).min(limits.idle_timeout() / 2)))
         .layer(ConnTrackLayer)
         .layer(metrics)
         .layer(auth)
@@ -79,6 +83,9 @@ pub(crate) async fn serve(
         ))
         .add_service(pb::certificate_service_server::CertificateServiceServer::new(api.clone()))
         .add_service(pb::cluster_service_server::ClusterServiceServer::new(
+            api.clone(),
+        ))
+        .add_service(pb::token_service_server::TokenServiceServer::new(
             api.clone(),
         ))
         .add_service(pb::state_service_server::StateServiceServer::new(api))

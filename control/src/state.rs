@@ -3,7 +3,9 @@
 
 use statiko_common::ids;
 use statiko_common::keys::KeySchema;
-use statiko_common::model::{self, AppRecord, CertificateRecord, DomainRecord, SiteRecord};
+use statiko_common::model::{
+    self, AppRecord, CertificateRecord, DeploymentRecord, DomainRecord, SiteRecord,
+};
 use statiko_common::store::{Compare, KeyValue, Store, TxnOp, TxnResult};
 
 use crate::error::{ControlError, Result};
@@ -135,6 +137,23 @@ impl DesiredState {
         &self,
     ) -> Result<(i64, Vec<Versioned<CertificateRecord>>)> {
         self.list(&self.keys.certificates()).await
+    }
+
+    /// The deployments of site `domain` (its primary domain), oldest first, with the revision
+    /// they were read at.
+    pub(crate) async fn list_deployments(
+        &self,
+        domain: &str,
+    ) -> Result<(i64, Vec<Versioned<DeploymentRecord>>)> {
+        self.list(&self.keys.deployments(domain)).await
+    }
+
+    pub(crate) async fn get_deployment(
+        &self,
+        domain: &str,
+        id: &str,
+    ) -> Result<Option<Versioned<DeploymentRecord>>> {
+        self.get(&self.keys.deployment(domain, id)).await
     }
 
     /// Explains why a write that claimed `domains` lost: the first domain owned by another site.

@@ -13,7 +13,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::HeaderValue;
+use statiko_common::conventions::Conventions;
+use statiko_common::headers_file::HeaderRules;
 use statiko_common::manifest::Manifest;
+use statiko_common::redirects::Redirects;
 
 /// Files at or below this size are kept in memory and served without a filesystem call.
 pub const HOT_FILE_MAX: u64 = 256 * 1024;
@@ -32,6 +35,27 @@ pub struct StagedBundle {
     pub dirs: HashSet<String>,
     /// The compiled app manifest (`_statiko.yaml`), when the bundle has one.
     pub manifest: Option<Arc<Manifest>>,
+    /// `_redirects`, `_headers` and the conventions in force, compiled at staging.
+    pub rules: SiteRules,
+}
+
+/// A bundle's `_redirects` and `_headers` (when it has them) and its conventions. The default
+/// has none and every convention off: a bundle served as before the conventions existed.
+#[derive(Debug)]
+pub struct SiteRules {
+    pub redirects: Option<Redirects>,
+    pub headers: Option<HeaderRules>,
+    pub conventions: Conventions,
+}
+
+impl Default for SiteRules {
+    fn default() -> Self {
+        Self {
+            redirects: None,
+            headers: None,
+            conventions: Conventions::OFF,
+        }
+    }
 }
 
 /// Where a response body comes from.

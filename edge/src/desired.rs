@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 use statiko_common::keys::{Key, KeySchema};
 use statiko_common::model::{
-    self, AcmeOrderRecord, AppRecord, AppRef, CertificateRecord, ChallengeRecord, SiteRecord,
+    self, AcmeOrderRecord, AppRecord, AppRef, CertificateRecord, ChallengeRecord, DeploymentRecord,
+    DeploymentState, SiteRecord,
 };
 use statiko_common::private_files;
 use statiko_common::store::{KeyValue, Snapshot, WatchBatch, WatchEvent};
@@ -42,6 +43,10 @@ pub struct Desired {
     /// ACME orders in flight, by site (their last error shows in the node status).
     #[serde(default)]
     pub acme_orders: Map<AcmeOrderRecord>,
+    /// Deployments in `staging` state, by id: every live edge stages their bundles, and the
+    /// leader cuts them over (other deployment records are not kept here).
+    #[serde(default)]
+    pub staging: Map<DeploymentRecord>,
     /// Store `mod_revision` of each site and certificate record, by store key, for writes that
     /// compare against the record they replace (the leader's certificate jobs).
     #[serde(default)]
@@ -68,6 +73,7 @@ impl PartialEq for Desired {
             && self.certificates == other.certificates
             && self.challenges == other.challenges
             && self.acme_orders == other.acme_orders
+            && self.staging == other.staging
             && self.revisions == other.revisions
     }
 }
@@ -257,6 +263,22 @@ impl Desired {
                 self.importing = true;
                 return Some(None);
             }
+            Some(Key::Deployment { id, .. }) => {
+                return Some(match model::decode::<DeploymentRecord>(&kv.value) {
+                    Ok(d) if d.state == DeploymentState::Staging => {
+                        self.staging.insert(id, d);
+                        None
+                    }
+                    Ok(_) => {
+                        self.staging.remove(&id);
+                        None
+                    }
+                    Err(err) => {
+                        tracing::warn!(key = %kv.key, error = %err, "ignoring an unreadable record");
+                        None
+                    }
+                });
+            }
             _ => return (kv.key == keys.meta_state()).then_some(None),
         };
         match decoded {
@@ -293,6 +315,9 @@ impl Desired {
                 .acme_orders
                 .remove(&site)
                 .map(|_| Changed::AcmeOrder(site)),
+            Some(Key::Deployment { id, .. }) => {
+                return self.staging.remove(&id).map(|_| None);
+            }
             _ => None,
         };
         changed.map(Some)

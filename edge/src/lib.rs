@@ -9,16 +9,19 @@
 //! - `table`: the routing table.
 //! - `serve`: the hyper + rustls servers and the request handler.
 //! - `leader`: leader election on a leased key; `certs`: the leader's certificate jobs
-//!   (self-signed, ACME HTTP-01, renewal, expiry reminders).
+//!   (self-signed, ACME HTTP-01, renewal, expiry reminders); `cutover`: the leader's switch of
+//!   atomic deployments; `releases`: staging deployments ahead of their cutover.
 //! - `status`: the leased node record and the admin listener; `metrics`: the Prometheus
 //!   counters it serves on `/metrics`.
 
 pub mod bundle;
 pub(crate) mod certs;
+pub(crate) mod cutover;
 pub mod desired;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub(crate) mod releases;
 pub mod run;
 pub mod serve;
 pub mod stage;

@@ -24,6 +24,7 @@ use statiko_common::notify::Notifier;
 use crate::bundle::StagedBundle;
 use crate::desired::{Changed, Desired, Position};
 use crate::metrics::EdgeMetrics;
+use crate::releases::Releases;
 use crate::serve::tls::{CertMap, CertResolver, certified_key_from_pem};
 use crate::stage::Stager;
 use crate::table::{Challenge, Hosts, Route, RoutingTable, SharedTable, SiteRoute};
@@ -73,6 +74,8 @@ pub struct Applied {
     pub sites: SiteStatuses,
     /// Certificates in use.
     pub certificates: CertExpiries,
+    /// How staging went for each deployment in `staging` state (see `releases.rs`).
+    pub staging: crate::releases::StageReports,
 }
 
 impl Applied {
@@ -137,6 +140,8 @@ pub struct Reconciler {
     /// The last deploy error notified per site, so each distinct failure is sent once.
     notified: HashMap<String, String>,
     metrics: Option<Arc<EdgeMetrics>>,
+    /// Deployments staged ahead of their cutover.
+    releases: Releases,
 }
 
 impl Reconciler {
@@ -167,7 +172,14 @@ impl Reconciler {
             notifier: None,
             notified: HashMap::new(),
             metrics: None,
+            releases: Releases::default(),
         }
+    }
+
+    /// Keeps `n` live bundles per site staged for rollback (`edge.retainDeployments`).
+    pub fn with_retained_deployments(mut self, n: u32) -> Self {
+        self.releases = Releases::new(n as usize);
+        self
     }
 
     /// Reports failed deploys through `notifier`.
@@ -297,10 +309,25 @@ impl Reconciler {
             self.sites.insert(domain.clone(), state);
         }
         for old in released {
+            self.retain_replaced(&old, desired);
             self.release(old);
         }
         if challenges_changed {
             self.challenges = Arc::new(challenges(desired));
+        }
+        // Deployments staging ahead of their cutover: after the sites took their references, so
+        // a bundle that just went live is never evicted in between.
+        let held = self.releases.apply(desired, &self.stager).await;
+        for digest in &held.added {
+            self.bundle_refs.add(digest);
+        }
+        for digest in &held.released {
+            self.release_bundle(digest);
+        }
+        if let Some(metrics) = &self.metrics {
+            for _ in 0..held.failed {
+                metrics.staging_failed();
+            }
         }
 
         // Certificates first, so no new host is routed before its certificate is there.
@@ -315,6 +342,7 @@ impl Reconciler {
             revision: desired.revision,
             sites: self.status.clone(),
             certificates: self.cert_expiries.clone(),
+            staging: self.releases.reports(),
         }
     }
 
@@ -384,6 +412,38 @@ impl Reconciler {
         }
     }
 
+    /// Keeps the bundle a site served before for rollback (`releases.rs`), or drops what a
+    /// removed site kept.
+    fn retain_replaced(&mut self, old: &SiteState, desired: &Desired) {
+        let Some(domain) = old.hosts.first().cloned() else {
+            return;
+        };
+        if !desired.sites.contains_key(&domain) {
+            for digest in self.releases.forget(&domain) {
+                self.release_bundle(&digest);
+            }
+            return;
+        }
+        let Some(bundle) = &old.served.bundle else {
+            return;
+        };
+        let live = self
+            .sites
+            .get(&domain)
+            .and_then(|s| s.served.bundle.as_ref())
+            .map(|b| b.digest.clone());
+        if live.as_deref() == Some(bundle.digest.as_str()) {
+            return;
+        }
+        self.bundle_refs.add(&bundle.digest);
+        for digest in self
+            .releases
+            .retain(&domain, bundle.clone(), live.as_deref())
+        {
+            self.release_bundle(&digest);
+        }
+    }
+
     /// Counts down what a replaced or removed site used.
     fn release(&mut self, old: SiteState) {
         if let Some((cache_key, status)) = old.cert {
@@ -396,9 +456,14 @@ impl Reconciler {
                 self.cert_expiries.remove(&name);
             }
         }
-        if let Some(bundle) = &old.served.bundle
-            && self.bundle_refs.release(&bundle.digest)
-        {
+        if let Some(bundle) = &old.served.bundle {
+            self.release_bundle(&bundle.digest);
+        }
+    }
+
+    /// Counts down one user of a bundle; evicts what no one uses any more.
+    fn release_bundle(&mut self, digest: &str) {
+        if self.bundle_refs.release(digest) {
             let keep: HashSet<String> = self.bundle_refs.0.keys().cloned().collect();
             let stager = self.stager.clone();
             // Off the apply path: evicting removes directories.

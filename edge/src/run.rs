@@ -121,6 +121,7 @@ pub async fn run(
     let metrics = Arc::new(EdgeMetrics::default());
     let mut reconciler = Reconciler::new(stager, table.clone(), certs.clone(), secrets)
         .with_notifier(notifier)
+        .with_retained_deployments(config.edge.retain_deployments)
         .with_metrics(metrics.clone());
 
     let info = NodeInfo {
@@ -269,11 +270,16 @@ pub async fn run(
                 disallow_leadership: config.disallow_leadership,
             }),
         };
+        let cutover = crate::cutover::Cutover {
+            store: store.clone(),
+            keys: keys.clone(),
+            stage_timeout: Duration::from_secs(config.deploy.stage_timeout),
+        };
         spawn_leadership(
             &tasks,
             election,
             keys.clone(),
-            jobs,
+            (jobs, cutover),
             desired_for_jobs,
             leading_tx,
             &background,
@@ -305,13 +311,13 @@ pub async fn run(
     Ok(())
 }
 
-/// Leadership: the election (`None` on the file store, where this edge always leads), and the leader-only jobs, which
-/// run for as long as each term lasts.
+/// Leadership: the election (`None` on the file store, where this edge always leads), and the
+/// leader-only jobs (certificates, deployment cutovers), which run for as long as each term lasts.
 fn spawn_leadership(
     tasks: &TaskTracker,
     election: Option<Election>,
     keys: KeySchema,
-    jobs: Arc<CertJobs>,
+    (jobs, cutover): (Arc<CertJobs>, crate::cutover::Cutover),
     desired: watch::Receiver<Arc<Desired>>,
     leading_tx: watch::Sender<bool>,
     background: &CancellationToken,
@@ -337,7 +343,10 @@ fn spawn_leadership(
                 .filter(|lead| !lead.token.is_cancelled());
             let _ = leading_tx.send(lead.is_some());
             if let Some(lead) = lead {
-                jobs.clone().run(lead, desired.clone()).await;
+                tokio::join!(
+                    jobs.clone().run(lead.clone(), desired.clone()),
+                    cutover.clone().run(lead, desired.clone()),
+                );
                 continue;
             }
             if leader_rx.changed().await.is_err() {

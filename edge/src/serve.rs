@@ -19,6 +19,7 @@ pub mod handler;
 pub mod limits;
 pub mod proxy;
 pub mod response;
+mod site;
 pub mod tls;
 
 pub use accept::{

@@ -41,6 +41,7 @@ mod fetch;
 mod meta;
 mod precompress;
 mod seal;
+mod site_files;
 #[cfg(test)]
 mod tests;
 
@@ -62,6 +63,7 @@ pub use self::content_type::content_type_for;
 use self::meta::BundleMeta;
 pub use self::precompress::MIN_COMPRESS_LEN;
 use crate::bundle::StagedBundle;
+use statiko_common::conventions::SITE_FILES;
 
 /// Variant trees under `variants/`. Mirroring `root/` (rather than `<file>.gz` side files)
 /// means no file or directory name in a bundle can collide with a variant.
@@ -94,6 +96,10 @@ pub enum StageError {
     /// `rules[3].options.clientCaching: invalid duration "5x"`.
     #[error("invalid app manifest {MANIFEST_FILE}: {0}")]
     Manifest(String),
+    /// `_redirects` or `_headers` is invalid; the message names the file and the line, e.g.
+    /// `_redirects line 3: unsupported status 399`.
+    #[error("{0}")]
+    SiteFile(String),
     #[error("staging the bundle: {0}")]
     Io(String),
 }
@@ -229,7 +235,8 @@ impl Stager {
     }
 }
 
-/// Reads and compiles `root/_statiko.yaml`, if there is one.
+/// Reads and compiles `root/_statiko.yaml`, if there is one, under the rules control applies at
+/// upload (`Manifest::from_bundle_file`).
 fn read_manifest(root: &Path) -> Result<Option<Arc<Manifest>>, StageError> {
     let path = root.join(MANIFEST_FILE);
     let stat = match std::fs::symlink_metadata(&path) {
@@ -240,44 +247,23 @@ fn read_manifest(root: &Path) -> Result<Option<Arc<Manifest>>, StageError> {
     if !stat.is_file() {
         return Err(StageError::Manifest("it is not a file".into()));
     }
-    if stat.len() > MAX_MANIFEST_LEN as u64 {
-        return Err(StageError::Manifest(format!(
-            "it is {} bytes, over the {MAX_MANIFEST_LEN}-byte limit",
-            stat.len()
-        )));
-    }
-    let bytes = std::fs::read(&path).map_err(|e| StageError::io("reading the app manifest", &e))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| StageError::Manifest("it is not valid UTF-8".into()))?;
-    let manifest = Manifest::parse(&text).map_err(|e| StageError::Manifest(e.to_string()))?;
+    let bytes = if stat.len() > MAX_MANIFEST_LEN as u64 {
+        // Refused by its length, unread.
+        Vec::new()
+    } else {
+        std::fs::read(&path).map_err(|e| StageError::io("reading the app manifest", &e))?
+    };
+    let manifest = Manifest::from_bundle_file(&bytes, stat.len()).map_err(StageError::Manifest)?;
     Ok(Some(Arc::new(manifest)))
 }
 
-/// The files a manifest names must be in the bundle: the error pages, and `index.html` for
-/// the single-page-app fallback.
+/// The files a manifest names must be in the bundle (`Manifest::check_files`, as at upload).
 fn check_manifest_files(manifest: &Manifest, meta: &BundleMeta) -> Result<(), StageError> {
-    let exists = |url_path: &str| {
-        let rel = url_path.trim_start_matches('/');
-        meta.files
-            .binary_search_by(|file| file.path.as_str().cmp(rel))
-            .is_ok()
-    };
-    for (key, page) in [
-        ("page404", manifest.page404()),
-        ("page403", manifest.page403()),
-    ] {
-        if let Some(page) = page
-            && !exists(page)
-        {
-            return Err(StageError::Manifest(format!(
-                "{key}: {page:?} is not in the bundle"
-            )));
-        }
-    }
-    if manifest.spa() && !exists("/index.html") {
-        return Err(StageError::Manifest(
-            "spa: the bundle has no index.html to fall back to".into(),
-        ));
-    }
-    Ok(())
+    manifest
+        .check_files(|rel| {
+            meta.files
+                .binary_search_by(|file| file.path.as_str().cmp(rel))
+                .is_ok()
+        })
+        .map_err(StageError::Manifest)
 }

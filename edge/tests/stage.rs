@@ -730,3 +730,59 @@ async fn failed_stage_leaves_staged_bundles_alone() {
     // Error messages name no host path.
     assert!(!err.to_string().contains(env.tmp.path().to_str().unwrap()));
 }
+
+/// `_redirects` and `_headers` are compiled at staging with the conventions in force, kept out
+/// of the served files, and compiled again when a restarted edge loads the bundle from disk.
+#[tokio::test]
+async fn routing_files_are_compiled_and_never_served() {
+    let env = env();
+    let bytes = tar_gz(&[
+        ("index.html", b"home"),
+        ("assets/app-BkHx0aQ2.js", b"app()"),
+        ("_redirects", b"/old /new 302\n/app/* /index.html 200\n"),
+        ("_headers", b"/*\n  X-Frame-Options: DENY\n"),
+    ]);
+    let record = env.publish(&bytes, BundleFormat::TarGz).await;
+    let staged = env.stager().stage(&record).await.unwrap();
+    // A new stager (a restarted edge) gets the bundle again (from disk once sealed).
+    let reloaded = env.stager().stage(&record).await.unwrap();
+    for bundle in [&staged, &reloaded] {
+        let mut keys: Vec<&str> = bundle.files.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["/assets/app-BkHx0aQ2.js", "/index.html"]);
+        assert_eq!(bundle.rules.redirects.as_ref().unwrap().len(), 2);
+        assert_eq!(bundle.rules.headers.as_ref().unwrap().len(), 1);
+        let conventions = bundle.rules.conventions;
+        assert!(conventions.not_found_page && conventions.pretty_urls);
+        // The bundle has a content-hashed file, so HTML is revalidated.
+        assert!(conventions.immutable_hashed && conventions.html_no_cache);
+    }
+}
+
+/// A bad `_redirects` or `_headers` that reached the repository (control checks them at
+/// upload, but the repository is not trusted) fails staging with the file and the line.
+#[tokio::test]
+async fn bad_routing_files_fail_staging_with_their_line() {
+    let env = env();
+    let stager = env.stager();
+    for (file, text, expected) in [
+        (
+            "_redirects",
+            "/a /b\n/c /d 299\n",
+            "_redirects line 2: unsupported status 299",
+        ),
+        (
+            "_headers",
+            "/*\n  Upgrade: h2c\n",
+            "_headers line 2: \"Upgrade\": hop-by-hop",
+        ),
+    ] {
+        let bytes = tar_gz(&[("index.html", b"x"), (file, text.as_bytes())]);
+        let record = env.publish(&bytes, BundleFormat::TarGz).await;
+        let err = stager.stage(&record).await.unwrap_err();
+        assert!(matches!(err, StageError::SiteFile(_)), "{err}");
+        assert!(err.to_string().starts_with(expected), "{err}");
+        assert!(stager.cached(&record.digest).is_none());
+        assert!(!env.bundle_dir(&record).exists());
+    }
+}

@@ -168,7 +168,17 @@ async fn archive_bombs_are_refused_within_bounded_memory() -> Result<()> {
         let control_peak = cluster.control.peak_rss_kib()?;
 
         // At staging, planted past control.
-        plant(&cluster, "web", version, format, &bytes, &digest_of(&bytes)).await?;
+        let digest = digest_of(&bytes);
+        plant(
+            &cluster.etcd,
+            &cluster.control,
+            "web",
+            version,
+            format,
+            &bytes,
+            &digest,
+        )
+        .await?;
         cluster.deploy("bombs.test", "web", version, false).await?;
         let current = format!("web@{version}");
         let (served, error) = wait_until(secs(30), async || {

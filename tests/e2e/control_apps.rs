@@ -1,8 +1,8 @@
 //! AppService end to end: uploads through the gRPC stream and through `stk app upload` (folder,
 //! .tar.gz, .tar.zst, .zip), listing, the content-addressed object in the local repository and
 //! in S3 (moto), every refusal (duplicate, bad name/version, not an archive, digest and format
-//! mismatch, over `limits.maxBundleSize`, empty, no metadata) leaving no record behind,
-//! Ed25519 signatures with `codesign.required`, and deletion (refused while deployed, the
+//! mismatch, over `limits.maxBundleSize`, a manifest staging would refuse, empty, no metadata)
+//! leaving no record behind, Ed25519 signatures with `codesign.required`, and deletion (refused while deployed, the
 //! bundle object collected once no version shares its digest).
 
 use std::path::{Path, PathBuf};
@@ -208,6 +208,21 @@ async fn upload_refusals_leave_nothing_behind() -> Result<()> {
         Upload::new("web", "3.0.0", big).send(&admin).await,
         Code::InvalidArgument,
         &["limits.maxBundleSize", "4096"],
+    );
+    // What staging would refuse after unpacking and flattening: a manifest naming a page
+    // the bundle lacks.
+    let bad_manifest = tar_gz(&[
+        ("site/index.html", b"<h1>hi</h1>".as_slice()),
+        ("site/_statiko.yaml", b"page404: /missing.html\n".as_slice()),
+    ])?;
+    assert_status(
+        Upload::new("web", "3.1.0", bad_manifest).send(&admin).await,
+        Code::InvalidArgument,
+        &[
+            "invalid app manifest _statiko.yaml",
+            "page404",
+            "/missing.html",
+        ],
     );
     // Empty uploads and missing or repeated metadata.
     assert_status(

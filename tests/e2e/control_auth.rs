@@ -103,13 +103,14 @@ fn internal(err: anyhow::Error) -> Status {
     Status::internal(format!("{err:#}"))
 }
 
-const SERVICES: [&str; 6] = [
+const SERVICES: [&str; 7] = [
     "statiko.v1.SiteService",
     "statiko.v1.AppService",
     "statiko.v1.DeploymentService",
     "statiko.v1.CertificateService",
     "statiko.v1.ClusterService",
     "statiko.v1.StateService",
+    "statiko.v1.TokenService",
 ];
 
 #[tokio::test]

@@ -219,6 +219,7 @@ async fn stk_reads_the_token_from_a_file() -> Result<()> {
     ));
     let failed = run_stk(["site", "list"], &env_missing).await?;
     assert!(!failed.status.success());
+    failed.assert_code(64);
     assert!(
         failed.stderr_text().contains("missing-token"),
         "{}",

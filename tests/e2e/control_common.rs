@@ -102,6 +102,25 @@ pub(crate) async fn all_etcd_keys(etcd: &Etcd) -> Result<Vec<String>> {
     Ok(keys)
 }
 
+/// Every key and value in etcd (all prefixes), as text, sorted by key.
+pub(crate) async fn etcd_dump(etcd: &Etcd) -> Result<Vec<(String, String)>> {
+    let mut client = etcd.client().await?;
+    let response = client
+        .get("", Some(etcd_client::GetOptions::new().with_all_keys()))
+        .await
+        .context("read every etcd key")?;
+    Ok(response
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                String::from_utf8_lossy(kv.value()).into_owned(),
+            )
+        })
+        .collect())
+}
+
 /// The value stored in etcd at `key`, if any.
 pub(crate) async fn etcd_value(etcd: &Etcd, key: &str) -> Result<Option<Vec<u8>>> {
     let mut client = etcd.client().await?;

@@ -21,6 +21,7 @@ fn deploy(domain: &str, version: &str, wait_seconds: Option<i64>) -> DeployReque
         app: Some(app_ref("web", version)),
         wait: wait_seconds.is_some(),
         wait_timeout: wait_seconds.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+        ..DeployRequest::default()
     }
 }
 

@@ -9,7 +9,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use etcd_client::GetOptions;
 use serde_json::{Value, json};
 use statiko_common::crypto::{format_digest, sha256};
 use statiko_common::model::{self, CertificateKind, CertificateRecord};
@@ -55,27 +54,9 @@ async fn leaders(edges: &[&Edge]) -> Vec<String> {
     out
 }
 
-/// Every key and value under the store root.
-async fn store_dump(etcd: &Etcd) -> Result<Vec<(String, String)>> {
-    let mut client = etcd.client().await?;
-    let response = client
-        .get("/statiko/", Some(GetOptions::new().with_prefix()))
-        .await?;
-    Ok(response
-        .kvs()
-        .iter()
-        .map(|kv| {
-            (
-                String::from_utf8_lossy(kv.key()).into_owned(),
-                String::from_utf8_lossy(kv.value()).into_owned(),
-            )
-        })
-        .collect())
-}
-
 /// No private key, account key or CSR key is stored in clear.
 async fn assert_no_clear_keys(etcd: &Etcd) -> Result<()> {
-    let dump = store_dump(etcd).await?;
+    let dump = crate::control_common::etcd_dump(etcd).await?;
     for (key, value) in &dump {
         ensure!(
             !value.contains("PRIVATE KEY") && !value.contains("key_pkcs8"),
@@ -274,7 +255,7 @@ async fn acme_certificates_reach_every_edge_and_survive_leader_failover() -> Res
             .await?;
     }
     assert_no_clear_keys(&etcd).await?;
-    let dump = store_dump(&etcd).await?;
+    let dump = crate::control_common::etcd_dump(&etcd).await?;
     ensure!(
         !dump
             .iter()

@@ -288,7 +288,8 @@ fn malicious(entries: &[(&str, u8, &str, &[u8])]) -> Vec<u8> {
 /// repository or an older control plane could, bypassing the control plane's own checks.
 /// `format` is the record's (`tar-gz`, `tar-zst`, `zip`).
 pub(crate) async fn plant(
-    cluster: &Cluster,
+    etcd: &Etcd,
+    control: &Control,
     name: &str,
     version: &str,
     format: &str,
@@ -296,14 +297,14 @@ pub(crate) async fn plant(
     claimed_digest: &str,
 ) -> Result<()> {
     let hex = claimed_digest.trim_start_matches("sha256:");
-    let path = cluster.control.repo_dir().join("bundles/sha256").join(hex);
+    let path = control.repo_dir().join("bundles/sha256").join(hex);
     std::fs::create_dir_all(path.parent().context("bundle dir")?)?;
     std::fs::write(&path, bytes)?;
     let record = serde_json::json!({
         "name": name, "version": version, "digest": claimed_digest,
         "size": bytes.len(), "format": format, "createdAt": 1,
     });
-    let mut client = cluster.etcd.client().await?;
+    let mut client = etcd.client().await?;
     client
         .put(
             format!("/statiko/v1/apps/{name}/{version}"),
@@ -377,9 +378,20 @@ async fn bad_bundles_are_refused_and_the_previous_version_keeps_serving() -> Res
     ];
     for (version, bytes, claimed, reason) in cases {
         let digest = claimed.unwrap_or_else(|| digest_of(&bytes));
-        plant(&cluster, "web", version, "tar-gz", &bytes, &digest).await?;
+        plant(
+            &cluster.etcd,
+            &cluster.control,
+            "web",
+            version,
+            "tar-gz",
+            &bytes,
+            &digest,
+        )
+        .await?;
         cluster.deploy("safe.test", "web", version, false).await?;
-        let error = wait_until(secs(20), async || {
+        // The entry bomb is refused only after the edge has unpacked 100,000 entries: about
+        // 10 s on a quiet 2-core machine, up to a minute on a loaded one.
+        let error = wait_until(secs(90), async || {
             let served = edge.served("safe.test").await?;
             let current = format!("web@{version}");
             anyhow::Ok(served.filter(|(_, error)| error.contains(&current)))

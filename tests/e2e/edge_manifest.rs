@@ -1,13 +1,16 @@
 //! The app manifest through the whole system: a bundle with a `_statiko.yaml` is uploaded
 //! through control and served by an edge with its rules; a later version with a broken
-//! manifest is refused with a message naming the rule, while the previous version keeps
-//! serving with its rules and other sites are unaffected.
+//! manifest is refused by control at upload and, planted past control, by the edge at staging,
+//! each with a message naming the rule, while the previous version keeps serving with its rules
+//! and other sites are unaffected.
 
 use anyhow::{Context, Result, ensure};
 use statiko_tests::fixtures::{self, Upload, site};
 use statiko_tests::{
     Control, ControlOptions, Edge, EdgeOptions, Etcd, StateStore, require_tool, secs, wait_until,
 };
+
+use crate::edge_cluster::plant;
 
 /// The original documentation site's manifest, plus a custom 404 page and a rewrite.
 const MANIFEST_V1: &str = r#"rules:
@@ -140,7 +143,15 @@ async fn manifest_rules_are_served_and_a_broken_manifest_is_refused() -> Result<
         ("app.js", b"console.log('v2');"),
         ("_statiko.yaml", MANIFEST_V2.as_bytes()),
     ])?;
-    Upload::new("docs", "2", v2).send(&api).await?;
+    // Control runs the staging rules at upload, so it refuses v2 for the same reason...
+    fixtures::assert_status(
+        Upload::new("docs", "2", v2.clone()).send(&api).await,
+        tonic::Code::InvalidArgument,
+        &["invalid app manifest _statiko.yaml: rules[3].options.clientCaching"],
+    );
+    // ...and v2 reaches the edge only past control (a compromised repository, an older control).
+    let digest = fixtures::digest_of(&v2);
+    plant(&etcd, &control, "docs", "2", "tar-gz", &v2, &digest).await?;
     deploy(&control, "docs.test", "docs", "2", false).await?;
     let (app, error) = wait_until(secs(20), async || {
         let served = edge.served("docs.test").await?;

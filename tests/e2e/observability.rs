@@ -142,6 +142,7 @@ async fn edge_and_control_metrics_are_scraped() -> Result<()> {
                 seconds: 30,
                 nanos: 0,
             }),
+            ..DeployRequest::default()
         })
         .await?;
     api.sites().list_sites(ListSitesRequest::default()).await?;

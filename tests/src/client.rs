@@ -11,6 +11,7 @@ use statiko_proto::v1::cluster_service_client::ClusterServiceClient;
 use statiko_proto::v1::deployment_service_client::DeploymentServiceClient;
 use statiko_proto::v1::site_service_client::SiteServiceClient;
 use statiko_proto::v1::state_service_client::StateServiceClient;
+use statiko_proto::v1::token_service_client::TokenServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -170,5 +171,10 @@ impl Api {
         StateServiceClient::new(self.auth_channel())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// `statiko.v1.TokenService`.
+    pub fn tokens(&self) -> TokenServiceClient<AuthChannel> {
+        TokenServiceClient::new(self.auth_channel())
     }
 }

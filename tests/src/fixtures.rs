@@ -227,6 +227,7 @@ pub async fn deploy(
                 seconds: i64::try_from(wait_timeout.as_secs()).unwrap_or(i64::MAX),
                 nanos: 0,
             }),
+            ..DeployRequest::default()
         })
         .await
         .with_context(|| format!("deploy {name}@{version} to {domain}"))?;

@@ -978,3 +978,152 @@ fn flattening_cannot_collide_with_its_own_names() {
         [".statiko-flatten/", ".statiko-flatten/a", "b"]
     );
 }
+
+/// `check_upload` (and `inspect`) on a `.tar.gz` of `entries`.
+fn check_upload_tgz(
+    entries: &[Raw<'_>],
+    limits: &ArchiveLimits,
+) -> (
+    Result<UnpackStats, ArchiveError>,
+    Result<UnpackStats, ArchiveError>,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("b.tgz");
+    std::fs::write(&archive, gz(&tar_of(entries))).unwrap();
+    let checked = check_upload(&archive, BundleFormat::TarGz, limits, &[]).map(|(stats, _)| stats);
+    let inspected = inspect(&archive, BundleFormat::TarGz, limits);
+    // Nothing written next to the archive.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+    (checked, inspected)
+}
+
+#[test]
+fn upload_check_applies_the_manifest_rules_of_staging() {
+    // Fine: the manifest's pages exist after flattening.
+    let ok = check_upload_tgz(
+        &[
+            file("site/index.html", b"x"),
+            file("site/404.html", b"x"),
+            file("site/_statiko.yaml", b"page404: /404.html\nspa: true\n"),
+        ],
+        &limits(),
+    )
+    .0
+    .unwrap();
+    assert_eq!(ok.flattened.as_deref(), Some("site"));
+    let cases: [(&[Raw<'_>], &str); 5] = [
+        (
+            &[
+                file("site/404.html", b"x"),
+                file("site/_statiko.yaml", b"spa: true\n"),
+            ],
+            "spa: the bundle has no index.html",
+        ),
+        (
+            &[
+                file("index.html", b"x"),
+                file("_statiko.yaml", b"page404: /missing.html\n"),
+            ],
+            "page404: \"/missing.html\" is not in the bundle",
+        ),
+        (
+            &[
+                file("index.html", b"x"),
+                file("_statiko.yaml", b"nope: 1\n"),
+            ],
+            "nope",
+        ),
+        (
+            &[file("index.html", b"x"), file("_statiko.yaml", b"\xff\xfe")],
+            "not valid UTF-8",
+        ),
+        (
+            &[file("index.html", b"x"), dir("_statiko.yaml/")],
+            "it is not a file",
+        ),
+    ];
+    for (entries, reason) in cases {
+        let (checked, inspected) = check_upload_tgz(entries, &limits());
+        let err = checked.unwrap_err();
+        assert!(matches!(err, ArchiveError::Manifest(_)), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with("invalid app manifest _statiko.yaml: ") && message.contains(reason),
+            "{message}"
+        );
+        // inspect alone (and so unpacking) does not look at manifests: the edge does, after.
+        assert!(inspected.is_ok(), "{inspected:?}");
+    }
+    // Too large, by its length (only the first MAX_MANIFEST_LEN + 1 bytes are held).
+    let big = vec![b'#'; crate::manifest::MAX_MANIFEST_LEN + 10];
+    let roomy = ArchiveLimits {
+        max_unpacked_size: 4 << 20,
+        ..limits()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("b.tgz");
+    std::fs::write(
+        &archive,
+        gz(&tar_of(&[
+            file("index.html", b"x"),
+            file("_statiko.yaml", &big),
+        ])),
+    )
+    .unwrap();
+    let err = check_upload(&archive, BundleFormat::TarGz, &roomy, &[]).unwrap_err();
+    assert!(
+        err.to_string().contains("over the 1048576-byte limit"),
+        "{err}"
+    );
+    // With two top-level folders each holding one, neither is the root's: nothing to check.
+    check_upload_tgz(
+        &[
+            file("a/_statiko.yaml", b"spa: true\n"),
+            file("b/_statiko.yaml", b"spa: true\n"),
+        ],
+        &limits(),
+    )
+    .0
+    .unwrap();
+}
+
+/// The files `check_upload` keeps for control's checks (`_redirects`, `_headers`): root files,
+/// or the only top folder's when the bundle is flattened; with several top folders nothing
+/// below the root is kept, so memory stays bounded by one file per name and place.
+#[test]
+fn upload_check_keeps_root_files_only() {
+    let keep = [("_redirects", 64)];
+    let run = |entries: &[Raw<'_>]| {
+        let tmp = tempfile::tempdir().unwrap();
+        let archive = tmp.path().join("b.tgz");
+        std::fs::write(&archive, gz(&tar_of(entries))).unwrap();
+        check_upload(&archive, BundleFormat::TarGz, &limits(), &keep)
+            .unwrap()
+            .1
+    };
+    let flattened = run(&[
+        file("site/index.html", b"x"),
+        file("site/_redirects", b"/a /b 301\n"),
+    ]);
+    assert_eq!(
+        flattened,
+        vec![("_redirects".to_owned(), b"/a /b 301\n".to_vec())]
+    );
+    let several_tops = run(&[
+        file("a/_redirects", b"/a /b\n"),
+        file("b/_redirects", b"/c /d\n"),
+        file("c/_redirects", b"/e /f\n"),
+        file("index.html", b"x"),
+    ]);
+    assert!(several_tops.is_empty(), "{several_tops:?}");
+    let root = run(&[
+        file("_redirects", b"/x /y\n"),
+        file("docs/_redirects", b"/nested /no\n"),
+        file("index.html", b"x"),
+    ]);
+    assert_eq!(root, vec![("_redirects".to_owned(), b"/x /y\n".to_vec())]);
+    // Longer than its cap: kept up to the cap plus one byte, so the reader sees it is too long.
+    let long = vec![b'#'; 200];
+    let cut = run(&[file("_redirects", &long)]);
+    assert_eq!(cut[0].1.len(), 65);
+}

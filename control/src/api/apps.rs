@@ -9,6 +9,7 @@ use statiko_common::archive::{self, ArchiveLimits};
 use statiko_common::crypto::{self, Sha256Hasher};
 use statiko_common::ids;
 use statiko_common::model::{self, AppRecord, BundleFormat, now_ms};
+use statiko_common::redirects;
 use statiko_common::store::{Compare, TxnOp};
 use statiko_proto::v1 as pb;
 use tokio::io::AsyncWriteExt;
@@ -183,13 +184,19 @@ impl Api {
                 format.extension()
             ));
         }
-        // Refuse unsafe or oversized archives now, with a clear reason, rather than at staging
-        // on every edge (which checks again: the repository is not trusted).
+        // Refuse unsafe or oversized archives, and anything staging would refuse (a bad
+        // manifest), now, with a clear reason, rather than at staging on every edge (which
+        // checks again: the repository is not trusted).
         let limits = ArchiveLimits::from_config(&self.ctx.limits);
         let path = spooled.file.to_path_buf();
-        tokio::task::spawn_blocking(move || archive::inspect(&path, format, &limits))
-            .await
-            .map_err(|err| ControlError::Internal(anyhow::anyhow!("inspect bundle: {err}")))?
+        let (_, routing_files) = tokio::task::spawn_blocking(move || {
+            archive::check_upload(&path, format, &limits, &redirects::ROUTING_FILES)
+        })
+        .await
+        .map_err(|err| ControlError::Internal(anyhow::anyhow!("inspect bundle: {err}")))?
+        .map_err(|err| invalid!("bundle refused: {err}"))?;
+        // `_redirects` and `_headers` are checked as staging will (their line in the message).
+        redirects::check_routing_files(&routing_files)
             .map_err(|err| invalid!("bundle refused: {err}"))?;
         let digest = crypto::format_digest(&spooled.digest);
         if let Some(declared) = declared_digest
@@ -330,7 +337,10 @@ impl pb::app_service_server::AppService for Api {
         };
         let state = &self.ctx.state;
         let (_, apps) = state.list_apps(name.as_deref()).await?;
-        let (_, sites) = state.list_sites().await?;
+        let (_, mut sites) = state.list_sites().await?;
+        // A deployer sees only the sites in its scope among an app's users.
+        let caller = request.extensions().get::<crate::auth::Caller>();
+        sites.retain(|s| crate::auth::site_visible(caller, s.record.all_domains()));
         let apps = apps
             .iter()
             .map(|app| {

@@ -7,6 +7,7 @@ use statiko_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::Api;
+use crate::auth::{Caller, site_visible};
 use crate::convert::{site_to_proto, tls_from_proto};
 use crate::error::{ControlError, Result, invalid};
 use crate::state::MAX_ATTEMPTS;
@@ -188,6 +189,10 @@ impl Api {
                 site.all_domains()
                     .map(|d| TxnOp::delete(state.keys.domain(d))),
             );
+            // The site's deployment history goes with it.
+            ops.push(TxnOp::DeletePrefix {
+                prefix: state.keys.deployments(&site.domain),
+            });
             let compares = vec![Compare::unchanged_since(
                 state.keys.site(&site.domain),
                 current.mod_revision,
@@ -228,12 +233,14 @@ impl pb::site_service_server::SiteService for Api {
 
     async fn list_sites(
         &self,
-        _request: Request<pb::ListSitesRequest>,
+        request: Request<pb::ListSitesRequest>,
     ) -> Result<Response<pb::ListSitesResponse>, Status> {
         let (_, sites) = self.ctx.state.list_sites().await?;
+        let caller = request.extensions().get::<Caller>();
         Ok(Response::new(pb::ListSitesResponse {
             sites: sites
                 .iter()
+                .filter(|s| site_visible(caller, s.record.all_domains()))
                 .map(|s| site_to_proto(&s.record, s.mod_revision))
                 .collect(),
         }))

@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use statiko_common::manifest::MANIFEST_FILE;
+use statiko_common::conventions::SITE_FILES;
 
 use crate::bundle::{StagedBundle, StaticFile};
 
@@ -150,8 +150,12 @@ pub enum Resolved<'a> {
 /// Looks `path` up in the bundle's file and directory maps only.
 pub fn resolve<'a>(bundle: &'a StagedBundle, path: &CleanPath<'_>) -> Resolved<'a> {
     let key: &str = &path.key;
-    // The app manifest is read by the edge and never served.
-    if key.strip_prefix('/') == Some(MANIFEST_FILE) {
+    // `_statiko.yaml`, `_redirects` and `_headers` are read by the edge and never served (a
+    // bundle staged before the edge read the last two may still list them).
+    if key
+        .strip_prefix('/')
+        .is_some_and(|name| SITE_FILES.contains(&name))
+    {
         return Resolved::NotFound;
     }
     if !path.trailing_slash {

@@ -5,18 +5,20 @@
 
 use std::borrow::Cow;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use statiko_common::manifest::{Manifest, RuleOptions};
+use statiko_common::redirects::Outcome;
 use statiko_common::telemetry::ACCESS_LOG_TARGET;
 
 use super::files::{self, CleanPath, Coding, Precondition, Preconditions, RangeRequest, Resolved};
 use super::limits::{ClientAddr, ClientLimits};
 use super::response::{self, NOSNIFF, ResponseBody};
+use super::site::{self, SiteHeaders};
 use crate::bundle::{Body, HeaderText, StagedBundle, StaticFile};
 use crate::metrics::{EdgeMetrics, SiteCounters};
 use crate::table::{Route, RoutingTable, SharedTable};
@@ -29,6 +31,10 @@ const BROTLI: HeaderValue = HeaderValue::from_static("br");
 const SEC_FETCH_MODE: header::HeaderName = header::HeaderName::from_static("sec-fetch-mode");
 /// What the single-page-app fallback serves.
 const SPA_INDEX: &str = "/index.html";
+/// The not-found page of `conventions.notFoundPage`.
+const NOT_FOUND_PAGE: &str = "/404.html";
+/// The manifest of a bundle without `_statiko.yaml`: no rules, no rewrites, no pages.
+static NO_MANIFEST: LazyLock<Manifest> = LazyLock::new(Manifest::default);
 
 /// The listener a request arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,24 +299,67 @@ fn ready_error(status: StatusCode, head: bool) -> Prepared {
     Prepared::Ready(response::error_page(status, head))
 }
 
+/// Serving a bundle: `_redirects` first, on the path as requested (a redirect answers at once;
+/// a 200 rewrite replaces the path; a 404 or 410 rule serves its target with that status),
+/// then the manifest's pipeline (an empty manifest when the bundle has none) on the result.
 fn serve_path<B>(bundle: &StagedBundle, req: &Request<B>, head: bool) -> Prepared {
-    let Ok(path) = files::clean_path(req.uri().path()) else {
+    let Ok(request) = files::clean_path(req.uri().path()) else {
         return ready_error(StatusCode::BAD_REQUEST, head);
     };
-    if let Some(manifest) = bundle.manifest.as_deref() {
-        return serve_with_manifest(bundle, manifest, path, req, head);
-    }
-    match files::resolve(bundle, &path) {
-        Resolved::File(file) | Resolved::Index { file, .. } => {
-            serve_file(file, req.headers(), head, false)
+    let manifest = bundle.manifest.as_deref().unwrap_or(&NO_MANIFEST);
+    let Some(redirects) = &bundle.rules.redirects else {
+        return serve_with_manifest(
+            bundle,
+            manifest,
+            &request,
+            request.clone(),
+            false,
+            req,
+            head,
+        );
+    };
+    let pretty_urls = bundle.rules.conventions.pretty_urls;
+    let found = redirects.find(&request.key, req.uri().query(), |path| {
+        files::clean_decoded(path).is_ok_and(|path| site::exists(bundle, &path, pretty_urls))
+    });
+    match found.map(|(_, outcome)| outcome) {
+        None => serve_with_manifest(
+            bundle,
+            manifest,
+            &request,
+            request.clone(),
+            false,
+            req,
+            head,
+        ),
+        Some(Outcome::Redirect { status, location }) => {
+            Prepared::Ready(site::redirect(status, location, head))
         }
-        Resolved::NotFound | Resolved::NoIndex => ready_error(StatusCode::NOT_FOUND, head),
-        Resolved::AddSlash => add_slash(&path, req.uri().query(), head),
+        Some(Outcome::Loop) => manifest_error(bundle, manifest, StatusCode::NOT_FOUND, head),
+        Some(Outcome::Rewrite { path }) => match files::clean_decoded(&path) {
+            Ok(target) => serve_with_manifest(bundle, manifest, &request, target, true, req, head),
+            Err(_) => manifest_error(bundle, manifest, StatusCode::NOT_FOUND, head),
+        },
+        Some(Outcome::Serve { status, path }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::NOT_FOUND);
+            let file = files::clean_decoded(&path).ok().and_then(|target| {
+                match files::resolve(bundle, &target) {
+                    Resolved::File(file) | Resolved::Index { file, .. } => Some(file),
+                    _ => None,
+                }
+            });
+            match file {
+                Some(file) => page_response(file, status, head),
+                None => ready_error(status, head),
+            }
+        }
     }
 }
 
-/// Serving under an app manifest, in nginx's order:
+/// Serving under an app manifest, in nginx's order, with the conventions:
 ///
+/// 0. `request` is the path as requested (what `_headers` blocks match); `path` is the one
+///    to serve, after a `_redirects` rewrite when `internal`;
 /// 1. the first matching `rewrite` replaces the path, once (nginx's server-level
 ///    `rewrite ... last`: the new path is matched against the rules, never rewritten again);
 /// 2. the rule for the path (see `statiko_common::manifest` for the precedence); `deny`
@@ -326,14 +375,25 @@ fn serve_path<B>(bundle: &StagedBundle, req: &Request<B>, head: bool) -> Prepare
 ///
 /// Error pages are looked up directly in the bundle's file map with no rule matching, so they
 /// cannot loop.
+///
+/// Pretty URLs (`conventions.prettyUrls`): a path that is no file serves `<path>.html`, whose
+/// own rule applies (like an index); a path naming an `.html` page directly, not reached by a
+/// rewrite, answers 301 to its pretty form. A served file gets the conventions'
+/// `Cache-Control`, then the `_headers` blocks of `request`, then its rule's options, each
+/// replacing the previous one's headers of the same name.
 fn serve_with_manifest<B>(
     bundle: &StagedBundle,
     manifest: &Manifest,
+    request: &CleanPath<'_>,
     path: CleanPath<'_>,
+    internal: bool,
     req: &Request<B>,
     head: bool,
 ) -> Prepared {
     let rewritten = manifest.rewrite(&path.with_slash());
+    let internal = internal || rewritten.is_some();
+    let pretty_urls = bundle.rules.conventions.pretty_urls;
+    let site = SiteHeaders::new(&bundle.rules, &request.with_slash());
     let path = match &rewritten {
         Some(target) => match files::clean_decoded(target) {
             Ok(path) => path,
@@ -347,14 +407,36 @@ fn serve_with_manifest<B>(
     if options.is_some_and(|o| o.deny) {
         return manifest_error(bundle, manifest, StatusCode::NOT_FOUND, head);
     }
-    match files::resolve(bundle, &path) {
-        Resolved::File(file) => serve_with_options(file, options, req.headers(), head),
+    let resolved = files::resolve(bundle, &path);
+    if pretty_urls
+        && matches!(
+            resolved,
+            Resolved::AddSlash | Resolved::NoIndex | Resolved::NotFound
+        )
+        && let Some((page, file)) = site::pretty_page(bundle, &path)
+    {
+        let options = manifest.options_for(page);
+        if options.is_some_and(|o| o.deny) {
+            return manifest_error(bundle, manifest, StatusCode::NOT_FOUND, head);
+        }
+        return serve_with_options(file, page, options, &site, req.headers(), head);
+    }
+    match resolved {
+        Resolved::File(file) => {
+            if pretty_urls
+                && !internal
+                && let Some(pretty) = site::pretty_url(bundle, &path)
+            {
+                return Prepared::Ready(site::moved_to(pretty, req.uri().query(), head));
+            }
+            serve_with_options(file, &path.key, options, &site, req.headers(), head)
+        }
         Resolved::Index { path, file } => {
             let options = manifest.options_for(path);
             if options.is_some_and(|o| o.deny) {
                 return manifest_error(bundle, manifest, StatusCode::NOT_FOUND, head);
             }
-            serve_with_options(file, options, req.headers(), head)
+            serve_with_options(file, path, options, &site, req.headers(), head)
         }
         Resolved::AddSlash => {
             // Redirecting to a denied directory would reveal that it exists.
@@ -383,7 +465,7 @@ fn serve_with_manifest<B>(
                 if navigation && let Some((index, file)) = bundle.files.get_key_value(SPA_INDEX) {
                     let options = manifest.options_for(index);
                     if !options.is_some_and(|o| o.deny) {
-                        return serve_with_options(file, options, headers, head);
+                        return serve_with_options(file, index, options, &site, headers, head);
                     }
                 }
             }
@@ -397,16 +479,25 @@ fn serve_with_manifest<B>(
     }
 }
 
-/// A file with its rule's options. A rule that sets `Content-Encoding` says the file is stored
-/// encoded, so no compressed variant of ours is picked.
+/// A file (at `file_path`) with the site's headers and its rule's options. A rule or a
+/// `_headers` block that sets `Content-Encoding` says the file is stored encoded, so no
+/// compressed variant of ours is picked.
 fn serve_with_options(
     file: &StaticFile,
+    file_path: &str,
     options: Option<&RuleOptions>,
+    site: &SiteHeaders<'_>,
     headers: &HeaderMap,
     head: bool,
 ) -> Prepared {
-    let identity_only = options.is_some_and(RuleOptions::sets_content_encoding);
+    let identity_only =
+        options.is_some_and(RuleOptions::sets_content_encoding) || site.sets_content_encoding();
     let mut prepared = serve_file(file, headers, head, identity_only);
+    match &mut prepared {
+        Prepared::Ready(response) | Prepared::Disk { response, .. } => {
+            site.apply(response, file, file_path);
+        }
+    }
     apply_options(&mut prepared, options);
     prepared
 }
@@ -443,7 +534,8 @@ fn apply_options(prepared: &mut Prepared, options: Option<&RuleOptions>) {
 }
 
 /// A 404 or 403 answered with the manifest's page for it when the bundle has that file (with
-/// the error status, no conditionals or ranges), else the built-in page.
+/// the error status, no conditionals or ranges), else, for a 404, the bundle's `/404.html`
+/// (`conventions.notFoundPage`), else the built-in page.
 fn manifest_error(
     bundle: &StagedBundle,
     manifest: &Manifest,
@@ -451,13 +543,22 @@ fn manifest_error(
     head: bool,
 ) -> Prepared {
     let page = match status {
-        StatusCode::NOT_FOUND => manifest.page404(),
+        StatusCode::NOT_FOUND => manifest.page404().or(bundle
+            .rules
+            .conventions
+            .not_found_page
+            .then_some(NOT_FOUND_PAGE)),
         StatusCode::FORBIDDEN => manifest.page403(),
         _ => None,
     };
-    let Some(file) = page.and_then(|page| bundle.files.get(page)) else {
-        return ready_error(status, head);
-    };
+    match page.and_then(|page| bundle.files.get(page)) {
+        Some(file) => page_response(file, status, head),
+        None => ready_error(status, head),
+    }
+}
+
+/// `file` as the body of an error answer: `status`, no conditionals or ranges, not cached.
+fn page_response(file: &StaticFile, status: StatusCode, head: bool) -> Prepared {
     let mut response = Response::new(ResponseBody::empty());
     *response.status_mut() = status;
     let out = response.headers_mut();

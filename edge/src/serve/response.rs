@@ -243,6 +243,7 @@ macro_rules! page {
 const BAD_REQUEST: &str = page!("400 Bad Request", "The request could not be understood.");
 const FORBIDDEN: &str = page!("403 Forbidden", "Access to this resource is not allowed.");
 const NOT_FOUND: &str = page!("404 Not Found", "The requested page was not found.");
+const GONE: &str = page!("410 Gone", "The requested page is no longer available.");
 const METHOD_NOT_ALLOWED: &str = page!(
     "405 Method Not Allowed",
     "Only GET and HEAD requests are supported."
@@ -274,6 +275,7 @@ pub fn error_page(status: StatusCode, head: bool) -> Response<ResponseBody> {
         StatusCode::BAD_REQUEST => BAD_REQUEST,
         StatusCode::FORBIDDEN => FORBIDDEN,
         StatusCode::NOT_FOUND => NOT_FOUND,
+        StatusCode::GONE => GONE,
         StatusCode::METHOD_NOT_ALLOWED => METHOD_NOT_ALLOWED,
         StatusCode::PRECONDITION_FAILED => PRECONDITION_FAILED,
         StatusCode::RANGE_NOT_SATISFIABLE => RANGE_NOT_SATISFIABLE,

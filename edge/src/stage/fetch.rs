@@ -14,6 +14,7 @@ use statiko_common::repo::{BundleReader, RepoError};
 use super::meta::build_bundle;
 use super::precompress::precompute;
 use super::seal::{Seal, lock_dir};
+use super::site_files::RoutingFiles;
 use super::{CHUNK, ROOT_DIR, StageError, Stager, check_manifest_files, read_manifest};
 use crate::bundle::StagedBundle;
 
@@ -169,11 +170,13 @@ impl Build {
         let unpacked = self.unpack(reader, work, &root, steps)?;
         // The manifest is checked before the costly compression, so a bad one fails fast.
         let manifest = read_manifest(&root)?;
+        let routing = RoutingFiles::read(&root)?;
         let started = Instant::now();
         let meta = precompute(&staging, &format!("sha256:{}", self.hex_digest), unpacked)?;
         if let Some(manifest) = &manifest {
             check_manifest_files(manifest, &meta)?;
         }
+        let rules = routing.into_rules(manifest.as_deref(), &meta);
         steps.variants = started.elapsed();
 
         let started = Instant::now();
@@ -187,7 +190,7 @@ impl Build {
         }
         std::fs::rename(&staging, &final_dir)
             .map_err(|e| StageError::io("moving the bundle into place", &e))?;
-        let bundle = match build_bundle(&final_dir, &meta, manifest) {
+        let bundle = match build_bundle(&final_dir, &meta, manifest, rules) {
             Ok(bundle) => bundle,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&final_dir);

@@ -11,12 +11,13 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use statiko_common::manifest::Manifest;
 
+use super::site_files::RoutingFiles;
 use super::{
     BROTLI_DIR, GZIP_DIR, META_FILE, META_VERSION, ROOT_DIR, VARIANTS_DIR, check_manifest_files,
     read_manifest,
 };
 use crate::bundle::{
-    Body, HOT_FILE_MAX, HeaderText, LastModified, StagedBundle, StaticFile, Variant,
+    Body, HOT_FILE_MAX, HeaderText, LastModified, SiteRules, StagedBundle, StaticFile, Variant,
 };
 
 /// `meta.json`: what a restart needs to rebuild the `StagedBundle` without reading every file.
@@ -74,7 +75,10 @@ pub(super) fn load_bundle(dir: &Path, digest: &str) -> io::Result<StagedBundle> 
     if let Some(manifest) = &manifest {
         check_manifest_files(manifest, &meta).map_err(|e| io::Error::other(e.to_string()))?;
     }
-    build_bundle(dir, &meta, manifest)
+    let rules = RoutingFiles::read(&dir.join(ROOT_DIR))
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .into_rules(manifest.as_deref(), &meta);
+    build_bundle(dir, &meta, manifest, rules)
 }
 
 /// The in-memory bundle for a complete bundle directory: hot files and variants are read into
@@ -84,6 +88,7 @@ pub(super) fn build_bundle(
     dir: &Path,
     meta: &BundleMeta,
     manifest: Option<Arc<Manifest>>,
+    rules: SiteRules,
 ) -> io::Result<StagedBundle> {
     let root = dir.join(ROOT_DIR);
     let variants = dir.join(VARIANTS_DIR);
@@ -140,6 +145,7 @@ pub(super) fn build_bundle(
         files,
         dirs,
         manifest,
+        rules,
     })
 }
 

@@ -10,9 +10,7 @@ use statiko_common::crypto::hex;
 
 use super::content_type::{content_type_for, is_compressible};
 use super::meta::{BundleMeta, FileMeta, VariantMeta};
-use super::{
-    BROTLI_DIR, CHUNK, GZIP_DIR, MANIFEST_FILE, META_VERSION, ROOT_DIR, StageError, VARIANTS_DIR,
-};
+use super::{BROTLI_DIR, CHUNK, GZIP_DIR, META_VERSION, ROOT_DIR, StageError, VARIANTS_DIR};
 
 /// Files smaller than this are not precompressed.
 pub const MIN_COMPRESS_LEN: u64 = 512;
@@ -33,7 +31,7 @@ pub(super) fn precompute(
     let variants = dir.join(VARIANTS_DIR);
     let mut files = Vec::with_capacity(unpacked.files.len());
     for file in unpacked.files {
-        if file.path == MANIFEST_FILE {
+        if super::SITE_FILES.contains(&file.path.as_str()) {
             continue;
         }
         let content_type = content_type_for(&file.path);

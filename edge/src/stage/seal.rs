@@ -9,7 +9,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::fetch::millis;
 use super::meta::{BundleMeta, write_meta};
-use super::{BROTLI_DIR, GZIP_DIR, MANIFEST_FILE, ROOT_DIR, Stager, VARIANTS_DIR};
+use super::{BROTLI_DIR, GZIP_DIR, ROOT_DIR, SITE_FILES, Stager, VARIANTS_DIR};
 
 impl Stager {
     /// Makes a staged bundle durable off the deploy's path, holding its flight (`guard`) so it
@@ -66,9 +66,11 @@ impl Seal {
                 sync_file(&variants.join(BROTLI_DIR).join(&file.path))?;
             }
         }
-        match sync_file(&root.join(MANIFEST_FILE)) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            other => other?,
+        for name in SITE_FILES {
+            match sync_file(&root.join(name)) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                other => other?,
+            }
         }
         for dir in &self.meta.dirs {
             sync_dir(&root.join(dir))?;

@@ -69,6 +69,7 @@ pub(crate) fn record(
         sites_omitted: sites_omitted as u64,
         certificates,
         certificates_omitted: certificates_omitted as u64,
+        staging: applied.staging.clone(),
     }
 }
 
@@ -192,6 +193,7 @@ mod tests {
             certificates: (0..certificates)
                 .map(|i| (format!("c{i:05}"), 10_000_000 - i as i64))
                 .collect(),
+            staging: Default::default(),
         }
     }
 

@@ -99,6 +99,9 @@ fn bundle() -> StagedBundle {
         ("/docs/index.htm".to_owned(), file(b"docs")),
         ("/docs/a b.html".to_owned(), file(b"ab")),
         ("/_statiko.yaml".to_owned(), file(b"manifest")),
+        // Listed by a bundle staged before the edge read these files.
+        ("/_redirects".to_owned(), file(b"/a /b")),
+        ("/_headers".to_owned(), file(b"/*")),
     ]);
     let dirs = HashSet::from(["/".to_owned(), "/docs".to_owned(), "/empty".to_owned()]);
     StagedBundle {
@@ -107,6 +110,7 @@ fn bundle() -> StagedBundle {
         files,
         dirs,
         manifest: None,
+        rules: Default::default(),
     }
 }
 
@@ -136,6 +140,8 @@ fn resolution() {
     resolves("/missing/", None);
     resolves("/index.html/", None);
     resolves("/_statiko.yaml", None);
+    resolves("/_redirects", None);
+    resolves("/_headers", None);
     let bundle = bundle();
     assert!(matches!(
         resolve(&bundle, &clean_path("/docs").unwrap()),

@@ -51,6 +51,7 @@ fn handler(disk: Option<std::path::PathBuf>) -> Handler {
         files,
         dirs: HashSet::from(["/".to_owned(), "/docs".to_owned()]),
         manifest: None,
+        rules: Default::default(),
     };
     let mut table = RoutingTable::default();
     table.hosts.insert(
@@ -389,4 +390,47 @@ async fn disk_bodies() {
     let (status, _, body) = send(&h, get("example.test", "/big.bin"), Scheme::Https).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(!String::from_utf8_lossy(&body).contains("big.bin"));
+}
+
+#[tokio::test]
+async fn duplicate_host_and_rate_limits() {
+    let h = handler(None);
+    let twice = get("example.test", "/").header(header::HOST, "other.test");
+    let (status, _, _) = send(&h, twice, Scheme::Https).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let mut config = statiko_common::config::EdgeLimitsConfig::default();
+    config.per_client.requests_per_second = 0.001;
+    config.per_client.request_burst = 2;
+    config.per_site.requests_per_second = 0.001;
+    config.per_site.request_burst = 3;
+    let h = h.with_limits(Arc::new(crate::serve::ClientLimits::new(&config)));
+    let from = |ip: &str| {
+        let addr = crate::serve::ClientAddr(format!("{ip}:1000").parse().unwrap());
+        get("example.test", "/").extension(addr)
+    };
+    let mut statuses = Vec::new();
+    for ip in [
+        "192.0.2.1",
+        "192.0.2.1",
+        "192.0.2.1",
+        "192.0.2.2",
+        "192.0.2.3",
+    ] {
+        let (status, headers, _) = send(&h, from(ip), Scheme::Https).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(headers[header::RETRY_AFTER], "1");
+        }
+        statuses.push(status.as_u16());
+    }
+    // 192.0.2.1's burst is 2; the site's burst of 3 is spent by then.
+    assert_eq!(statuses, [200, 200, 429, 200, 429]);
+    // Another site has its own bucket.
+    let (status, _, _) = send(
+        &h,
+        get("new.test", "/").extension(crate::serve::ClientAddr("192.0.2.4:1".parse().unwrap())),
+        Scheme::Https,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
 }
