@@ -1,0 +1,229 @@
+//! Validation of a loaded configuration: every value checked, the error naming the key.
+
+use super::*;
+
+impl Config {
+    /// Checks every value; the error names the key and never prints a secret.
+    ///
+    /// An empty `nodeName` passes here: [`Config::load`] resolves it to the hostname first.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: &str| Err(ConfigError::invalid(key, reason));
+
+        if !self.node_name.is_empty() {
+            crate::ids::node_name("nodeName", &self.node_name)
+                .map_err(|err| ConfigError::invalid("nodeName", err.reason))?;
+        }
+
+        // state
+        let etcd = &self.state.etcd;
+        let endpoints = etcd.endpoints();
+        if self.state.store == StoreKind::Etcd && endpoints.is_empty() {
+            return bad("state.etcd.address", "required when state.store is etcd");
+        }
+        for endpoint in &endpoints {
+            let rest = endpoint
+                .strip_prefix("http://")
+                .or_else(|| endpoint.strip_prefix("https://"));
+            match rest {
+                Some(host) if !host.is_empty() => {}
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "state.etcd.address",
+                        format!("endpoint {endpoint:?} must start with http:// or https://"),
+                    ));
+                }
+            }
+        }
+        if etcd.timeout == 0 {
+            return bad("state.etcd.timeout", "must be greater than 0");
+        }
+        if self.state.store == StoreKind::File && self.state.file.path.as_os_str().is_empty() {
+            return bad("state.file.path", "required when state.store is file");
+        }
+
+        // secrets key
+        if !self.secrets_encryption_key.is_empty() && self.secrets_key().is_none() {
+            return bad(
+                "secretsEncryptionKey",
+                "must be the base64 encoding of exactly 32 bytes",
+            );
+        }
+
+        // control
+        check_listen_addr("control.listen", &self.control.listen)?;
+        let tls = &self.control.tls;
+        if tls.enabled {
+            match (tls.certificate.is_empty(), tls.key.is_empty()) {
+                (false, true) => {
+                    return bad("control.tls.key", "required with control.tls.certificate");
+                }
+                (true, false) => {
+                    return bad("control.tls.certificate", "required with control.tls.key");
+                }
+                (true, true) if tls.self_signed_dir.as_os_str().is_empty() => {
+                    return bad(
+                        "control.tls.selfSignedDir",
+                        "required when control.tls is enabled without a certificate",
+                    );
+                }
+                _ => {}
+            }
+        }
+
+        // auth
+        let mut names = std::collections::HashSet::new();
+        for (i, token) in self.auth.tokens.iter().enumerate() {
+            if token.name.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("auth.tokens[{i}].name"),
+                    "required",
+                ));
+            }
+            if !names.insert(token.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("auth.tokens[{i}].name"),
+                    format!("duplicate token name {:?}", token.name),
+                ));
+            }
+            if token.token.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("auth.tokens[{i}].token"),
+                    "required: set token or tokenFile",
+                ));
+            }
+            if token.token.chars().count() < MIN_TOKEN_LEN {
+                return Err(ConfigError::invalid(
+                    format!("auth.tokens[{i}].token"),
+                    format!("must be at least {MIN_TOKEN_LEN} characters"),
+                ));
+            }
+        }
+
+        // repo
+        match self.repo.kind {
+            RepoKind::Local if self.repo.local.path.as_os_str().is_empty() => {
+                return bad("repo.local.path", "required when repo.type is local");
+            }
+            RepoKind::S3 if self.repo.s3.bucket.is_empty() => {
+                return bad("repo.s3.bucket", "required when repo.type is s3");
+            }
+            RepoKind::Azure if self.repo.azure.account.is_empty() => {
+                return bad("repo.azure.account", "required when repo.type is azure");
+            }
+            RepoKind::Azure if self.repo.azure.container.is_empty() => {
+                return bad("repo.azure.container", "required when repo.type is azure");
+            }
+            RepoKind::Gcs if self.repo.gcs.bucket.is_empty() => {
+                return bad("repo.gcs.bucket", "required when repo.type is gcs");
+            }
+            _ => {}
+        }
+
+        // edge
+        if self.edge.data_dir.as_os_str().is_empty() {
+            return bad("edge.dataDir", "required");
+        }
+        check_listen_addr("edge.http", &self.edge.http)?;
+        check_listen_addr("edge.https", &self.edge.https)?;
+        check_listen_addr("edge.admin", &self.edge.admin)?;
+        if !(MIN_LEASE_TTL..=MAX_LEASE_TTL).contains(&self.edge.lease_ttl) {
+            return Err(ConfigError::invalid(
+                "edge.leaseTtl",
+                format!("must be between {MIN_LEASE_TTL} and {MAX_LEASE_TTL} seconds"),
+            ));
+        }
+
+        net::validate(
+            &self.edge.limits,
+            &self.edge.proxy_protocol,
+            &self.control.limits,
+        )?;
+
+        // acme and notifications
+        if !is_http_url(&self.acme.directory) {
+            return bad("acme.directory", "must be an http:// or https:// URL");
+        }
+        if !self.notifications.webhook.url.is_empty()
+            && !is_http_url(&self.notifications.webhook.url)
+        {
+            return bad(
+                "notifications.webhook.url",
+                "must be an http:// or https:// URL",
+            );
+        }
+        if self.notifications.webhook.payload_key.is_empty() {
+            return bad("notifications.webhook.payloadKey", "required");
+        }
+
+        // limits
+        let limits = [
+            ("limits.maxBundleSize", self.limits.max_bundle_size),
+            ("limits.maxUnpackedSize", self.limits.max_unpacked_size),
+            ("limits.maxBundleEntries", self.limits.max_bundle_entries),
+            ("limits.uploadIdleTimeout", self.limits.upload_idle_timeout),
+            ("limits.uploadTimeout", self.limits.upload_timeout),
+        ];
+        for (key, value) in limits {
+            if value == 0 {
+                return bad(key, "must be greater than 0");
+            }
+        }
+
+        if self.edge.retain_deployments == 0 {
+            return bad(
+                "edge.retainDeployments",
+                "must be at least 1 (the live deployment)",
+            );
+        }
+
+        // deploy
+        if self.deploy.history < 2 {
+            return bad(
+                "deploy.history",
+                "must be at least 2 (the live deployment and one to roll back to)",
+            );
+        }
+        if self.deploy.stage_timeout == 0 {
+            return bad("deploy.stageTimeout", "must be greater than 0");
+        }
+
+        // log
+        if self.log.level.trim().is_empty() {
+            return bad("log.level", "required");
+        }
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError::invalid(
+                "log.level",
+                format!("invalid filter directive: {err}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn is_http_url(url: &str) -> bool {
+    ["http://", "https://"].iter().any(|scheme| {
+        url.strip_prefix(scheme)
+            .is_some_and(|rest| !rest.is_empty())
+    })
+}
+
+/// Accepts `ip:port`, `[ipv6]:port` and `host:port`; port 0 is allowed.
+fn check_listen_addr(key: &str, addr: &str) -> Result<(), ConfigError> {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let valid_host = |host: &str| {
+        !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    };
+    match addr.rsplit_once(':') {
+        Some((host, port)) if valid_host(host) && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(ConfigError::invalid(
+            key,
+            format!("invalid socket address {addr:?}: expected host:port"),
+        )),
+    }
+}
