@@ -32,7 +32,7 @@ cat <<EOM
 
 Statiko is running (single node, state in ./data):
   control (gRPC)  https://127.0.0.1:2265   CA: ./data/control-tls/cert.pem
-  edge            http://${STATIKO_EDGE_HTTP:-0.0.0.0:8080}  https://${STATIKO_EDGE_HTTPS:-0.0.0.0:8443}
+  edge            http://${STATIKO_EDGE_HTTP:-127.0.0.1:8080}  https://${STATIKO_EDGE_HTTPS:-127.0.0.1:8443}
   admin           http://127.0.0.1:2266/status
 
   export PATH="$bin_path:\$PATH"

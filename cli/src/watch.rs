@@ -96,10 +96,13 @@ pub(crate) async fn follow(
     let last = match outcome {
         Ok(result) => result?.context("the server sent no progress")?,
         Err(_) => {
-            return Err(anyhow!(
+            // A wait that ran out is DEADLINE_EXCEEDED, as when control's own wait runs out,
+            // so scripts see the same exit code (3) either way.
+            return Err(tonic::Status::deadline_exceeded(format!(
                 "deployment {id} did not finish within {}",
                 humantime::format_duration(timeout)
-            ));
+            ))
+            .into());
         }
     };
     let deployment = last

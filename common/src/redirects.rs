@@ -350,8 +350,9 @@ fn with_query(mut location: String, query: Option<&str>) -> String {
 }
 
 /// Percent-encodes everything but unreserved characters, `/` and the sub-delimiters a path
-/// keeps (RFC 3986 `pchar`).
-fn percent_encode(value: &str, out: &mut String) {
+/// keeps (RFC 3986 `pchar`): a path as it goes into a `Location` header. The edge's own
+/// redirects (slashes, aliases, pretty URLs) use it too.
+pub fn percent_encode(value: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in value.as_bytes() {
         if b.is_ascii_alphanumeric()

@@ -1,4 +1,4 @@
-//! What each role may call. `admin` calls everything; `readonly` calls `Get*` and `List*`
+//! What each role may call. `admin` calls everything; `readonly` calls `Get*`, `List*` and `Watch*`
 //! (token management excepted); `deployer` calls only the methods in [`DEPLOYER_METHODS`], and
 //! for the site-scoped ones ([`Access::Site`]) the auth layer reads the request message and
 //! checks the domain in its field 1 against the scope before the handler runs. A new
@@ -34,6 +34,22 @@ const DEPLOYER_METHODS: &[(&str, Access)] = &[
     (
         "/statiko.v1.DeploymentService/Deploy",
         Access::Site("deploy to"),
+    ),
+    (
+        "/statiko.v1.DeploymentService/Rollback",
+        Access::Site("roll back"),
+    ),
+    (
+        "/statiko.v1.DeploymentService/GetDeployment",
+        Access::Site("read the deployments of"),
+    ),
+    (
+        "/statiko.v1.DeploymentService/ListDeployments",
+        Access::Site("read the deployments of"),
+    ),
+    (
+        "/statiko.v1.DeploymentService/WatchDeployment",
+        Access::Site("watch the deployments of"),
     ),
 ];
 

@@ -210,37 +210,7 @@ fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// Percent-encodes a clean path for a `Location` header (always starts with a single `/`).
 pub fn encode_path(path: &str, out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in path.as_bytes() {
-        let keep = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'/' | b'-'
-                    | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'@'
-            );
-        if keep {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 15)] as char);
-        }
-    }
+    statiko_common::redirects::percent_encode(path, out);
 }
 
 /// A parsed `Range` header, for a representation of a known length.
