@@ -58,7 +58,8 @@ fi
 
 log "building the $PROFILE binaries"
 cargo build -j2 --profile "$PROFILE" --locked -p statiko-control -p statiko-edge -p statiko-cli >&2
-BIN=$ROOT/target/$PROFILE; [ "$PROFILE" = dev ] && BIN=$ROOT/target/debug
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/$PROFILE; [ "$PROFILE" = dev ] && BIN=$TARGET_DIR/debug
 
 # --- files, certificate, configs -----------------------------------------------------------
 mkdir -p "$WORK"/{site,tls,run,logs}
