@@ -3,7 +3,8 @@
 use anyhow::Context as _;
 use serde_json::{Value, json};
 use statiko_proto::v1::{
-    AppRef, DeployRequest, DeployStrategy, GetSiteRequest, ListDeploymentsRequest, RollbackRequest,
+    AppRef, DeployRequest, DeployStrategy, Deployment, GetSiteRequest, ListDeploymentsRequest,
+    RollbackRequest,
 };
 
 use crate::cli::{DeployArgs, DeployCommand, WaitArgs};
@@ -64,14 +65,15 @@ async fn deploy(
             api.deployments().deploy(api.request(request)),
         )
         .await?;
+    follow(
+        api,
+        &domain,
+        &wait,
+        &mut response.deployment,
+        &mut response.ready_nodes,
+    )
+    .await?;
     if wait.wait {
-        let last = watch::follow(
-            api,
-            &domain,
-            response.deployment.as_ref(),
-            wait.wait_timeout,
-        )
-        .await?;
         let site = api
             .unary(
                 api.timeout(),
@@ -83,8 +85,6 @@ async fn deploy(
             .site;
         response.revision = site.as_ref().map_or(response.revision, |s| s.revision);
         response.site = site;
-        response.deployment = last.deployment;
-        response.ready_nodes = last.serving_nodes;
     }
     let deployment = response.deployment.as_ref();
     printer.print(
@@ -112,6 +112,23 @@ async fn deploy(
             text
         },
     )
+}
+
+/// With `--wait`, follows the deployment a deploy or rollback started until every live edge
+/// serves it (or it fails), and puts its final state and the edges serving it in the response.
+async fn follow(
+    api: &Api,
+    domain: &str,
+    wait: &WaitArgs,
+    deployment: &mut Option<Deployment>,
+    ready_nodes: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    if wait.wait {
+        let last = watch::follow(api, domain, deployment.as_ref(), wait.wait_timeout).await?;
+        *deployment = last.deployment;
+        *ready_nodes = last.serving_nodes;
+    }
+    Ok(())
 }
 
 async fn history(api: &Api, printer: Printer, domain: String) -> anyhow::Result<()> {
@@ -148,17 +165,14 @@ async fn rollback(
             api.deployments().rollback(api.request(request)),
         )
         .await?;
-    if wait.wait {
-        let last = watch::follow(
-            api,
-            &domain,
-            response.deployment.as_ref(),
-            wait.wait_timeout,
-        )
-        .await?;
-        response.deployment = last.deployment;
-        response.ready_nodes = last.serving_nodes;
-    }
+    follow(
+        api,
+        &domain,
+        &wait,
+        &mut response.deployment,
+        &mut response.ready_nodes,
+    )
+    .await?;
     let deployment = response
         .deployment
         .as_ref()
