@@ -340,6 +340,9 @@ pub struct EdgeConfig {
     /// Bundles of the last live deployments kept staged per site (the live one included), so
     /// a rollback to one of them needs no download.
     pub retain_deployments: u32,
+    /// Runtime worker threads serving requests and running the edge's tasks; 0 (the default)
+    /// starts one per CPU core.
+    pub worker_threads: u32,
 }
 
 impl Default for EdgeConfig {
@@ -354,6 +357,7 @@ impl Default for EdgeConfig {
             limits: EdgeLimitsConfig::default(),
             proxy_protocol: ProxyProtocolConfig::default(),
             retain_deployments: 3,
+            worker_threads: 0,
         }
     }
 }

@@ -39,10 +39,26 @@ pub struct CommonArgs {
 /// Runs a server binary: loads and validates the config (`prepare` adds the binary's own checks
 /// and runs for `--check-config` too), then starts telemetry and a multi-threaded runtime and
 /// runs `serve` to completion. Returns the process exit code.
-#[expect(clippy::print_stdout, clippy::print_stderr)]
 pub fn main<P, F, Fut>(
     args: CommonArgs,
     name: &str,
+    prepare: impl FnOnce(&Config) -> anyhow::Result<P>,
+    serve: F,
+) -> ExitCode
+where
+    F: FnOnce(Config, P) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    main_with_workers(args, name, |_| 0, prepare, serve)
+}
+
+/// [`main`] with the number of runtime worker threads taken from the config (`0`: one per
+/// CPU core, tokio's default), e.g. `edge.workerThreads`.
+#[expect(clippy::print_stdout, clippy::print_stderr)]
+pub fn main_with_workers<P, F, Fut>(
+    args: CommonArgs,
+    name: &str,
+    workers: impl FnOnce(&Config) -> usize,
     prepare: impl FnOnce(&Config) -> anyhow::Result<P>,
     serve: F,
 ) -> ExitCode
@@ -78,10 +94,14 @@ where
     };
     // One process-wide rustls provider (aws-lc-rs); a second install attempt is harmless.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    match workers(&config) {
+        0 => {}
+        n => {
+            builder.worker_threads(n);
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: start the runtime: {err}");

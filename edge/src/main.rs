@@ -23,29 +23,36 @@ fn prepare(config: &Config) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let ready_file = cli.common.ready_file.clone();
-    process::main(cli.common, "edge", prepare, |config, ()| async move {
-        let shutdown = statiko_common::shutdown::spawn_signal_handler();
-        statiko_common::demo::check_at_start(
-            &config,
-            &[
-                ("edge.http", &config.edge.http),
-                ("edge.https", &config.edge.https),
-                ("edge.admin", &config.edge.admin),
-            ],
-            false,
-        )?;
-        let listeners = statiko_edge::Listeners {
-            http: process::bind("edge.http", &config.edge.http).await?,
-            https: process::bind("edge.https", &config.edge.https).await?,
-            admin: process::bind("edge.admin", &config.edge.admin).await?,
-        };
-        if let Some(path) = &ready_file {
-            ReadyFile::default()
-                .with("http", listeners.http.local_addr()?)
-                .with("https", listeners.https.local_addr()?)
-                .with("admin", listeners.admin.local_addr()?)
-                .write(path)?;
-        }
-        statiko_edge::run(config, listeners, shutdown).await
-    })
+    let workers = |config: &Config| config.edge.worker_threads as usize;
+    process::main_with_workers(
+        cli.common,
+        "edge",
+        workers,
+        prepare,
+        |config, ()| async move {
+            let shutdown = statiko_common::shutdown::spawn_signal_handler();
+            statiko_common::demo::check_at_start(
+                &config,
+                &[
+                    ("edge.http", &config.edge.http),
+                    ("edge.https", &config.edge.https),
+                    ("edge.admin", &config.edge.admin),
+                ],
+                false,
+            )?;
+            let listeners = statiko_edge::Listeners {
+                http: process::bind("edge.http", &config.edge.http).await?,
+                https: process::bind("edge.https", &config.edge.https).await?,
+                admin: process::bind("edge.admin", &config.edge.admin).await?,
+            };
+            if let Some(path) = &ready_file {
+                ReadyFile::default()
+                    .with("http", listeners.http.local_addr()?)
+                    .with("https", listeners.https.local_addr()?)
+                    .with("admin", listeners.admin.local_addr()?)
+                    .write(path)?;
+            }
+            statiko_edge::run(config, listeners, shutdown).await
+        },
+    )
 }

@@ -20,6 +20,7 @@ mod edge_conventions;
 mod edge_manifest;
 mod edge_start;
 mod faults;
+mod fleet;
 mod hardening;
 mod harness_smoke;
 mod observability;
