@@ -348,10 +348,11 @@ impl NodeReports {
         let Some(reports) = reports else {
             return std::future::pending().await;
         };
-        let first =
-            reports.changes.next().await.unwrap_or_else(|| {
-                Err(StoreError::Unavailable("node record watch ended".into()))
-            })?;
+        let first = reports
+            .changes
+            .next()
+            .await
+            .unwrap_or_else(|| Err(StoreError::unavailable("node record watch ended")))?;
         reports.apply(&first);
         while let Some(Some(more)) = reports.changes.next().now_or_never() {
             reports.apply(&more?);
