@@ -15,7 +15,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::json;
 use statiko_proto::v1::{
     DeployRequest, DeployResponse, DeployStrategy, Deployment, DeploymentState,
-    GetDeploymentRequest, ListNodesRequest,
+    GetDeploymentRequest,
 };
 use statiko_tests::cluster::{Cluster, assert_converged};
 use statiko_tests::fixtures::{self, site};
@@ -29,15 +29,9 @@ fn page(version: &str) -> String {
 
 /// Waits until every edge is listed and one of them leads (atomic deploys need a leader).
 async fn settled(cluster: &Cluster) -> Result<String> {
-    let api = cluster.control.admin().await?;
     let want = cluster.edges.len();
     wait_until(secs(30), async || {
-        let nodes = api
-            .cluster()
-            .list_nodes(ListNodesRequest {})
-            .await?
-            .into_inner()
-            .nodes;
+        let nodes = cluster.listed_nodes().await?;
         let leaders = cluster.leaders().await;
         anyhow::Ok((nodes.len() == want && leaders.len() == 1).then(|| leaders[0].clone()))
     })
