@@ -19,6 +19,7 @@ use super::files::{self, CleanPath, Coding, Precondition, Preconditions, RangeRe
 use super::limits::{ClientAddr, ClientLimits};
 use super::response::{self, NOSNIFF, ResponseBody};
 use super::site::{self, SiteHeaders};
+use super::skew;
 use crate::bundle::{Body, HeaderText, StagedBundle, StaticFile};
 use crate::metrics::{EdgeMetrics, SiteCounters};
 use crate::table::{Route, RoutingTable, SharedTable};
@@ -28,13 +29,14 @@ const BYTES: HeaderValue = HeaderValue::from_static("bytes");
 const VARY_ACCEPT_ENCODING: HeaderValue = HeaderValue::from_static("Accept-Encoding");
 const GZIP: HeaderValue = HeaderValue::from_static("gzip");
 const BROTLI: HeaderValue = HeaderValue::from_static("br");
-const SEC_FETCH_MODE: header::HeaderName = header::HeaderName::from_static("sec-fetch-mode");
+pub(super) const SEC_FETCH_MODE: header::HeaderName =
+    header::HeaderName::from_static("sec-fetch-mode");
 /// What the single-page-app fallback serves.
 const SPA_INDEX: &str = "/index.html";
 /// The not-found page of `conventions.notFoundPage`.
 const NOT_FOUND_PAGE: &str = "/404.html";
 /// The manifest of a bundle without `_statiko.yaml`: no rules, no rewrites, no pages.
-static NO_MANIFEST: LazyLock<Manifest> = LazyLock::new(Manifest::default);
+pub(super) static NO_MANIFEST: LazyLock<Manifest> = LazyLock::new(Manifest::default);
 
 /// The listener a request arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +61,7 @@ pub struct Handler {
 }
 
 /// A response decided without I/O, or one whose body must first be opened from disk.
-enum Prepared {
+pub(super) enum Prepared {
     Ready(Response<ResponseBody>),
     Disk {
         response: Response<ResponseBody>,
@@ -221,7 +223,13 @@ impl Handler {
                 Some(Route::Alias { primary }) => self.to_https(primary, req, head),
                 Some(Route::Site(site)) => match &site.bundle {
                     None => Prepared::Ready(response::welcome_page(head)),
-                    Some(bundle) => serve_path(bundle, req, head),
+                    Some(bundle) => match serve_path(bundle, req, head) {
+                        // Skew protection looks at would-be 404s only.
+                        missing if !site.retired.is_empty() && skew::is_not_found(&missing) => {
+                            skew::serve_retired(site, bundle, req, head).unwrap_or(missing)
+                        }
+                        prepared => prepared,
+                    },
                 },
             },
         }
@@ -482,7 +490,7 @@ fn serve_with_manifest<B>(
 /// A file (at `file_path`) with the site's headers and its rule's options. A rule or a
 /// `_headers` block that sets `Content-Encoding` says the file is stored encoded, so no
 /// compressed variant of ours is picked.
-fn serve_with_options(
+pub(super) fn serve_with_options(
     file: &StaticFile,
     file_path: &str,
     options: Option<&RuleOptions>,
