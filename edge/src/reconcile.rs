@@ -193,6 +193,7 @@ impl Reconciler {
     /// Applies `desired`: stage, then swap certificates and table, then evict unused bundles.
     pub async fn apply(&mut self, desired: &Desired) -> Applied {
         let (affected, challenges_changed) = self.affected(desired);
+        let restored = self.restore_retained(desired).await;
 
         // Stage every bundle that differs from what the site serves now, a few at a time.
         let mut wanted: Vec<(String, AppRecord)> = Vec::new();
@@ -315,7 +316,7 @@ impl Reconciler {
             let state = self.publish_site(site, served, desired);
             self.sites.insert(domain.clone(), state);
         }
-        let mut retention_changed = false;
+        let mut retention_changed = restored;
         for old in released {
             if self.retain_replaced(&old, desired) {
                 retention_changed = true;

@@ -27,15 +27,20 @@ impl Reconciler {
         self
     }
 
-    /// After an apply changed what sites keep (`changed`), and at the first apply (which takes
-    /// back what the last run kept): the disk budget, the routes, the persisted copy.
-    pub(super) async fn settle_retained(&mut self, desired: &Desired, changed: bool) {
+    /// Takes back what the last run kept (`Releases::restore`), before this apply releases
+    /// anything, so that no eviction removes it first. Returns whether anything came back.
+    pub(super) async fn restore_retained(&mut self, desired: &Desired) -> bool {
         let restored = self.releases.restore(&self.stager, desired).await;
-        for (domain, digest) in &restored {
+        for (_, digest) in &restored {
             self.bundle_refs.add(digest);
-            self.refresh_retired(domain, desired);
         }
-        if !changed && restored.is_empty() {
+        !restored.is_empty()
+    }
+
+    /// After an apply changed what sites keep (`changed`): the disk budget, then the persisted
+    /// copy.
+    pub(super) async fn settle_retained(&mut self, desired: &Desired, changed: bool) {
+        if !changed {
             return;
         }
         for (domain, digest) in self.releases.enforce_budget() {

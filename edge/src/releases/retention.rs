@@ -5,9 +5,10 @@
 //!   its site, is dropped first. Live bundles are not retained entries, so they are neither
 //!   counted nor ever dropped here.
 //! - **Restart**: what is retained is written to `applied/retained.json` (write, fsync, rename)
-//!   whenever it changes; the first apply of the next run takes back, for each site that still
-//!   exists, the bundles still durable on disk (`Stager::staged_on_disk`, never a download)
-//!   that are not live, within the limits. Anything else in the file is forgotten.
+//!   whenever it changes; the next run takes back, at the start of its applies (before anything
+//!   is evicted) and until the first state read from the store, for each site that exists, the
+//!   bundles still durable on disk (`Stager::staged_on_disk`, never a download) that are not
+//!   live, within the limits. Anything else in the file is forgotten.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -65,19 +66,28 @@ impl Releases {
         data_dir.join("applied").join("retained.json")
     }
 
-    /// Takes back, once, what an earlier run retained: for every site of `desired`, the bundles
-    /// still on disk that it does not serve now, newest first, within the per-site limit.
-    /// Returns the sites and digests taken back (the caller takes one reference to each).
+    /// Takes back what an earlier run retained: for every site of `desired`, the bundles still
+    /// on disk that it does not serve now, newest first, within the per-site limit. Sites a
+    /// persisted state (`desired` not yet read from the store) lacks wait for the next state;
+    /// the first state read from the store ends it. Returns the sites and digests taken back
+    /// (the caller takes one reference to each, before anything can be evicted).
     pub(crate) async fn restore(
         &mut self,
         stager: &Stager,
         desired: &Desired,
     ) -> Vec<(String, String)> {
-        let Some(persisted) = self.restore.take() else {
+        let Some(persisted) = self.restore.as_mut() else {
             return Vec::new();
         };
+        let present: Vec<(String, Vec<Entry>)> = persisted
+            .sites
+            .extract_if(|domain, _| desired.sites.contains_key(domain))
+            .collect();
+        if desired.synced() || persisted.sites.is_empty() {
+            self.restore = None;
+        }
         let mut restored = Vec::new();
-        for (domain, entries) in persisted.sites {
+        for (domain, entries) in present {
             let Some(site) = desired.sites.get(&domain) else {
                 continue;
             };
