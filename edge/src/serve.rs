@@ -1,8 +1,7 @@
 //! The edge's HTTP and HTTPS servers: the accept loops (`accept`), per-client and per-site
 //! limits (`limits`), the PROXY protocol (`proxy`), the SNI certificate resolver and rustls
 //! configuration (`tls`), the request handler (`handler`), safe path resolution and HTTP
-//! semantics as pure functions (`files`), response bodies and built-in pages (`response`), and
-//! skew protection's answers from retired deployments (`skew`).
+//! semantics as pure functions (`files`), and response bodies and built-in pages (`response`).
 //!
 //! Wiring, in `main`:
 //!
@@ -21,7 +20,6 @@ pub mod limits;
 pub mod proxy;
 pub mod response;
 mod site;
-pub mod skew;
 pub mod tls;
 
 pub use accept::{

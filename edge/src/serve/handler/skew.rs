@@ -14,20 +14,21 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, StatusCode};
 use statiko_common::model::now_ms;
 
-use super::files::{self, CleanPath, Resolved};
-use super::handler::{NO_MANIFEST, Prepared, SEC_FETCH_MODE, serve_with_options};
-use super::site::{self, SiteHeaders};
+use super::Answer;
+use super::rules::{NO_MANIFEST, SEC_FETCH_MODE, serve_with_options};
 use crate::bundle::StagedBundle;
+use crate::serve::files::{self, CleanPath, Resolved};
+use crate::serve::site::{self, SiteHeaders};
 use crate::table::SiteRoute;
 
 /// Names the deployment that served an answer, when it is not the live one.
-pub const DEPLOYMENT_HEADER: HeaderName = HeaderName::from_static("statiko-deployment");
+const DEPLOYMENT_HEADER: HeaderName = HeaderName::from_static("statiko-deployment");
 
-/// Whether `prepared` is a 404 that skew protection may replace (checked first, so a hit
+/// Whether `answer` is a 404 that skew protection may replace (checked first, so a hit
 /// costs one comparison).
-pub(super) fn is_not_found(prepared: &Prepared) -> bool {
-    let response = match prepared {
-        Prepared::Ready(response) | Prepared::Disk { response, .. } => response,
+pub(super) fn is_not_found(answer: &Answer) -> bool {
+    let response = match answer {
+        Answer::Ready(response) | Answer::Disk { response, .. } => response,
     };
     response.status() == StatusCode::NOT_FOUND
 }
@@ -39,7 +40,7 @@ pub(super) fn serve_retired<B>(
     live: &StagedBundle,
     req: &Request<B>,
     head: bool,
-) -> Option<Prepared> {
+) -> Option<Answer> {
     let path = files::clean_path(req.uri().path()).ok()?;
     let rule_path = path.with_slash();
     let headers = req.headers();
@@ -70,16 +71,16 @@ pub(super) fn serve_retired<B>(
                 return None;
             }
             let site_headers = SiteHeaders::new(&bundle.rules, &rule_path);
-            let mut prepared =
+            let mut answer =
                 serve_with_options(file, &path.key, options, &site_headers, headers, head);
-            match &mut prepared {
-                Prepared::Ready(response) | Prepared::Disk { response, .. } => {
+            match &mut answer {
+                Answer::Ready(response) | Answer::Disk { response, .. } => {
                     response
                         .headers_mut()
                         .insert(DEPLOYMENT_HEADER, retired.deployment.clone());
                 }
             }
-            Some(prepared)
+            Some(answer)
         })
 }
 
