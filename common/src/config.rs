@@ -360,6 +360,9 @@ pub struct EdgeConfig {
     /// Bundles of the last live deployments kept staged per site (the live one included), so
     /// a rollback to one of them needs no download.
     pub retain_deployments: u32,
+    /// Most bytes the retained (not live) bundles may take on disk, over every site; the
+    /// oldest retired goes first. Live bundles never count.
+    pub bundle_disk_budget: u64,
 }
 
 impl Default for EdgeConfig {
@@ -374,6 +377,7 @@ impl Default for EdgeConfig {
             limits: EdgeLimitsConfig::default(),
             proxy_protocol: ProxyProtocolConfig::default(),
             retain_deployments: 3,
+            bundle_disk_budget: 10 << 30,
         }
     }
 }

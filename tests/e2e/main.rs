@@ -24,6 +24,7 @@ mod hardening;
 mod harness_smoke;
 mod observability;
 mod releases;
+mod releases_skew;
 mod safe_defaults;
 mod sdk_python;
 mod state_import_large;
