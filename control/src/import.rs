@@ -102,7 +102,7 @@ pub(crate) async fn replace_desired_state(
         .txn(compares, vec![TxnOp::put(marker_key.clone(), marker)])
         .await?;
     if !begun.succeeded {
-        return Err(ControlError::Aborted(
+        return Err(ControlError::Conflict(
             "the state changed while the import was being prepared; retry".into(),
         ));
     }
@@ -148,7 +148,7 @@ pub(crate) async fn replace_desired_state(
 }
 
 fn replaced() -> ControlError {
-    ControlError::Aborted(
+    ControlError::Conflict(
         "another state import took over while this one was being written; the state is that import's"
             .into(),
     )
@@ -206,18 +206,10 @@ async fn revert(
 }
 
 /// `err` with its message between `before: ` and `after`, keeping its kind (its gRPC code).
-fn context(err: ControlError, before: &str, after: &str) -> ControlError {
-    let wrap = |msg: String| format!("{before}: {msg}{after}");
-    match err {
-        ControlError::InvalidArgument(msg) => ControlError::InvalidArgument(wrap(msg)),
-        ControlError::NotFound(msg) => ControlError::NotFound(wrap(msg)),
-        ControlError::AlreadyExists(msg) => ControlError::AlreadyExists(wrap(msg)),
-        ControlError::FailedPrecondition(msg) => ControlError::FailedPrecondition(wrap(msg)),
-        ControlError::Aborted(msg) => ControlError::Aborted(wrap(msg)),
-        ControlError::DeadlineExceeded(msg) => ControlError::DeadlineExceeded(wrap(msg)),
-        ControlError::Unavailable(msg) => ControlError::Unavailable(wrap(msg)),
-        ControlError::Internal(err) => {
-            ControlError::Internal(err.context(format!("{before}{after}")))
-        }
+fn context(err: ControlError, before: &str, after: &'static str) -> ControlError {
+    ControlError::During {
+        before: before.to_owned(),
+        after,
+        source: Box::new(err),
     }
 }
