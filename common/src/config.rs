@@ -355,6 +355,9 @@ pub struct EdgeConfig {
     /// Redirect plain HTTP to HTTPS (except ACME challenges). Turn off when a TLS-terminating
     /// load balancer or CDN in front talks plain HTTP to the edge.
     pub redirect_http: bool,
+    /// Serve every site over HTTP/3 (QUIC) on the UDP port of `https`, advertised with
+    /// `Alt-Svc` on HTTPS responses.
+    pub http3: bool,
     pub limits: EdgeLimitsConfig,
     pub proxy_protocol: ProxyProtocolConfig,
     /// Bundles of the last live deployments kept staged per site (the live one included), so
@@ -374,6 +377,7 @@ impl Default for EdgeConfig {
             admin: SocketAddr::from(([127, 0, 0, 1], 2266)),
             lease_ttl: Duration::from_secs(10),
             redirect_http: true,
+            http3: true,
             limits: EdgeLimitsConfig::default(),
             proxy_protocol: ProxyProtocolConfig::default(),
             retain_deployments: 3,

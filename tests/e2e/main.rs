@@ -17,6 +17,7 @@ mod control_tokens;
 mod edge_certs;
 mod edge_cluster;
 mod edge_conventions;
+mod edge_http3;
 mod edge_manifest;
 mod edge_start;
 mod faults;

@@ -12,6 +12,7 @@
 //! - [`control`]: a `statiko-control` process with a generated config ([`Control`]).
 //! - [`client`]: tonic channels and the `statiko.v1` clients with a bearer token ([`Api`]).
 //! - [`cmd`]: one-shot runs of a binary such as `stk` ([`run_stk`]).
+//! - [`h3`]: an independent HTTP/3 client (aioquic, `tests/h3_client.py`) ([`h3::h3_fetch`]).
 //! - [`moto`]: an S3-compatible server from PyPI `moto[server]` ([`Moto`]).
 //! - [`pebble`]: the ACME test server with a mock DNS ([`Pebble`]).
 //! - [`net`]: free ports and a tiny HTTP(S)/1.1 client for probing servers.
@@ -29,6 +30,7 @@ pub mod control;
 pub mod edge;
 pub mod etcd;
 pub mod fixtures;
+pub mod h3;
 pub mod moto;
 pub mod net;
 pub mod pebble;
