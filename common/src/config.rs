@@ -366,6 +366,9 @@ pub struct EdgeConfig {
     /// Most bytes the retained (not live) bundles may take on disk, over every site; the
     /// oldest retired goes first. Live bundles never count.
     pub bundle_disk_budget: u64,
+    /// Runtime worker threads serving requests and running the edge's tasks; 0 (the default)
+    /// starts one per CPU core.
+    pub worker_threads: u32,
 }
 
 impl Default for EdgeConfig {
@@ -382,6 +385,7 @@ impl Default for EdgeConfig {
             proxy_protocol: ProxyProtocolConfig::default(),
             retain_deployments: 3,
             bundle_disk_budget: 10 << 30,
+            worker_threads: 0,
         }
     }
 }

@@ -14,8 +14,9 @@ const BINARY: Binary = Binary {
 };
 
 fn main() -> ExitCode {
-    process::main(
+    process::main_with_workers(
         BINARY,
+        |config| config.edge.worker_threads as usize,
         |_| Ok(()),
         |config, ready_file| async move {
             let shutdown = statiko_common::shutdown::spawn_signal_handler();

@@ -21,6 +21,7 @@ mod edge_http3;
 mod edge_manifest;
 mod edge_start;
 mod faults;
+mod fleet;
 mod hardening;
 mod harness_smoke;
 mod observability;
