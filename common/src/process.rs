@@ -64,9 +64,24 @@ pub struct CommonArgs {
 /// (`check` adds the binary's own checks and runs for `--check-config` too), then starts
 /// telemetry and a multi-threaded runtime and runs `serve` with the config and the
 /// `--ready-file` path to completion. Returns the process exit code.
-#[expect(clippy::print_stdout, clippy::print_stderr)]
 pub fn main<F, Fut>(
     binary: Binary,
+    check: impl FnOnce(&NodeConfig) -> anyhow::Result<()>,
+    serve: F,
+) -> ExitCode
+where
+    F: FnOnce(NodeConfig, Option<PathBuf>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    main_with_workers(binary, |_| 0, check, serve)
+}
+
+/// [`main`] with the number of runtime worker threads taken from the config (`0`: one per
+/// CPU core, tokio's default), e.g. `edge.workerThreads`.
+#[expect(clippy::print_stdout, clippy::print_stderr)]
+pub fn main_with_workers<F, Fut>(
+    binary: Binary,
+    workers: impl FnOnce(&NodeConfig) -> usize,
     check: impl FnOnce(&NodeConfig) -> anyhow::Result<()>,
     serve: F,
 ) -> ExitCode
@@ -100,10 +115,14 @@ where
     };
     // One process-wide rustls provider (aws-lc-rs); a second install attempt is harmless.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    match workers(&config) {
+        0 => {}
+        n => {
+            builder.worker_threads(n);
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: start the runtime: {err}");
