@@ -476,7 +476,7 @@ pub struct NodeCertificateStatus {
     pub not_after: i64,
 }
 
-/// `{root}/v1/nodes/{node}`, attached to the node's lease.
+/// `{root}/status/v1/nodes/{node}`, attached to the node's lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatusRecord {

@@ -35,20 +35,11 @@ pub(super) fn serve_path<B>(bundle: &StagedBundle, req: &Request<B>, head: bool)
         return ready_error(StatusCode::BAD_REQUEST, head);
     };
     let manifest = bundle.manifest.as_deref().unwrap_or(&NO_MANIFEST);
-    let Some(redirects) = &bundle.rules.redirects else {
-        return serve_with_manifest(
-            bundle,
-            manifest,
-            &request,
-            request.clone(),
-            false,
-            req,
-            head,
-        );
-    };
     let pretty_urls = bundle.rules.conventions.pretty_urls;
-    let found = redirects.find(&request.key, req.uri().query(), |path| {
-        files::clean_decoded(path).is_ok_and(|path| site::exists(bundle, &path, pretty_urls))
+    let found = bundle.rules.redirects.as_ref().and_then(|redirects| {
+        redirects.find(&request.key, req.uri().query(), |path| {
+            files::clean_decoded(path).is_ok_and(|path| site::exists(bundle, &path, pretty_urls))
+        })
     });
     match found.map(|(_, outcome)| outcome) {
         None => serve_with_manifest(
