@@ -164,11 +164,6 @@ impl Edge {
         self.dir.path()
     }
 
-    /// The process id of the running edge (benchmarks read its memory from `/proc`).
-    pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().and_then(ChildProcess::id)
-    }
-
     /// Peak resident set size of the running process, in KiB.
     pub fn peak_rss_kib(&self) -> Result<u64> {
         self.process
