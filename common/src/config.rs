@@ -363,6 +363,12 @@ pub struct EdgeConfig {
     /// Bundles of the last live deployments kept staged per site (the live one included), so
     /// a rollback to one of them needs no download.
     pub retain_deployments: u32,
+    /// Most bytes the retained (not live) bundles may take on disk, over every site; the
+    /// oldest retired goes first. Live bundles never count.
+    pub bundle_disk_budget: u64,
+    /// Runtime worker threads serving requests and running the edge's tasks; 0 (the default)
+    /// starts one per CPU core.
+    pub worker_threads: u32,
 }
 
 impl Default for EdgeConfig {
@@ -378,6 +384,8 @@ impl Default for EdgeConfig {
             limits: EdgeLimitsConfig::default(),
             proxy_protocol: ProxyProtocolConfig::default(),
             retain_deployments: 3,
+            bundle_disk_budget: 10 << 30,
+            worker_threads: 0,
         }
     }
 }

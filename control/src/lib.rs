@@ -70,7 +70,7 @@ pub async fn run(
     let local = listener.local_addr().context("listener address")?;
     let identity = tls::identity(&config, local)?;
     let tokens = auth::StoredTokens::watch(store.clone(), keys.clone(), shutdown.clone());
-    let state = state::DesiredState::new(store, keys);
+    let state = state::StateStore::new(store, keys);
     let auth = AuthLayer::with_stored(&config.auth.tokens, tokens.clone(), Some(state.clone()));
     let api = Api::new(api::Context {
         state,

@@ -121,7 +121,11 @@ pub async fn run(
     let metrics = Arc::new(EdgeMetrics::default());
     let mut reconciler = Reconciler::new(stager, table.clone(), certs.clone(), secrets)
         .with_notifier(notifier)
-        .with_retained_deployments(config.edge.retain_deployments)
+        .with_retention(
+            config.edge.retain_deployments,
+            config.edge.bundle_disk_budget,
+            Some(&data_dir),
+        )
         .with_metrics(metrics.clone());
 
     let info = NodeInfo {

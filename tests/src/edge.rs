@@ -149,6 +149,11 @@ impl Edge {
         &self.options.name
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(ChildProcess::id)
+    }
+
     /// Listening addresses (they change on restart).
     pub fn addrs(&self) -> EdgeAddrs {
         self.addrs

@@ -18,6 +18,8 @@
 //! - [`net`]: free ports and a tiny HTTP(S)/1.1 client for probing servers.
 //! - [`proxy`]: a loopback TCP proxy that can be cut and healed ([`TcpProxy`]), for partitions.
 //! - [`cluster`]: etcd + control + N edges behind proxies, and [`cluster::assert_converged`].
+//! - [`fleet`]: etcd + control + N small edges started in parallel ([`Fleet`]), and a cheap
+//!   keep-alive probe of what an edge serves ([`fleet::Prober`]).
 //!
 //! Every test calls [`init`] first.
 
@@ -31,6 +33,7 @@ pub mod edge;
 pub mod etcd;
 pub mod fixtures;
 pub mod h3;
+pub mod fleet;
 pub mod moto;
 pub mod net;
 pub mod pebble;
@@ -50,6 +53,7 @@ pub use crate::control::{
 };
 pub use crate::edge::{Edge, EdgeAddrs, EdgeOptions};
 pub use crate::etcd::{Etcd, EtcdTls};
+pub use crate::fleet::{Fleet, Prober};
 pub use crate::moto::Moto;
 pub use crate::net::{
     HttpResponse, TlsTarget, free_port, http_get, http_request, https_get_unverified,
