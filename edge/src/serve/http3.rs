@@ -349,9 +349,12 @@ async fn serve_connection(conn: quinn::Connection, client: SocketAddr, shared: &
         };
         let since = now_ms().saturating_sub(in_flight.last_ms.load(Ordering::Relaxed));
         let wait = allowed.saturating_sub(Duration::from_millis(since));
-        let idle_wait = async {
-            if in_flight.count.load(Ordering::Relaxed) > 0 {
-                in_flight.idle.notified().await;
+        // Registered before the count is read, so a request ending in between still wakes it.
+        let ended = in_flight.idle.notified();
+        let busy = in_flight.count.load(Ordering::Relaxed) > 0;
+        let idle_wait = async move {
+            if busy {
+                ended.await;
             } else {
                 tokio::time::sleep(wait).await;
             }
@@ -382,8 +385,9 @@ async fn serve_connection(conn: quinn::Connection, client: SocketAddr, shared: &
                     let stats = opts.stats.clone();
                     let timeout = opts.header_read_timeout;
                     requests.spawn(async move {
-                        request(resolver, handler, client, timeout).await;
-                        stats.requests.inc();
+                        if request(resolver, handler, client, timeout).await {
+                            stats.requests.inc();
+                        }
                         drop(guard);
                     });
                 }
@@ -410,23 +414,24 @@ async fn serve_connection(conn: quinn::Connection, client: SocketAddr, shared: &
 }
 
 /// One request: its header block within `header_timeout`, the handler's answer, and the body
-/// copied onto the stream frame by frame (a large file is read as the stream takes it).
+/// copied onto the stream frame by frame (a large file is read as the stream takes it). True
+/// when the handler answered it.
 async fn request(
     resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
     handler: Handler,
     client: SocketAddr,
     header_timeout: Duration,
-) {
+) -> bool {
     let (mut req, mut stream) =
         match tokio::time::timeout(header_timeout, resolver.resolve_request()).await {
             Ok(Ok(resolved)) => resolved,
             Ok(Err(err)) => {
                 tracing::debug!(%client, error = %err, "http3 request head refused");
-                return;
+                return false;
             }
             Err(_) => {
                 tracing::debug!(%client, "http3 request head timed out");
-                return;
+                return false;
             }
         };
     req.extensions_mut().insert(ClientAddr(client));
@@ -437,11 +442,42 @@ async fn request(
         .await
     {
         tracing::debug!(%client, error = %err, "http3 response head not sent");
-        return;
+        return true;
     }
     if let Err(err) = send_body(&mut body, &mut stream).await {
         tracing::debug!(%client, error = %err, "http3 response body not sent");
         stream.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alt_svc_names_the_port() {
+        assert_eq!(alt_svc(8443), "h3=\":8443\"; ma=86400");
+    }
+
+    #[test]
+    fn quic_tls_is_tls13_h3_without_early_data() {
+        let resolver = Arc::new(CertResolver::new().unwrap());
+        let config = quic_tls_config(resolver).unwrap();
+        assert_eq!(config.alpn_protocols, [b"h3".to_vec()]);
+        assert_eq!(config.max_early_data_size, 0);
+        assert!(config.ticketer.enabled());
+        assert!(QuicServerConfig::try_from(config).is_ok());
+    }
+
+    #[tokio::test]
+    async fn endpoint_binds_the_given_socket() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let address = socket.local_addr().unwrap();
+        let resolver = Arc::new(CertResolver::new().unwrap());
+        let endpoint = endpoint(socket, resolver, &ServerOptions::default()).unwrap();
+        assert_eq!(endpoint.local_addr().unwrap(), address);
     }
 }
 
