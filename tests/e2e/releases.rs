@@ -259,7 +259,10 @@ async fn a_failed_stage_or_missed_deadline_switches_no_edge() -> Result<()> {
     assert!(!cli.status.success(), "{}", cli.stdout_text());
     let stderr = cli.stderr_text();
     assert!(stderr.contains("failed on edge(s) edge-1"), "{stderr}");
-    assert!(stderr.contains("staging: staged"), "{stderr}");
+    // A per-edge progress line (`<state>: staged n/3 (...)`). It may already say `failed`: the
+    // leader follows the node records by watch, so edge-1's error can fail the deployment
+    // before the first `staging` line is printed.
+    assert!(stderr.contains(": staged "), "{stderr}");
     all_serve(&cluster.edge_refs(), "fail.test", "1").await?;
     std::fs::remove_file(&planted)?;
 
