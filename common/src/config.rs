@@ -184,6 +184,7 @@ pub struct ControlConfig {
     /// `<dataDir>/uploads` while they are checked.
     pub data_dir: PathBuf,
     pub limits: ControlLimitsConfig,
+    pub console: ConsoleConfig,
 }
 
 impl Default for ControlConfig {
@@ -194,7 +195,37 @@ impl Default for ControlConfig {
             metrics: "127.0.0.1:2267".into(),
             data_dir: PathBuf::from("/var/lib/statiko/control"),
             limits: ControlLimitsConfig::default(),
+            console: ConsoleConfig::default(),
         }
+    }
+}
+
+/// `control.console`: the web console, over HTTPS with control's certificate (`control.tls`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Listen address (host:port); empty turns the console off.
+    pub listen: String,
+    /// Seconds a sign-in lasts; the session ends then whatever the activity.
+    pub session_lifetime: u64,
+}
+
+/// Bounds of `control.console.sessionLifetime`, in seconds (1 s to 30 days).
+pub const CONSOLE_SESSION_LIFETIME_RANGE: std::ops::RangeInclusive<u64> = 1..=30 * 24 * 3600;
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            session_lifetime: 12 * 3600,
+        }
+    }
+}
+
+impl ConsoleConfig {
+    /// `sessionLifetime` as a duration.
+    pub fn session_lifetime(&self) -> Duration {
+        Duration::from_secs(self.session_lifetime)
     }
 }
 

@@ -29,15 +29,26 @@ fn main() -> ExitCode {
                 &[
                     ("control.listen", &config.control.listen),
                     ("control.metrics", &config.control.metrics),
+                    ("control.console.listen", &config.control.console.listen),
                 ],
                 true,
             )?;
             let listener = process::bind("control.listen", &config.control.listen).await?;
             let local = listener.local_addr().context("listener address")?;
+            // Bound before the ready file is written, so it can name the console's port too.
+            let console = if config.control.console.listen.is_empty() {
+                None
+            } else {
+                Some(process::bind("control.console.listen", &config.control.console.listen).await?)
+            };
             if let Some(path) = &ready_file {
-                ReadyFile::default().with("grpc", local).write(path)?;
+                let mut ready = ReadyFile::default().with("grpc", local);
+                if let Some(console) = &console {
+                    ready = ready.with("console", console.local_addr().context("console address")?);
+                }
+                ready.write(path)?;
             }
-            statiko_control::run(config, prepared, listener, shutdown).await
+            statiko_control::run(config, prepared, listener, console, shutdown).await
         },
     )
 }
