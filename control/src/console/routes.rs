@@ -289,13 +289,13 @@ fn same_origin(parts: &http::request::Parts) -> bool {
         .headers
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok());
-    let cross_site = matches!(fetch_site, Some(site) if site != "same-origin" && site != "none")
-        || match (origin, host) {
-            (Some(origin), Some(host)) => origin != format!("https://{host}"),
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-    !cross_site
+    // Browsers that send `Sec-Fetch-Site` say it directly; for the others, `Origin` (absent
+    // from non-browser clients, which carry no ambient cookie to abuse) must be this console.
+    match (fetch_site, origin) {
+        (Some(site), _) => site == "same-origin" || site == "none",
+        (None, None) => true,
+        (None, Some(origin)) => host.is_some_and(|host| origin == format!("https://{host}")),
+    }
 }
 
 fn cross_site() -> Answer {
@@ -490,7 +490,9 @@ fn secure_headers(headers: &mut http::HeaderMap) {
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        // Not `no-referrer`: that makes browsers send `Origin: null` on form posts, which the
+        // same-origin check would refuse.
+        HeaderValue::from_static("same-origin"),
     );
     headers
         .entry(header::CACHE_CONTROL)
@@ -537,6 +539,11 @@ mod tests {
         assert!(!same_origin(&parts(&[("origin", "http://127.0.0.1:2268")])));
         assert!(!same_origin(&parts(&[("sec-fetch-site", "cross-site")])));
         assert!(!same_origin(&parts(&[("sec-fetch-site", "same-site")])));
+        assert!(!same_origin(&parts(&[("origin", "null")])));
+        assert!(same_origin(&parts(&[
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "https://127.0.0.1:2268")
+        ])));
         assert_eq!(cross_site().status(), StatusCode::FORBIDDEN);
     }
 
