@@ -49,7 +49,7 @@ pub(crate) async fn serve(
     let (api, auth, metrics) = stack;
     let console = Arc::new(Console {
         grpc: grpc::InProcess::new(api, auth, metrics),
-        sessions: session::Sessions::new(config.session_lifetime()),
+        sessions: session::Sessions::new(config.session_lifetime),
     });
     listen::serve(listener, listen::tls_config(tls), console, limits, shutdown).await;
 }

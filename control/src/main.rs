@@ -21,25 +21,24 @@ fn main() -> ExitCode {
     process::main(
         cli.common,
         "control plane",
-        statiko_control::prepare,
-        |config, prepared| async move {
+        statiko_control::check_config,
+        |config| async move {
             let shutdown = statiko_common::shutdown::spawn_signal_handler();
             statiko_common::demo::check_at_start(
                 &config,
                 &[
-                    ("control.listen", &config.control.listen),
-                    ("control.metrics", &config.control.metrics),
-                    ("control.console.listen", &config.control.console.listen),
+                    ("control.listen", Some(config.control.listen)),
+                    ("control.metrics", config.control.metrics),
+                    ("control.console.listen", config.control.console.listen),
                 ],
                 true,
             )?;
-            let listener = process::bind("control.listen", &config.control.listen).await?;
+            let listener = process::bind("control.listen", config.control.listen).await?;
             let local = listener.local_addr().context("listener address")?;
             // Bound before the ready file is written, so it can name the console's port too.
-            let console = if config.control.console.listen.is_empty() {
-                None
-            } else {
-                Some(process::bind("control.console.listen", &config.control.console.listen).await?)
+            let console = match config.control.console.listen {
+                None => None,
+                Some(addr) => Some(process::bind("control.console.listen", addr).await?),
             };
             if let Some(path) = &ready_file {
                 let mut ready = ReadyFile::default().with("grpc", local);
@@ -48,7 +47,7 @@ fn main() -> ExitCode {
                 }
                 ready.write(path)?;
             }
-            statiko_control::run(config, prepared, listener, console, shutdown).await
+            statiko_control::run(config, listener, console, shutdown).await
         },
     )
 }

@@ -47,10 +47,10 @@ pub(crate) async fn serve(
         64,
     );
     let policy = IdlePolicy {
-        idle: limits.idle_timeout(),
-        first_request: HEADER_READ_TIMEOUT.min(limits.idle_timeout()),
+        idle: limits.idle_timeout,
+        first_request: HEADER_READ_TIMEOUT.min(limits.idle_timeout),
     };
-    let handshake_timeout = limits.tls_handshake_timeout();
+    let handshake_timeout = limits.tls_handshake_timeout;
     let acceptor = TlsAcceptor::from(tls);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
