@@ -12,8 +12,10 @@
 //! By file: `grpc.rs` (the in-process clients), `session.rs` (sessions, cookie, CSRF tokens),
 //! `listen.rs` (the hardened HTTPS listener), `routes.rs` (routing, forms, HTTP answers),
 //! `pages.rs` (what each page asks the API, and its template in `control/templates/console/`),
+//! `format.rs` (times and sizes for people),
 //! `static/` (the stylesheet and the few lines of refresh script).
 
+mod format;
 mod grpc;
 mod listen;
 mod pages;
