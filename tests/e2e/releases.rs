@@ -28,7 +28,7 @@ fn page(version: &str) -> String {
 }
 
 /// `domain` on `web@1` everywhere, with `web@2` and `web@3` uploaded.
-async fn serving_v1(cluster: &Cluster, domain: &str) -> Result<()> {
+pub(crate) async fn serving_v1(cluster: &Cluster, domain: &str) -> Result<()> {
     let api = cluster.control.admin().await?;
     api.sites().create_site(site(domain, &[])).await?;
     for version in ["1", "2", "3"] {
@@ -38,7 +38,7 @@ async fn serving_v1(cluster: &Cluster, domain: &str) -> Result<()> {
     all_serve(&cluster.edge_refs(), domain, "1").await
 }
 
-async fn all_serve(edges: &[&Edge], domain: &str, version: &str) -> Result<()> {
+pub(crate) async fn all_serve(edges: &[&Edge], domain: &str, version: &str) -> Result<()> {
     let agreed = assert_converged(edges, &[domain]).await?;
     ensure!(
         agreed.page(domain) == page(version),
@@ -65,7 +65,7 @@ async fn get_deployment(cluster: &Cluster, domain: &str, id: &str) -> Result<Dep
 }
 
 /// The digest of `web@version` as uploaded.
-async fn digest_of(cluster: &Cluster, version: &str) -> Result<String> {
+pub(crate) async fn digest_of(cluster: &Cluster, version: &str) -> Result<String> {
     let apps = cluster
         .control
         .admin()
@@ -82,7 +82,7 @@ async fn digest_of(cluster: &Cluster, version: &str) -> Result<String> {
 }
 
 /// Deploys `web@version` to `domain` with the atomic strategy (what `stk deploy` asks for).
-async fn deploy_atomic(
+pub(crate) async fn deploy_atomic(
     cluster: &Cluster,
     domain: &str,
     version: &str,
