@@ -3,6 +3,7 @@
 
 mod archive_bombs;
 mod config_examples;
+mod console;
 mod control_apps;
 mod control_auth;
 mod control_certs;

@@ -20,7 +20,7 @@ use statiko_tests::fixtures::{self, Upload, assert_status};
 use statiko_tests::{Edge, OutputExt, https_get_unverified, require_tool, secs, wait_until};
 use tonic::Code;
 
-use crate::releases::{all_serve, deploy_atomic, digest_of, serving_v1, settled};
+use crate::releases::{all_serve, deploy_atomic, digest_of, serving_v1};
 
 const SITE: &str = "skew.test";
 const HEADER: &str = "statiko-deployment";
@@ -146,7 +146,7 @@ async fn skew_protection_serves_old_assets_within_the_window() -> Result<()> {
         options.config(json!({"edge": {"retainDeployments": 2}}))
     })
     .await?;
-    settled(&cluster).await?;
+    cluster.settled().await?;
     let api = cluster.control.admin().await?;
     let created = api
         .sites()
@@ -331,7 +331,7 @@ async fn restarted_edges_keep_retained_bundles_for_rollback() -> Result<()> {
         return Ok(());
     }
     let mut cluster = Cluster::start(3).await?;
-    let leader = settled(&cluster).await?;
+    let leader = cluster.settled().await?;
     serving_v1(&cluster, "restart.test").await?;
     deploy_atomic(&cluster, "restart.test", "2", true).await?;
     all_serve(&cluster.edge_refs(), "restart.test", "2").await?;
@@ -344,7 +344,7 @@ async fn restarted_edges_keep_retained_bundles_for_rollback() -> Result<()> {
     cluster.edges[followers[0]].restart().await?;
     cluster.edges[followers[1]].terminate().await?;
     cluster.edges[followers[1]].restart().await?;
-    settled(&cluster).await?;
+    cluster.settled().await?;
     all_serve(&cluster.edge_refs(), "restart.test", "2").await?;
 
     // An eviction pass on every edge (a bundle loses its last user) removes every staged bundle
@@ -417,7 +417,7 @@ async fn the_disk_budget_bounds_retained_bundles() -> Result<()> {
         options.config(json!({"edge": {"retainDeployments": 3, "bundleDiskBudget": one}}))
     })
     .await?;
-    settled(&cluster).await?;
+    cluster.settled().await?;
     let api = cluster.control.admin().await?;
     api.sites().create_site(fixtures::site(SITE, &[])).await?;
     for version in ["1", "2", "3"] {

@@ -43,13 +43,25 @@ impl Cluster {
     /// Like [`Cluster::start`], with a hook to adjust each edge's options.
     pub async fn start_with(
         edges: usize,
+        edge_options: impl FnMut(EdgeOptions) -> EdgeOptions,
+    ) -> Result<Self> {
+        Self::start_with_control(edges, |options| options, edge_options).await
+    }
+
+    /// Like [`Cluster::start_with`], with a hook to adjust the control's options too (its store
+    /// is set to the cluster's etcd before the hook runs).
+    pub async fn start_with_control(
+        edges: usize,
+        control_options: impl FnOnce(ControlOptions) -> ControlOptions,
         mut edge_options: impl FnMut(EdgeOptions) -> EdgeOptions,
     ) -> Result<Self> {
         crate::init();
         let etcd = Etcd::start().await?;
-        let control = Control::start(ControlOptions::default().store(StateStore::etcd(&etcd)))
-            .await
-            .context("start control")?;
+        let control = Control::start(control_options(
+            ControlOptions::default().store(StateStore::etcd(&etcd)),
+        ))
+        .await
+        .context("start control")?;
         let mut cluster = Self {
             edges: Vec::new(),
             proxies: Vec::new(),
@@ -144,6 +156,25 @@ impl Cluster {
             }
         }
         leaders
+    }
+
+    /// Waits (up to 30 s) until control lists every edge and exactly one of them leads (what an
+    /// atomic deploy or a rollback needs); returns the leader's name.
+    pub async fn settled(&self) -> Result<String> {
+        let api = self.control.admin().await?;
+        let want = self.edges.len();
+        wait_until(secs(30), async || {
+            let nodes = api
+                .cluster()
+                .list_nodes(statiko_proto::v1::ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes;
+            let leaders = self.leaders().await;
+            anyhow::Ok((nodes.len() == want && leaders.len() == 1).then(|| leaders[0].clone()))
+        })
+        .await
+        .with_context(|| self.logs())
     }
 
     /// The tails of every process log, for a failure message.

@@ -62,6 +62,20 @@ impl Config {
             }
         }
 
+        let console = &self.control.console;
+        if console.listen.is_some() && !tls.enabled {
+            return bad(
+                "control.console.listen",
+                "needs control.tls.enabled: the console is HTTPS only (its session cookie is Secure)",
+            );
+        }
+        if !CONSOLE_SESSION_LIFETIME_RANGE.contains(&console.session_lifetime) {
+            return bad(
+                "control.console.sessionLifetime",
+                "must be between 1 and 2592000 seconds (30 days)",
+            );
+        }
+
         // auth
         let mut names = std::collections::HashSet::new();
         for (i, token) in self.auth.tokens.iter().enumerate() {
