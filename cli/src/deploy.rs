@@ -1,4 +1,5 @@
-//! `stk deploy`: deploy an app version to a site, list a site's deployments, roll back.
+//! `stk deploy`: deploy an app version to a site, list a site's deployments, roll back (previews
+//! and their promotion: `preview.rs`).
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
@@ -18,6 +19,19 @@ pub(crate) async fn run(api: &Api, printer: Printer, args: DeployArgs) -> anyhow
         Some(DeployCommand::History { domain }) => history(api, printer, domain).await,
         Some(DeployCommand::Rollback { domain, to, wait }) => {
             rollback(api, printer, domain, to, wait).await
+        }
+        Some(DeployCommand::Promote { id, site, wait }) => {
+            crate::preview::promote(api, printer, id, site, wait).await
+        }
+        None if args.preview => {
+            let domain = args.domain.context("SITE is required")?;
+            let app = args.app.context("NAME@VERSION is required")?;
+            let options = crate::preview::Options {
+                ttl: args.ttl,
+                password_stdin: args.password_stdin,
+                wait: args.wait,
+            };
+            crate::preview::deploy(api, printer, domain, app.name, app.version, options).await
         }
         None => {
             let domain = args.domain.context("SITE is required")?;
@@ -116,7 +130,7 @@ async fn deploy(
 
 /// With `--wait`, follows the deployment a deploy or rollback started until every live edge
 /// serves it (or it fails), and puts its final state and the edges serving it in the response.
-async fn follow(
+pub(crate) async fn follow(
     api: &Api,
     domain: &str,
     wait: &WaitArgs,
@@ -198,7 +212,7 @@ async fn rollback(
     )
 }
 
-fn served_by(nodes: &[String]) -> String {
+pub(crate) fn served_by(nodes: &[String]) -> String {
     format!(
         "served by {} edge(s): {}\n",
         nodes.len(),

@@ -96,6 +96,7 @@ pub async fn run(
         codesign_required: config.codesign.required,
         limits: config.limits.clone(),
         deploy: config.deploy.clone(),
+        previews: config.previews.clone(),
         upload_dir: config.control.data_dir.join("uploads"),
     });
     let metrics = std::sync::Arc::new(metrics::ControlMetrics::default());

@@ -8,6 +8,9 @@
 //! referenced, so eviction spares it), up to `edge.retainDeployments - 1` per site, newest
 //! first. A rollback to one of them stages from memory at once: a pure flip, no download.
 //!
+//! Previews (`desired.previews`) are staged and held the same way, for as long as they exist,
+//! and reported under the same `staging` map; the reconciler serves each at its own host.
+//!
 //! An edge that was down during a cutover does nothing special when it comes back: the site
 //! record names the live app, so the ordinary apply stages it (keeping the persisted version
 //! served until then).
@@ -120,13 +123,14 @@ impl Releases {
             .unwrap_or_default()
     }
 
-    /// Stages the deployments new in `desired.staging` and forgets those that left it.
+    /// Stages the deployments new in `desired.staging` or `desired.previews` and forgets those
+    /// that left both.
     pub(crate) async fn apply(&mut self, desired: &Desired, stager: &Stager) -> HeldChange {
         let mut change = HeldChange::default();
         let gone: Vec<String> = self
             .held
             .keys()
-            .filter(|id| !desired.staging.contains_key(*id))
+            .filter(|id| !desired.staging.contains_key(*id) && !desired.previews.contains_key(*id))
             .cloned()
             .collect();
         for id in gone {
@@ -139,7 +143,7 @@ impl Releases {
             self.reports.remove(&id);
         }
         let mut jobs = Vec::new();
-        for (id, d) in &desired.staging {
+        for (id, d) in desired.staging.iter().chain(desired.previews.iter()) {
             if !self.held.contains_key(id) {
                 jobs.push(async move { (id.clone(), stage(desired, stager, d).await) });
             }
@@ -172,6 +176,11 @@ impl Releases {
             self.reports.insert(id, report);
         }
         change
+    }
+
+    /// The bundle held for deployment `id` (a preview), if it staged.
+    pub(crate) fn held_bundle(&self, id: &str) -> Option<&Arc<StagedBundle>> {
+        self.held.get(id).and_then(|held| held.bundle.as_ref())
     }
 
     /// How staging went, for the node record.

@@ -1,6 +1,7 @@
 //! The edge's HTTP and HTTPS servers: the accept loops (`accept`), per-client and per-site
 //! limits (`limits`), the PROXY protocol (`proxy`), the SNI certificate resolver and rustls
-//! configuration (`tls`), the request handler (`handler`), safe path resolution and HTTP
+//! configuration (`tls`), the request handler (`handler`), preview hosts (`preview`: noindex,
+//! basic auth), safe path resolution and HTTP
 //! semantics as pure functions (`files`), and response bodies and built-in pages (`response`).
 //!
 //! Wiring, in `main`:
@@ -17,6 +18,7 @@ pub mod accept;
 pub mod files;
 pub mod handler;
 pub mod limits;
+pub mod preview;
 pub mod proxy;
 pub mod response;
 mod site;

@@ -23,6 +23,7 @@ mod faults;
 mod hardening;
 mod harness_smoke;
 mod observability;
+mod previews;
 mod releases;
 mod safe_defaults;
 mod sdk_python;

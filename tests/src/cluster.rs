@@ -42,13 +42,24 @@ impl Cluster {
     /// Like [`Cluster::start`], with a hook to adjust each edge's options.
     pub async fn start_with(
         edges: usize,
+        edge_options: impl FnMut(EdgeOptions) -> EdgeOptions,
+    ) -> Result<Self> {
+        Self::start_configured(edges, |options| options, edge_options).await
+    }
+
+    /// Like [`Cluster::start_with`], with a hook to adjust the control's options too.
+    pub async fn start_configured(
+        edges: usize,
+        control_options: impl FnOnce(ControlOptions) -> ControlOptions,
         mut edge_options: impl FnMut(EdgeOptions) -> EdgeOptions,
     ) -> Result<Self> {
         crate::init();
         let etcd = Etcd::start().await?;
-        let control = Control::start(ControlOptions::default().store(StateStore::etcd(&etcd)))
-            .await
-            .context("start control")?;
+        let control = Control::start(control_options(
+            ControlOptions::default().store(StateStore::etcd(&etcd)),
+        ))
+        .await
+        .context("start control")?;
         let mut cluster = Self {
             edges: Vec::new(),
             proxies: Vec::new(),

@@ -189,14 +189,25 @@ impl Api {
                 site.all_domains()
                     .map(|d| TxnOp::delete(state.keys.domain(d))),
             );
-            // The site's deployment history goes with it.
+            // The site's deployment history goes with it, previews included (and their index
+            // entries: guarded by "no deployment of the site changed since they were read").
+            let (history_revision, history) = state.list_deployments(&site.domain).await?;
             ops.push(TxnOp::DeletePrefix {
                 prefix: state.keys.deployments(&site.domain),
             });
-            let compares = vec![Compare::unchanged_since(
-                state.keys.site(&site.domain),
-                current.mod_revision,
-            )];
+            ops.extend(
+                history
+                    .iter()
+                    .filter(|d| d.record.preview.is_some())
+                    .map(|d| TxnOp::delete(state.keys.preview(&d.record.id))),
+            );
+            let compares = vec![
+                Compare::unchanged_since(state.keys.site(&site.domain), current.mod_revision),
+                Compare::prefix_unchanged_since(
+                    &state.keys.deployments(&site.domain),
+                    history_revision,
+                ),
+            ];
             let result = state.txn(compares, ops).await?;
             if result.succeeded {
                 tracing::info!(site = %site.domain, revision = result.revision, "site deleted");

@@ -17,6 +17,7 @@ use statiko_common::telemetry::ACCESS_LOG_TARGET;
 
 use super::files::{self, CleanPath, Coding, Precondition, Preconditions, RangeRequest, Resolved};
 use super::limits::{ClientAddr, ClientLimits};
+use super::preview;
 use super::response::{self, NOSNIFF, ResponseBody};
 use super::site::{self, SiteHeaders};
 use crate::bundle::{Body, HeaderText, StagedBundle, StaticFile};
@@ -58,8 +59,9 @@ pub struct Handler {
     limits: Option<Arc<ClientLimits>>,
 }
 
-/// A response decided without I/O, or one whose body must first be opened from disk.
-enum Prepared {
+/// A response decided without I/O, or one whose body must first be opened from disk, or
+/// credentials to check before a preview answers.
+pub(super) enum Prepared {
     Ready(Response<ResponseBody>),
     Disk {
         response: Response<ResponseBody>,
@@ -67,6 +69,20 @@ enum Prepared {
         start: u64,
         len: u64,
     },
+    CheckPassword {
+        check: Arc<preview::PasswordCheck>,
+        key: [u8; 32],
+        password: Vec<u8>,
+    },
+}
+
+impl Prepared {
+    pub(super) fn headers_mut(&mut self) -> Option<&mut HeaderMap> {
+        match self {
+            Self::Ready(response) | Self::Disk { response, .. } => Some(response.headers_mut()),
+            Self::CheckPassword { .. } => None,
+        }
+    }
 }
 
 impl Handler {
@@ -153,7 +169,19 @@ impl Handler {
         scheme: Scheme,
         site: &mut Option<Arc<SiteCounters>>,
     ) -> Response<ResponseBody> {
-        match self.prepare(req, scheme, site) {
+        let mut prepared = self.prepare(req, scheme, site);
+        if let Prepared::CheckPassword {
+            check,
+            key,
+            password,
+        } = prepared
+        {
+            // The verdict is cached now: the second look finds it.
+            check.check(key, password).await;
+            prepared = self.prepare(req, scheme, site);
+        }
+        match prepared {
+            Prepared::CheckPassword { .. } => preview::unauthorized(false),
             Prepared::Ready(response) => response,
             Prepared::Disk {
                 response,
@@ -195,6 +223,7 @@ impl Handler {
         *site = match route {
             Some(Route::Site(site)) => Some(site.counters.clone()),
             Some(Route::Alias { primary }) => Some(self.metrics.site(primary)),
+            Some(Route::Preview(preview)) => Some(preview.counters.clone()),
             None => None,
         };
         if scheme == Scheme::Http && req.uri().path().starts_with(ACME_CHALLENGE_PREFIX) {
@@ -203,6 +232,7 @@ impl Handler {
         let site_domain = match route {
             Some(Route::Site(site)) => Some(site.domain.as_str()),
             Some(Route::Alias { primary }) => Some(primary.as_str()),
+            Some(Route::Preview(preview)) => Some(preview.site.as_str()),
             None => None,
         };
         if let (Some(limits), Some(domain)) = (limits, site_domain)
@@ -214,6 +244,7 @@ impl Handler {
             Scheme::Http if self.redirect_http => match route {
                 Some(Route::Site(site)) => self.to_https(&site.domain, req, head),
                 Some(Route::Alias { primary }) => self.to_https(primary, req, head),
+                Some(Route::Preview(p)) => preview::marked(self.to_https(&p.host, req, head)),
                 None => ready_error(StatusCode::NOT_FOUND, head),
             },
             Scheme::Http | Scheme::Https => match route {
@@ -223,6 +254,7 @@ impl Handler {
                     None => Prepared::Ready(response::welcome_page(head)),
                     Some(bundle) => serve_path(bundle, req, head),
                 },
+                Some(Route::Preview(p)) => preview::marked(preview::serve(p, req, head)),
             },
         }
     }
@@ -295,14 +327,14 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
     (!host.is_empty()).then_some(host)
 }
 
-fn ready_error(status: StatusCode, head: bool) -> Prepared {
+pub(super) fn ready_error(status: StatusCode, head: bool) -> Prepared {
     Prepared::Ready(response::error_page(status, head))
 }
 
 /// Serving a bundle: `_redirects` first, on the path as requested (a redirect answers at once;
 /// a 200 rewrite replaces the path; a 404 or 410 rule serves its target with that status),
 /// then the manifest's pipeline (an empty manifest when the bundle has none) on the result.
-fn serve_path<B>(bundle: &StagedBundle, req: &Request<B>, head: bool) -> Prepared {
+pub(super) fn serve_path<B>(bundle: &StagedBundle, req: &Request<B>, head: bool) -> Prepared {
     let Ok(request) = files::clean_path(req.uri().path()) else {
         return ready_error(StatusCode::BAD_REQUEST, head);
     };
@@ -497,6 +529,7 @@ fn serve_with_options(
         Prepared::Ready(response) | Prepared::Disk { response, .. } => {
             site.apply(response, file, file_path);
         }
+        Prepared::CheckPassword { .. } => {}
     }
     apply_options(&mut prepared, options);
     prepared
@@ -510,6 +543,7 @@ fn apply_options(prepared: &mut Prepared, options: Option<&RuleOptions>) {
     };
     let response = match prepared {
         Prepared::Ready(response) | Prepared::Disk { response, .. } => response,
+        Prepared::CheckPassword { .. } => return,
     };
     if !matches!(
         response.status().as_u16(),
