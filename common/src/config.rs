@@ -2,14 +2,33 @@
 //! sections), with the seed's keys and defaults.
 //!
 //! By file: this one holds the types and defaults, `config/load.rs` the loading and environment
-//! overlay, `config/validate.rs` the validation, `config/net.rs` the listener-hardening sections.
+//! overlay, `config/validate.rs` the validation, `config/node.rs` the [`NodeConfig`] a binary
+//! runs with, `config/typed.rs` how typed values are written, `config/net.rs` the
+//! listener-hardening sections.
 //!
-//! Precedence, lowest first: built-in defaults, the YAML file, `STATIKO_*` environment variables,
-//! CLI flags. Unknown keys are errors; values stored in the state are the opposite (see `model.rs`).
+//! Precedence, lowest first: built-in defaults, the YAML file, `STATIKO_*` environment variables.
+//! The command line only names the file (`--config`); it overrides no key. Unknown keys are
+//! errors; values stored in the state are the opposite (see `model.rs`).
+//!
+//! # Raw and typed
+//!
+//! The serde structs below are the raw layer (quickwit's builder): `deny_unknown_fields`, every
+//! default in their `Default`. Their leaves are already typed where serde can parse a value on
+//! its own: durations are `Duration` (written as milliseconds or seconds, see `config/typed.rs`),
+//! listen addresses `SocketAddr`. [`Config::build_and_validate`] then checks the values that
+//! depend on each other and parses, once, what needs the `*File` secrets read first (the secrets
+//! key, the codesign key) into a [`NodeConfig`], which derefs to the sections.
+//!
+//! # Adding a key
+//!
+//! One field in its section with a doc comment, its default in the section's `Default`, a
+//! `#[serde(with = "typed::...")]` if it is a duration or a listen address, and its check in
+//! `validate.rs` if not every value of its type is acceptable. The key name, its `STATIKO_*`
+//! variable and `--check-config` follow from the field.
 //!
 //! # Loading
 //!
-//! [`Config::load`] reads the file named by its `path` argument (the binaries' `--config`), else
+//! [`NodeConfig::load`] reads the file named by its `path` argument (the binaries' `--config`), else
 //! by `STATIKO_CONFIG`, else `/etc/statiko/node-config.yaml` when it exists, else uses the
 //! defaults only. The YAML is merged key by key over the serialized defaults, then environment
 //! overrides are applied, then the result is deserialized with `deny_unknown_fields`, so a typo
@@ -27,17 +46,13 @@
 //! wins over a section variable.
 //!
 //! `STATIKO_*` variables that name no key are ignored, because other tools share the prefix:
-//! `STATIKO_CONFIG` (the file path), `STATIKO_ENDPOINT` and `STATIKO_TOKEN` (the `stk` CLI), and
-//! the binaries' own flag variables.
+//! `STATIKO_CONFIG` (the file path), `STATIKO_ENDPOINT` and `STATIKO_TOKEN` (the `stk` CLI).
 //!
 //! # Secrets
 //!
 //! `secretsEncryptionKey`, `auth.tokens[].token`, `repo.s3.secretAccessKey`, `repo.azure.accessKey`
 //! and `codesign.publicKey` can instead be read from the `*File` key next to them (trailing
 //! whitespace trimmed); giving both is an error. [`Config::redacted`] hides them for printing.
-//!
-//! CLI flags are applied by the binaries after [`Config::load`]; they then call
-//! [`Config::validate`] again.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -46,12 +61,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 mod load;
 mod net;
+mod node;
+pub mod typed;
 mod validate;
 
 use load::Position;
@@ -61,6 +77,7 @@ pub use net::{
     Cidr, ControlLimitsConfig, EdgeLimitsConfig, PerClientConfig, PerSiteConfig,
     ProxyProtocolConfig, mask_bits,
 };
+pub use node::NodeConfig;
 
 /// The whole configuration, after defaults, file, environment and `*File` secrets are merged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -141,8 +158,9 @@ impl Default for FileStateConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct EtcdConfig {
     pub key_prefix: String,
-    /// Per-request timeout in milliseconds.
-    pub timeout: u64,
+    /// Per-request timeout, in milliseconds.
+    #[serde(with = "typed::millis")]
+    pub timeout: Duration,
     /// Comma-separated endpoints, e.g. `http://host01:2379,https://host02:2379`.
     pub address: String,
     pub tls_configuration: EtcdTlsConfig,
@@ -153,7 +171,7 @@ impl Default for EtcdConfig {
     fn default() -> Self {
         Self {
             key_prefix: "/statiko".into(),
-            timeout: 10_000,
+            timeout: Duration::from_secs(10),
             address: String::new(),
             tls_configuration: EtcdTlsConfig::default(),
             tls_skip_verify: false,
@@ -162,10 +180,6 @@ impl Default for EtcdConfig {
 }
 
 impl EtcdConfig {
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout)
-    }
-
     /// The endpoints in `address`, trimmed, empty entries dropped.
     pub fn endpoints(&self) -> Vec<String> {
         self.address
@@ -190,10 +204,12 @@ pub struct EtcdTlsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ControlConfig {
-    pub listen: String,
+    #[serde(with = "typed::listen_addr")]
+    pub listen: SocketAddr,
     pub tls: ControlTlsConfig,
     /// Plain-HTTP Prometheus `/metrics` listener; empty disables it.
-    pub metrics: String,
+    #[serde(with = "typed::optional_listen_addr")]
+    pub metrics: Option<SocketAddr>,
     /// Control's own working directory (created 0700): uploads are spooled under
     /// `<dataDir>/uploads` while they are checked.
     pub data_dir: PathBuf,
@@ -203,9 +219,9 @@ pub struct ControlConfig {
 impl Default for ControlConfig {
     fn default() -> Self {
         Self {
-            listen: "0.0.0.0:2265".into(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 2265)),
             tls: ControlTlsConfig::default(),
-            metrics: "127.0.0.1:2267".into(),
+            metrics: Some(SocketAddr::from(([127, 0, 0, 1], 2267))),
             data_dir: PathBuf::from("/var/lib/statiko/control"),
             limits: ControlLimitsConfig::default(),
         }
@@ -341,11 +357,15 @@ pub struct GcsRepoConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct EdgeConfig {
     pub data_dir: PathBuf,
-    pub http: String,
-    pub https: String,
-    pub admin: String,
+    #[serde(with = "typed::listen_addr")]
+    pub http: SocketAddr,
+    #[serde(with = "typed::listen_addr")]
+    pub https: SocketAddr,
+    #[serde(with = "typed::listen_addr")]
+    pub admin: SocketAddr,
     /// Node status and leader lease time-to-live, in seconds.
-    pub lease_ttl: u64,
+    #[serde(with = "typed::seconds")]
+    pub lease_ttl: Duration,
     /// Redirect plain HTTP to HTTPS (except ACME challenges). Turn off when a TLS-terminating
     /// load balancer or CDN in front talks plain HTTP to the edge.
     pub redirect_http: bool,
@@ -360,10 +380,10 @@ impl Default for EdgeConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("/var/lib/statiko"),
-            http: "0.0.0.0:80".into(),
-            https: "0.0.0.0:443".into(),
-            admin: "127.0.0.1:2266".into(),
-            lease_ttl: 10,
+            http: SocketAddr::from(([0, 0, 0, 0], 80)),
+            https: SocketAddr::from(([0, 0, 0, 0], 443)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 2266)),
+            lease_ttl: Duration::from_secs(10),
             redirect_http: true,
             limits: EdgeLimitsConfig::default(),
             proxy_protocol: ProxyProtocolConfig::default(),
@@ -414,19 +434,11 @@ pub struct LimitsConfig {
     /// Most entries in a bundle archive.
     pub max_bundle_entries: u64,
     /// Longest wait for the next message of an upload stream, in milliseconds.
-    pub upload_idle_timeout: u64,
+    #[serde(with = "typed::millis")]
+    pub upload_idle_timeout: Duration,
     /// Longest time one upload stream may take, in milliseconds.
-    pub upload_timeout: u64,
-}
-
-impl LimitsConfig {
-    pub fn upload_idle_timeout(&self) -> Duration {
-        Duration::from_millis(self.upload_idle_timeout)
-    }
-
-    pub fn upload_timeout(&self) -> Duration {
-        Duration::from_millis(self.upload_timeout)
-    }
+    #[serde(with = "typed::millis")]
+    pub upload_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -436,9 +448,9 @@ impl Default for LimitsConfig {
             max_unpacked_size: 1 << 30,
             max_bundle_entries: 100_000,
             // nginx's client_body_timeout.
-            upload_idle_timeout: 60_000,
+            upload_idle_timeout: Duration::from_secs(60),
             // 256 MiB at about 450 KB/s.
-            upload_timeout: 600_000,
+            upload_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -449,15 +461,16 @@ impl Default for LimitsConfig {
 pub struct DeployConfig {
     /// Deployment records kept per site (older ones are deleted when a new one is made).
     pub history: u32,
-    /// Seconds every live edge has to stage an atomic deployment before it fails.
-    pub stage_timeout: u64,
+    /// Time every live edge has to stage an atomic deployment before it fails, in seconds.
+    #[serde(with = "typed::seconds")]
+    pub stage_timeout: Duration,
 }
 
 impl Default for DeployConfig {
     fn default() -> Self {
         Self {
             history: 20,
-            stage_timeout: 120,
+            stage_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -614,24 +627,13 @@ impl Config {
             Err(_) => serde_json::to_string_pretty(self).unwrap_or_default(),
         }
     }
-
-    /// The decoded `secretsEncryptionKey`, if it is set and valid.
-    pub fn secrets_key(&self) -> Option<[u8; 32]> {
-        if self.secrets_encryption_key.is_empty() {
-            return None;
-        }
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(self.secrets_encryption_key.trim())
-            .ok()?;
-        bytes.try_into().ok()
-    }
 }
 
 /// Shortest accepted bearer token.
 pub const MIN_TOKEN_LEN: usize = 16;
-/// Bounds of `edge.leaseTtl`, in seconds.
-pub const MIN_LEASE_TTL: u64 = 2;
-pub const MAX_LEASE_TTL: u64 = 60;
+/// Bounds of `edge.leaseTtl`.
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(60);
 
 fn redact(secret: &mut String) {
     if !secret.is_empty() {

@@ -3,6 +3,8 @@
 //! loudly at start, and refuses to start when one of its listeners is reachable from other
 //! machines (not loopback) unless `allowDemoSecrets: true` says that is intended.
 
+use std::net::SocketAddr;
+
 use crate::config::Config;
 use crate::process::InvalidConfig;
 
@@ -73,22 +75,12 @@ pub fn in_use(config: &Config, tokens: bool) -> Vec<String> {
     found
 }
 
-/// Whether a listen address accepts only connections from this machine (a loopback IP, or the
-/// name `localhost`).
-pub fn is_loopback(address: &str) -> bool {
-    if let Ok(addr) = address.parse::<std::net::SocketAddr>() {
-        return addr.ip().is_loopback();
-    }
-    address
-        .rsplit_once(':')
-        .is_some_and(|(host, _port)| host.eq_ignore_ascii_case("localhost"))
-}
-
 /// The start-up check: with demo secrets in use, warns; and when any of `listeners` (config
-/// key, address; an empty address is a listener turned off) is not loopback and `allowDemoSecrets` is off, refuses with how to fix it.
+/// key, address; `None` is a listener turned off) is not loopback and `allowDemoSecrets` is
+/// off, refuses with how to fix it. A host name was resolved at load (`localhost` is loopback).
 pub fn check_at_start(
     config: &Config,
-    listeners: &[(&str, &str)],
+    listeners: &[(&str, Option<SocketAddr>)],
     tokens: bool,
 ) -> Result<(), InvalidConfig> {
     let demo = in_use(config, tokens);
@@ -97,7 +89,8 @@ pub fn check_at_start(
     }
     let exposed: Vec<String> = listeners
         .iter()
-        .filter(|(_, address)| !address.is_empty() && !is_loopback(address))
+        .filter_map(|(key, address)| address.map(|address| (key, address)))
+        .filter(|(_, address)| !address.ip().is_loopback())
         .map(|(key, address)| format!("{key} ({address})"))
         .collect();
     if !exposed.is_empty() && !config.allow_demo_secrets {
@@ -128,12 +121,23 @@ mod tests {
 
     #[test]
     fn loopback_addresses() {
+        // As the config loads them: a host name is resolved then.
+        let is_loopback = |text: &str| {
+            crate::config::typed::resolve(text)
+                .expect("a listen address")
+                .ip()
+                .is_loopback()
+        };
         for address in ["127.0.0.1:80", "[::1]:443", "localhost:8080", "127.1.2.3:0"] {
             assert!(is_loopback(address), "{address}");
         }
-        for address in ["0.0.0.0:80", "[::]:443", "10.0.0.1:8080", "example.com:80"] {
+        for address in ["0.0.0.0:80", "[::]:443", "10.0.0.1:8080"] {
             assert!(!is_loopback(address), "{address}");
         }
+    }
+
+    fn at(text: &str) -> Option<SocketAddr> {
+        Some(text.parse().expect("an address"))
     }
 
     #[test]
@@ -149,8 +153,8 @@ mod tests {
         });
         assert_eq!(in_use(&config, false).len(), 1);
         assert_eq!(in_use(&config, true).len(), 2);
-        assert!(check_at_start(&config, &[("edge.http", "127.0.0.1:8080")], true).is_ok());
-        let refused = check_at_start(&config, &[("edge.http", "0.0.0.0:8080")], true)
+        assert!(check_at_start(&config, &[("edge.http", at("127.0.0.1:8080"))], true).is_ok());
+        let refused = check_at_start(&config, &[("edge.http", at("0.0.0.0:8080"))], true)
             .expect_err("a demo key on 0.0.0.0")
             .to_string();
         assert!(
@@ -160,10 +164,10 @@ mod tests {
             "{refused}"
         );
         config.allow_demo_secrets = true;
-        assert!(check_at_start(&config, &[("edge.http", "0.0.0.0:8080")], true).is_ok());
+        assert!(check_at_start(&config, &[("edge.http", at("0.0.0.0:8080"))], true).is_ok());
         config.allow_demo_secrets = false;
         config.secrets_encryption_key = "b3duLWtleS1vd24ta2V5LW93bi1rZXktb3duLWtleSE=".into();
         config.auth.tokens.clear();
-        assert!(check_at_start(&config, &[("edge.http", "0.0.0.0:8080")], true).is_ok());
+        assert!(check_at_start(&config, &[("edge.http", at("0.0.0.0:8080"))], true).is_ok());
     }
 }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use crate::config::Config;
+use crate::config::NodeConfig;
 
 /// Exit code for a bad config or command line (BSD `EX_USAGE`).
 pub const EX_USAGE: u8 = 64;
@@ -36,35 +36,32 @@ pub struct CommonArgs {
     pub ready_file: Option<PathBuf>,
 }
 
-/// Runs a server binary: loads and validates the config (`prepare` adds the binary's own checks
-/// and runs for `--check-config` too), then starts telemetry and a multi-threaded runtime and
-/// runs `serve` to completion. Returns the process exit code.
+/// Runs a server binary: loads the config into a [`NodeConfig`] (`check` adds the binary's own
+/// checks and runs for `--check-config` too), then starts telemetry and a multi-threaded runtime
+/// and runs `serve` to completion. Returns the process exit code.
 #[expect(clippy::print_stdout, clippy::print_stderr)]
-pub fn main<P, F, Fut>(
+pub fn main<F, Fut>(
     args: CommonArgs,
     name: &str,
-    prepare: impl FnOnce(&Config) -> anyhow::Result<P>,
+    check: impl FnOnce(&NodeConfig) -> anyhow::Result<()>,
     serve: F,
 ) -> ExitCode
 where
-    F: FnOnce(Config, P) -> Fut,
+    F: FnOnce(NodeConfig) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let env: HashMap<String, String> = std::env::vars().collect();
-    let config = match Config::load(args.config.as_deref(), &env) {
+    let config = match NodeConfig::load(args.config.as_deref(), &env) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("error: invalid configuration: {err}");
             return ExitCode::from(EX_USAGE);
         }
     };
-    let prepared = match prepare(&config) {
-        Ok(prepared) => prepared,
-        Err(err) => {
-            eprintln!("error: invalid configuration: {err:#}");
-            return ExitCode::from(EX_USAGE);
-        }
-    };
+    if let Err(err) = check(&config) {
+        eprintln!("error: invalid configuration: {err:#}");
+        return ExitCode::from(EX_USAGE);
+    }
     if args.check_config {
         println!("{}", config.redacted().to_yaml_string());
         return ExitCode::SUCCESS;
@@ -88,7 +85,7 @@ where
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, prepared)) {
+    match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "{name} failed");
@@ -102,19 +99,8 @@ where
     }
 }
 
-/// `codesign.publicKey` parsed (`None` when it is empty); the error names the key. Both
-/// binaries check it before they start (and with `--check-config`).
-pub fn codesign_key(config: &Config) -> anyhow::Result<Option<[u8; 32]>> {
-    if config.codesign.public_key.is_empty() {
-        return Ok(None);
-    }
-    crate::crypto::parse_ed25519_public_key(&config.codesign.public_key)
-        .map(Some)
-        .context("codesign.publicKey")
-}
-
-/// Binds a listener; the error names the config key.
-pub async fn bind(key: &str, address: &str) -> anyhow::Result<tokio::net::TcpListener> {
+/// Binds a listener on a configured address; the error names the config key.
+pub async fn bind(key: &str, address: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("{key}: bind {address}"))

@@ -234,9 +234,14 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchBatch, StoreError>>
 /// What went wrong talking to the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The store cannot be reached, or did not answer within the configured timeout.
-    #[error("state store unavailable: {0}")]
-    Unavailable(String),
+    /// The store cannot be reached, or did not answer within the configured timeout. The
+    /// message reads alone (it quotes the cause); the cause is kept as the error's source.
+    #[error("state store unavailable: {message}")]
+    Unavailable {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The requested watch revision was compacted away; reload from a snapshot.
     #[error("revision {requested} was compacted (compact revision {compact_revision})")]
     Compacted {
@@ -248,6 +253,27 @@ pub enum StoreError {
     Rejected(String),
     #[error("state store I/O error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl StoreError {
+    /// [`StoreError::Unavailable`] with no underlying error (a timeout, a closed stream).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// [`StoreError::Unavailable`] caused by `source`.
+    pub fn unavailable_from(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
 }
 
 /// The store, either backend. Cheap to clone.

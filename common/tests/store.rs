@@ -652,13 +652,13 @@ async fn etcd_mutual_tls() -> TestResult {
     let mut no_client_cert = server.config();
     no_client_cert.tls_configuration.client_certificate.clear();
     no_client_cert.tls_configuration.client_key.clear();
-    no_client_cert.timeout = 2000;
+    no_client_cert.timeout = Duration::from_millis(2000);
     let anonymous = Store::Etcd(EtcdStore::connect(&no_client_cert).await?);
     let result = anonymous.get("/t/tls").await;
     assert!(
         matches!(
             result,
-            Err(StoreError::Unavailable(_) | StoreError::Rejected(_))
+            Err(StoreError::Unavailable { .. } | StoreError::Rejected(_))
         ),
         "{result:?}"
     );
@@ -677,7 +677,7 @@ async fn etcd_tls_skip_verify() -> TestResult {
     // The client does not know the CA that signed the etcd certificate.
     let mut unknown_ca = server.config();
     unknown_ca.tls_configuration.ca.clear();
-    unknown_ca.timeout = 2000;
+    unknown_ca.timeout = Duration::from_millis(2000);
 
     // Verifying, the handshake fails.
     let verifying = Store::Etcd(EtcdStore::connect(&unknown_ca).await?);
@@ -685,7 +685,7 @@ async fn etcd_tls_skip_verify() -> TestResult {
     assert!(
         matches!(
             result,
-            Err(StoreError::Unavailable(_) | StoreError::Rejected(_))
+            Err(StoreError::Unavailable { .. } | StoreError::Rejected(_))
         ),
         "{result:?}"
     );
@@ -710,7 +710,7 @@ async fn etcd_tls_skip_verify() -> TestResult {
     assert!(
         matches!(
             result,
-            Err(StoreError::Unavailable(_) | StoreError::Rejected(_))
+            Err(StoreError::Unavailable { .. } | StoreError::Rejected(_))
         ),
         "{result:?}"
     );
@@ -728,7 +728,7 @@ async fn etcd_tls_fails_over_to_a_live_endpoint() -> TestResult {
     // A dead endpoint first: calls move on to the live one.
     let mut config = server.config();
     config.address = format!("https://127.0.0.1:{},{}", free_port()?, server.endpoint);
-    config.timeout = 2000;
+    config.timeout = Duration::from_millis(2000);
     let store = Store::Etcd(EtcdStore::connect(&config).await?);
     poll(|| async { Ok(store.get("/t/a").await.is_ok()) }).await?;
     for i in 0..5 {
@@ -746,14 +746,14 @@ async fn etcd_down_is_unavailable_within_timeout() -> TestResult {
     let port = free_port()?;
     let config = EtcdConfig {
         address: format!("http://127.0.0.1:{port}"),
-        timeout: 2000,
+        timeout: Duration::from_millis(2000),
         ..EtcdConfig::default()
     };
     let started = Instant::now();
     let store = Store::Etcd(EtcdStore::connect(&config).await?);
     let result = store.get("/t/a").await;
     assert!(
-        matches!(result, Err(StoreError::Unavailable(_))),
+        matches!(result, Err(StoreError::Unavailable { .. })),
         "{result:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(4));
@@ -772,13 +772,13 @@ async fn etcd_down_is_unavailable_within_timeout() -> TestResult {
         .await;
     let elapsed = started.elapsed();
     assert!(
-        matches!(result, Err(StoreError::Unavailable(_))),
+        matches!(result, Err(StoreError::Unavailable { .. })),
         "{result:?}"
     );
     assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
     // The watch ends with an error rather than hanging.
     match tokio::time::timeout(WAIT, watch.next()).await? {
-        Some(Err(StoreError::Unavailable(_))) | None => {}
+        Some(Err(StoreError::Unavailable { .. })) | None => {}
         other => panic!("expected the watch to break, got {other:?}"),
     }
 
@@ -1023,7 +1023,7 @@ impl EtcdServer {
     fn config(&self) -> EtcdConfig {
         EtcdConfig {
             address: self.endpoint.clone(),
-            timeout: 5000,
+            timeout: Duration::from_millis(5000),
             tls_configuration: self.tls.clone().unwrap_or_default(),
             ..EtcdConfig::default()
         }
@@ -1031,7 +1031,7 @@ impl EtcdServer {
 
     async fn wait_ready(&mut self) -> TestResult {
         let mut config = self.config();
-        config.timeout = 1000;
+        config.timeout = Duration::from_millis(1000);
         let store = EtcdStore::connect(&config).await?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

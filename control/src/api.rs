@@ -16,12 +16,12 @@ use statiko_common::crypto::SecretBox;
 use statiko_common::repo::BundleRepo;
 
 use crate::auth::{AuthLayer, StoredTokens};
-use crate::state::DesiredState;
+use crate::state::StateStore;
 
 /// Everything a handler needs. Nothing in here is state that matters: the store is the truth.
 #[derive(Debug)]
 pub(crate) struct Context {
-    pub(crate) state: DesiredState,
+    pub(crate) state: StateStore,
     /// The token checks (config token names) and the watched cache of stored tokens.
     pub(crate) auth: AuthLayer,
     pub(crate) tokens: StoredTokens,

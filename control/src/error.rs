@@ -1,6 +1,9 @@
-//! `ControlError` and its one mapping to gRPC status codes.
+//! `ControlError`, typed by where the failure comes from (the request, the desired state, the
+//! store, the bundle repository), and its one mapping to gRPC status codes
+//! (`impl From<ControlError> for Status`): handlers say what went wrong, never which code.
 
 use statiko_common::ids::InvalidName;
+use statiko_common::repo::RepoError;
 use statiko_common::store::StoreError;
 use tonic::Status;
 
@@ -9,22 +12,43 @@ use tonic::Status;
 pub enum ControlError {
     /// The request is malformed; the message names the field.
     #[error("{0}")]
-    InvalidArgument(String),
+    Invalid(String),
+    /// A name or id in the request failed `statiko_common::ids` validation.
+    #[error(transparent)]
+    Name(#[from] InvalidName),
+    /// What the request names does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// What the request would create exists already.
     #[error("{0}")]
-    AlreadyExists(String),
+    Exists(String),
     /// The request is valid but the current state refuses it (e.g. deleting an app in use).
     #[error("{0}")]
-    FailedPrecondition(String),
+    Refused(String),
     /// A compare-and-swap lost against a concurrent change.
     #[error("{0}")]
-    Aborted(String),
+    Conflict(String),
+    /// What the call waits for did not happen in time.
     #[error("{0}")]
-    DeadlineExceeded(String),
-    /// The store (etcd) or the bundle repository cannot be reached.
-    #[error("{0}")]
-    Unavailable(String),
+    TimedOut(String),
+    /// A state import holds the desired state; `retry` says what to do.
+    #[error("a state import is being written; {retry}")]
+    ImportInProgress { retry: &'static str },
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The bundle repository cannot be reached or refused the request.
+    #[error("bundle repository: {0}")]
+    Repo(#[source] RepoError),
+    /// `source` happened in a larger step: the message becomes
+    /// `{before}: {source}{after}`, the code stays the source's.
+    #[error("{before}: {source}{after}")]
+    During {
+        before: String,
+        after: &'static str,
+        #[source]
+        source: Box<ControlError>,
+    },
     /// A bug or an unexpected failure; logged in full, reported generically.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -32,26 +56,6 @@ pub enum ControlError {
 
 /// Shorthand for handler results.
 pub(crate) type Result<T, E = ControlError> = std::result::Result<T, E>;
-
-impl From<StoreError> for ControlError {
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Unavailable(msg) => {
-                Self::Unavailable(format!("state store unavailable: {msg}"))
-            }
-            StoreError::Rejected(msg) => {
-                Self::FailedPrecondition(format!("state store refused the write: {msg}"))
-            }
-            other => Self::Internal(anyhow::Error::new(other)),
-        }
-    }
-}
-
-impl From<InvalidName> for ControlError {
-    fn from(err: InvalidName) -> Self {
-        Self::InvalidArgument(err.to_string())
-    }
-}
 
 /// Longest status message sent, in bytes. gRPC carries it in the `grpc-message` header
 /// (percent-encoded, up to three times longer), which clients cap at 16 KiB or less: a message
@@ -71,27 +75,58 @@ fn bounded(mut msg: String) -> String {
     msg
 }
 
-impl From<ControlError> for Status {
-    fn from(err: ControlError) -> Self {
-        match err {
-            ControlError::InvalidArgument(msg) => Status::invalid_argument(bounded(msg)),
-            ControlError::NotFound(msg) => Status::not_found(bounded(msg)),
-            ControlError::AlreadyExists(msg) => Status::already_exists(bounded(msg)),
-            ControlError::FailedPrecondition(msg) => Status::failed_precondition(bounded(msg)),
-            ControlError::Aborted(msg) => Status::aborted(bounded(msg)),
-            ControlError::DeadlineExceeded(msg) => Status::deadline_exceeded(bounded(msg)),
-            ControlError::Unavailable(msg) => Status::unavailable(bounded(msg)),
-            ControlError::Internal(err) => {
-                tracing::error!(error = format!("{err:#}"), "internal error");
-                Status::internal("internal error; see the control plane's log")
+impl ControlError {
+    /// The gRPC code the caller gets.
+    fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Self::Invalid(_) | Self::Name(_) => Code::InvalidArgument,
+            Self::NotFound(_) => Code::NotFound,
+            Self::Exists(_) => Code::AlreadyExists,
+            Self::Refused(_) => Code::FailedPrecondition,
+            Self::Conflict(_) => Code::Aborted,
+            Self::TimedOut(_) => Code::DeadlineExceeded,
+            Self::ImportInProgress { .. } | Self::Repo(_) => Code::Unavailable,
+            Self::Store(StoreError::Unavailable { .. }) => Code::Unavailable,
+            Self::Store(StoreError::Rejected(_)) => Code::FailedPrecondition,
+            Self::Store(_) | Self::Internal(_) => Code::Internal,
+            Self::During { source, .. } => source.code(),
+        }
+    }
+
+    /// The message the caller gets (not for `INTERNAL`, whose details stay in the log).
+    fn message(&self) -> String {
+        match self {
+            Self::Store(StoreError::Rejected(msg)) => {
+                format!("state store refused the write: {msg}")
             }
+            Self::During {
+                before,
+                after,
+                source,
+            } => format!("{before}: {}{after}", source.message()),
+            other => other.to_string(),
         }
     }
 }
 
-/// Builds an `InvalidArgument` error from a format string.
+impl From<ControlError> for Status {
+    fn from(err: ControlError) -> Self {
+        let code = err.code();
+        if code == tonic::Code::Internal {
+            tracing::error!(
+                error = format!("{:#}", anyhow::Error::new(err)),
+                "internal error"
+            );
+            return Status::internal("internal error; see the control plane's log");
+        }
+        Status::new(code, bounded(err.message()))
+    }
+}
+
+/// Builds a [`ControlError::Invalid`] from a format string.
 macro_rules! invalid {
-    ($($arg:tt)*) => { $crate::error::ControlError::InvalidArgument(format!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::error::ControlError::Invalid(format!($($arg)*)) };
 }
 pub(crate) use invalid;
 
@@ -101,7 +136,7 @@ mod tests {
 
     #[test]
     fn status_messages_are_bounded() {
-        let status = Status::from(ControlError::InvalidArgument(format!(
+        let status = Status::from(ControlError::Invalid(format!(
             "name: {}",
             "é".repeat(100_000)
         )));

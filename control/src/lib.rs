@@ -26,8 +26,7 @@ mod state;
 mod tls;
 
 use anyhow::Context as _;
-use statiko_common::config::Config;
-use statiko_common::crypto::SecretBox;
+use statiko_common::config::NodeConfig;
 use statiko_common::keys::KeySchema;
 use statiko_common::process::InvalidConfig;
 use statiko_common::repo::BundleRepo;
@@ -39,33 +38,20 @@ pub use crate::api::Api;
 pub use crate::auth::AuthLayer;
 pub use crate::error::ControlError;
 
-/// Settings derived from the config that can fail; checked by `--check-config` too.
-#[derive(Debug)]
-pub struct Prepared {
-    secrets: Option<SecretBox>,
-    codesign_key: Option<[u8; 32]>,
-}
-
-/// Validates the control-specific parts of the config.
-pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
-    let secrets = config.secrets_key().map(SecretBox::new);
-    let codesign_key = statiko_common::process::codesign_key(config)?;
-    if config.codesign.required && codesign_key.is_none() {
+/// The control-specific config checks, also run by `--check-config`.
+pub fn check_config(config: &NodeConfig) -> anyhow::Result<()> {
+    if config.codesign.required && config.codesign_key().is_none() {
         anyhow::bail!("codesign.required: needs codesign.publicKey");
     }
     if config.auth.tokens.is_empty() {
         tracing::warn!("auth.tokens is empty: every management call will be refused");
     }
-    Ok(Prepared {
-        secrets,
-        codesign_key,
-    })
+    Ok(())
 }
 
 /// Runs the control plane on a bound listener until `shutdown` is cancelled.
 pub async fn run(
-    config: Config,
-    prepared: Prepared,
+    config: NodeConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -73,9 +59,9 @@ pub async fn run(
         .await
         .context("open the state store")?;
     let keys = KeySchema::new(&config.state.etcd.key_prefix);
+    let secrets = config.secret_box();
     if let Err(err) =
-        statiko_common::secrets_check::verify_at_start(&store, &keys, prepared.secrets.as_ref())
-            .await
+        statiko_common::secrets_check::verify_at_start(&store, &keys, secrets.as_ref()).await
     {
         // A wrong or missing key stops the process before it serves or seals anything with it.
         return Err(InvalidConfig(err.to_string()).into());
@@ -84,15 +70,15 @@ pub async fn run(
     let local = listener.local_addr().context("listener address")?;
     let identity = tls::identity(&config, local)?;
     let tokens = auth::StoredTokens::watch(store.clone(), keys.clone(), shutdown.clone());
-    let state = state::DesiredState::new(store, keys);
+    let state = state::StateStore::new(store, keys);
     let auth = AuthLayer::with_stored(&config.auth.tokens, tokens.clone(), Some(state.clone()));
     let api = Api::new(api::Context {
         state,
         auth: auth.clone(),
         tokens,
         repo,
-        secrets: prepared.secrets,
-        codesign_key: prepared.codesign_key,
+        secrets,
+        codesign_key: config.codesign_key(),
         codesign_required: config.codesign.required,
         limits: config.limits.clone(),
         deploy: config.deploy.clone(),
@@ -101,12 +87,12 @@ pub async fn run(
     });
     let metrics = std::sync::Arc::new(metrics::ControlMetrics::default());
     statiko_common::http_admin::configure(statiko_common::http_admin::AdminLimits {
-        idle_timeout: config.control.limits.idle_timeout(),
+        idle_timeout: config.control.limits.idle_timeout,
         ..Default::default()
     });
     // Metrics are not worth refusing to serve the API for: a busy port is logged, not fatal.
-    if !config.control.metrics.is_empty() {
-        match statiko_common::process::bind("control.metrics", &config.control.metrics).await {
+    if let Some(address) = config.control.metrics {
+        match statiko_common::process::bind("control.metrics", address).await {
             Ok(listener) => {
                 if let Ok(addr) = listener.local_addr() {
                     tracing::info!(listen = %addr, "metrics serving");

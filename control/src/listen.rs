@@ -71,10 +71,10 @@ pub(crate) fn incoming(
         64,
     );
     let policy = IdlePolicy {
-        idle: limits.idle_timeout(),
-        first_request: limits.idle_timeout(),
+        idle: limits.idle_timeout,
+        first_request: limits.idle_timeout,
     };
-    let handshake_timeout = limits.tls_handshake_timeout();
+    let handshake_timeout = limits.tls_handshake_timeout;
     tokio::spawn(async move {
         let refused_log = Throttle::new(Duration::from_secs(10));
         while let Some((stream, peer)) = listener::accept(&listener, "control", &shutdown).await {

@@ -21,23 +21,23 @@ fn main() -> ExitCode {
     process::main(
         cli.common,
         "control plane",
-        statiko_control::prepare,
-        |config, prepared| async move {
+        statiko_control::check_config,
+        |config| async move {
             let shutdown = statiko_common::shutdown::spawn_signal_handler();
             statiko_common::demo::check_at_start(
                 &config,
                 &[
-                    ("control.listen", &config.control.listen),
-                    ("control.metrics", &config.control.metrics),
+                    ("control.listen", Some(config.control.listen)),
+                    ("control.metrics", config.control.metrics),
                 ],
                 true,
             )?;
-            let listener = process::bind("control.listen", &config.control.listen).await?;
+            let listener = process::bind("control.listen", config.control.listen).await?;
             let local = listener.local_addr().context("listener address")?;
             if let Some(path) = &ready_file {
                 ReadyFile::default().with("grpc", local).write(path)?;
             }
-            statiko_control::run(config, prepared, listener, shutdown).await
+            statiko_control::run(config, listener, shutdown).await
         },
     )
 }

@@ -69,7 +69,7 @@ pub(crate) async fn serve(
     tracing::info!(listen = %local, "control plane serving");
     Server::builder()
         // PINGs move bytes, so a long call (a deploy waiting for edges) never looks idle.
-        .http2_keepalive_interval(Some(Duration::from_secs(30).min(limits.idle_timeout() / 2)))
+        .http2_keepalive_interval(Some(Duration::from_secs(30).min(limits.idle_timeout / 2)))
         .layer(ConnTrackLayer)
         .layer(metrics)
         .layer(auth)

@@ -20,9 +20,10 @@ pub(crate) struct Versioned<T> {
     pub(crate) mod_revision: i64,
 }
 
-/// Typed access to the desired state.
+/// Typed reads and transactional writes of the desired state in the store (not a copy of the
+/// state: the edge's followed copy is its `desired::Desired`).
 #[derive(Debug, Clone)]
-pub(crate) struct DesiredState {
+pub(crate) struct StateStore {
     pub(crate) store: Store,
     pub(crate) keys: KeySchema,
 }
@@ -37,7 +38,7 @@ fn decode<T: for<'de> serde::Deserialize<'de>>(kv: &KeyValue) -> Result<Versione
     })
 }
 
-impl DesiredState {
+impl StateStore {
     pub(crate) fn new(store: Store, keys: KeySchema) -> Self {
         Self { store, keys }
     }
@@ -55,9 +56,9 @@ impl DesiredState {
         ops.push(TxnOp::put(self.keys.meta_state(), Vec::new()));
         let result = self.store.txn(compares, ops).await?;
         if !result.succeeded && self.store.get(&marker).await?.is_some() {
-            return Err(ControlError::Unavailable(
-                "a state import is being written; retry when it has finished (if an import was interrupted, run `stk state set` again)".into(),
-            ));
+            return Err(ControlError::ImportInProgress {
+                retry: "retry when it has finished (if an import was interrupted, run `stk state set` again)",
+            });
         }
         Ok(result)
     }
@@ -166,7 +167,7 @@ impl DesiredState {
             if let Some(owner) = self.domain_owner(domain).await?
                 && Some(owner.as_str()) != own_site
             {
-                return Ok(Some(ControlError::AlreadyExists(format!(
+                return Ok(Some(ControlError::Exists(format!(
                     "domain {domain:?} is already used by site {owner:?}"
                 ))));
             }
@@ -181,7 +182,7 @@ impl DesiredState {
     ) -> Result<Option<ControlError>> {
         let Some(name) = name else { return Ok(None) };
         if self.get_certificate(name).await?.is_none() {
-            return Ok(Some(ControlError::FailedPrecondition(format!(
+            return Ok(Some(ControlError::Refused(format!(
                 "certificate {name:?} does not exist; import it first"
             ))));
         }

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use statiko_common::config::Config;
-use statiko_common::crypto::SecretBox;
+use statiko_common::config::NodeConfig;
 use statiko_common::keys::KeySchema;
 use statiko_common::notify::Notifier;
 use statiko_common::process::InvalidConfig;
@@ -84,7 +83,7 @@ async fn save_applied(
 
 /// Runs the edge until `shutdown` is cancelled.
 pub async fn run(
-    config: Config,
+    config: NodeConfig,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -96,15 +95,14 @@ pub async fn run(
         .context("open the state store")?;
     let keys = KeySchema::new(&config.state.etcd.key_prefix);
     let repo = BundleRepo::from_config(&config.repo).context("open the bundle repository")?;
-    let secrets = config.secrets_key().map(SecretBox::new);
-    let secrets_check = config.secrets_key().map(SecretBox::new);
+    let secrets = config.secret_box();
+    let secrets_check = config.secret_box();
     let notifier = Notifier::new(&config.notifications.webhook, &config.node_name);
-    let codesign_key = statiko_common::process::codesign_key(&config)?;
     let stager = Stager::new(
         &data_dir,
         repo,
         config.limits.clone(),
-        codesign_key,
+        config.codesign_key(),
         config.codesign.required,
     );
     let table: SharedTable = Arc::new(ArcSwap::from_pointee(RoutingTable::default()));
@@ -112,7 +110,7 @@ pub async fn run(
     let jobs = Arc::new(CertJobs::new(
         store.clone(),
         keys.clone(),
-        config.secrets_key().map(SecretBox::new),
+        config.secret_box(),
         config.acme.clone(),
         data_dir.clone(),
         config.node_name.clone(),
@@ -266,14 +264,14 @@ pub async fn run(
                 store: store.clone(),
                 keys: keys.clone(),
                 node: config.node_name.clone(),
-                ttl: Duration::from_secs(config.edge.lease_ttl),
+                ttl: config.edge.lease_ttl,
                 disallow_leadership: config.disallow_leadership,
             }),
         };
         let cutover = crate::cutover::Cutover {
             store: store.clone(),
             keys: keys.clone(),
-            stage_timeout: Duration::from_secs(config.deploy.stage_timeout),
+            stage_timeout: config.deploy.stage_timeout,
         };
         spawn_leadership(
             &tasks,
@@ -289,7 +287,7 @@ pub async fn run(
                 store,
                 keys,
                 info,
-                ttl: Duration::from_secs(config.edge.lease_ttl),
+                ttl: config.edge.lease_ttl,
                 applied: applied_rx,
                 leader: leading_rx,
             }

@@ -126,10 +126,7 @@ impl Syncer {
                 self.publish(&desired);
             }
         }
-        Err((
-            StoreError::Unavailable("watch stream ended".into()),
-            Some(desired),
-        ))
+        Err((StoreError::unavailable("watch stream ended"), Some(desired)))
     }
 
     /// Publishes a complete state; a state in the middle of an import is held back (the edge

@@ -17,20 +17,11 @@ impl fmt::Display for Position {
 }
 
 impl Config {
-    /// Loads the configuration: defaults, then the YAML file (`path`, else `STATIKO_CONFIG` from
-    /// `env`, else [`DEFAULT_CONFIG_PATH`] if it exists), then `STATIKO_*` overrides from `env`,
-    /// then `*File` secrets; resolves an empty `nodeName` to the hostname and validates.
-    ///
-    /// Pass `std::env::vars().collect()` as `env` in binaries and a literal map in tests.
-    pub fn load(path: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
-        Self::load_with_default_path(path, env, Path::new(DEFAULT_CONFIG_PATH))
-    }
-
     pub(super) fn load_with_default_path(
         path: Option<&Path>,
         env: &HashMap<String, String>,
         default_path: &Path,
-    ) -> Result<Config, ConfigError> {
+    ) -> Result<NodeConfig, ConfigError> {
         let file = match (path, env.get(CONFIG_PATH_ENV).filter(|p| !p.is_empty())) {
             (Some(path), _) => Some(path.to_path_buf()),
             (None, Some(path)) => Some(PathBuf::from(path)),
@@ -50,8 +41,7 @@ impl Config {
                 ConfigError::invalid("nodeName", "empty and the hostname could not be read")
             })?;
         }
-        config.validate()?;
-        Ok(config)
+        config.build_and_validate()
     }
 
     /// Every environment variable that maps to a key, with the key path (`state.etcd.address`).

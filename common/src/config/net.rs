@@ -16,12 +16,15 @@ pub struct EdgeLimitsConfig {
     /// Open connections per listener; above it a new connection is closed at once.
     pub max_connections: u64,
     /// Time allowed for a TLS handshake, in ms.
-    pub tls_handshake_timeout: u64,
+    #[serde(with = "super::typed::millis")]
+    pub tls_handshake_timeout: Duration,
     /// Time allowed for a request head, and for the first request of a connection, in ms.
-    pub header_read_timeout: u64,
+    #[serde(with = "super::typed::millis")]
+    pub header_read_timeout: Duration,
     /// A connection with no request in flight, or on which nothing moved, for this long is
     /// closed (HTTP/2 PINGs do not count), in ms.
-    pub idle_timeout: u64,
+    #[serde(with = "super::typed::millis")]
+    pub idle_timeout: Duration,
     pub per_client: PerClientConfig,
     pub per_site: PerSiteConfig,
 }
@@ -30,26 +33,12 @@ impl Default for EdgeLimitsConfig {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
-            tls_handshake_timeout: 10_000,
-            header_read_timeout: 10_000,
-            idle_timeout: 60_000,
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             per_client: PerClientConfig::default(),
             per_site: PerSiteConfig::default(),
         }
-    }
-}
-
-impl EdgeLimitsConfig {
-    pub fn tls_handshake_timeout(&self) -> Duration {
-        Duration::from_millis(self.tls_handshake_timeout)
-    }
-
-    pub fn header_read_timeout(&self) -> Duration {
-        Duration::from_millis(self.header_read_timeout)
-    }
-
-    pub fn idle_timeout(&self) -> Duration {
-        Duration::from_millis(self.idle_timeout)
     }
 }
 
@@ -97,9 +86,10 @@ pub struct ProxyProtocolConfig {
     /// Require a PROXY header on every connection; one without a valid header is dropped.
     pub enabled: bool,
     /// CIDRs (or single addresses) allowed to send the header; empty = any peer.
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: Vec<Cidr>,
     /// Time allowed for the header to arrive, in ms.
-    pub header_timeout: u64,
+    #[serde(with = "super::typed::millis")]
+    pub header_timeout: Duration,
 }
 
 impl Default for ProxyProtocolConfig {
@@ -107,22 +97,8 @@ impl Default for ProxyProtocolConfig {
         Self {
             enabled: false,
             trusted_proxies: Vec::new(),
-            header_timeout: 5_000,
+            header_timeout: Duration::from_secs(5),
         }
-    }
-}
-
-impl ProxyProtocolConfig {
-    pub fn header_timeout(&self) -> Duration {
-        Duration::from_millis(self.header_timeout)
-    }
-
-    /// The parsed `trustedProxies` (validated by [`super::Config::validate`]).
-    pub fn trusted(&self) -> Vec<Cidr> {
-        self.trusted_proxies
-            .iter()
-            .filter_map(|text| Cidr::parse(text).ok())
-            .collect()
     }
 }
 
@@ -135,10 +111,12 @@ pub struct ControlLimitsConfig {
     /// Open connections per client address; 0 = off.
     pub max_connections_per_client: u64,
     /// Time allowed for a TLS handshake, in ms.
-    pub tls_handshake_timeout: u64,
+    #[serde(with = "super::typed::millis")]
+    pub tls_handshake_timeout: Duration,
     /// A connection with no call in flight, or on which nothing moved, for this long is closed
     /// (HTTP/2 PINGs do not count), in ms.
-    pub idle_timeout: u64,
+    #[serde(with = "super::typed::millis")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for ControlLimitsConfig {
@@ -146,27 +124,49 @@ impl Default for ControlLimitsConfig {
         Self {
             max_connections: 1_000,
             max_connections_per_client: 100,
-            tls_handshake_timeout: 10_000,
-            idle_timeout: 300_000,
+            tls_handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }
 
-impl ControlLimitsConfig {
-    pub fn tls_handshake_timeout(&self) -> Duration {
-        Duration::from_millis(self.tls_handshake_timeout)
-    }
-
-    pub fn idle_timeout(&self) -> Duration {
-        Duration::from_millis(self.idle_timeout)
-    }
-}
-
-/// An address range: `10.0.0.0/8`, `2001:db8::/32`, or one address.
+/// An address range: `10.0.0.0/8`, `2001:db8::/32`, or one address; written as that text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
     pub addr: IpAddr,
     pub prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::parse(text)
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let max = if self.addr.is_ipv4() { 32 } else { 128 };
+        if self.prefix == max {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 impl Cidr {
@@ -225,24 +225,33 @@ pub(super) fn validate(
     proxy: &ProxyProtocolConfig,
     control: &ControlLimitsConfig,
 ) -> Result<(), ConfigError> {
-    let positive = [
-        ("edge.limits.maxConnections", edge.max_connections),
+    let zero = [
+        ("edge.limits.maxConnections", edge.max_connections == 0),
         (
             "edge.limits.tlsHandshakeTimeout",
-            edge.tls_handshake_timeout,
+            edge.tls_handshake_timeout.is_zero(),
         ),
-        ("edge.limits.headerReadTimeout", edge.header_read_timeout),
-        ("edge.limits.idleTimeout", edge.idle_timeout),
-        ("edge.proxyProtocol.headerTimeout", proxy.header_timeout),
-        ("control.limits.maxConnections", control.max_connections),
+        (
+            "edge.limits.headerReadTimeout",
+            edge.header_read_timeout.is_zero(),
+        ),
+        ("edge.limits.idleTimeout", edge.idle_timeout.is_zero()),
+        (
+            "edge.proxyProtocol.headerTimeout",
+            proxy.header_timeout.is_zero(),
+        ),
+        (
+            "control.limits.maxConnections",
+            control.max_connections == 0,
+        ),
         (
             "control.limits.tlsHandshakeTimeout",
-            control.tls_handshake_timeout,
+            control.tls_handshake_timeout.is_zero(),
         ),
-        ("control.limits.idleTimeout", control.idle_timeout),
+        ("control.limits.idleTimeout", control.idle_timeout.is_zero()),
     ];
-    for (key, value) in positive {
-        if value == 0 {
+    for (key, is_zero) in zero {
+        if is_zero {
             return Err(ConfigError::invalid(key, "must be greater than 0"));
         }
     }
@@ -286,11 +295,6 @@ pub(super) fn validate(
             "must be between 1 and 128",
         ));
     }
-    for (i, text) in proxy.trusted_proxies.iter().enumerate() {
-        Cidr::parse(text).map_err(|reason| {
-            ConfigError::invalid(format!("edge.proxyProtocol.trustedProxies[{i}]"), reason)
-        })?;
-    }
     Ok(())
 }
 
@@ -314,9 +318,9 @@ mod tests {
     #[test]
     fn validation_names_the_key() {
         assert_eq!(invalid_key(|_| {}), None);
-        let cases: [Case; 7] = [
+        let cases: [Case; 6] = [
             (
-                |c| c.edge.limits.idle_timeout = 0,
+                |c| c.edge.limits.idle_timeout = Duration::ZERO,
                 "edge.limits.idleTimeout",
             ),
             (
@@ -339,14 +343,23 @@ mod tests {
                 |c| c.edge.limits.per_client.ipv6_prefix = 0,
                 "edge.limits.perClient.ipv6Prefix",
             ),
-            (
-                |c| c.edge.proxy_protocol.trusted_proxies = vec!["10.0.0.0/8".into(), "x".into()],
-                "edge.proxyProtocol.trustedProxies[1]",
-            ),
         ];
         for (change, key) in cases {
             assert_eq!(invalid_key(change).as_deref(), Some(key));
         }
+        // A trusted proxy is parsed as it is read, so the error names the entry.
+        let env = [(
+            "STATIKO_EDGE_PROXY_PROTOCOL_TRUSTED_PROXIES".to_owned(),
+            "[10.0.0.0/8, x]".to_owned(),
+        )]
+        .into();
+        let err = Config::load_with_default_path(None, &env, std::path::Path::new("/nonexistent"))
+            .unwrap_err();
+        assert_eq!(
+            err.key(),
+            Some("edge.proxyProtocol.trustedProxies[1]"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -369,8 +382,8 @@ mod tests {
                 .unwrap();
         assert_eq!(config.edge.limits.per_client.requests_per_second, 20.0);
         assert_eq!(config.edge.limits.per_client.request_burst, 100);
-        assert_eq!(config.edge.proxy_protocol.trusted().len(), 2);
-        assert_eq!(config.control.limits.idle_timeout(), Duration::from_secs(1));
+        assert_eq!(config.edge.proxy_protocol.trusted_proxies.len(), 2);
+        assert_eq!(config.control.limits.idle_timeout, Duration::from_secs(1));
     }
 
     #[test]

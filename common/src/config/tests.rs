@@ -16,7 +16,7 @@ fn env(vars: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
-fn load_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+fn load_env(vars: &[(&str, &str)]) -> Result<NodeConfig, ConfigError> {
     Config::load_with_default_path(None, &env(vars), Path::new(NO_DEFAULT_FILE))
 }
 
@@ -27,7 +27,7 @@ fn write_temp(text: &str) -> tempfile::NamedTempFile {
 }
 
 /// Loads `yaml` (with a fixed `nodeName` prepended) and `vars`.
-fn load_yaml(yaml: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+fn load_yaml(yaml: &str, vars: &[(&str, &str)]) -> Result<NodeConfig, ConfigError> {
     let file = write_temp(&format!("nodeName: test-node\n{yaml}"));
     Config::load_with_default_path(Some(file.path()), &env(vars), Path::new(NO_DEFAULT_FILE))
 }
@@ -62,8 +62,7 @@ fn defaults_match_the_seed() {
     let config = load_env(&[]).unwrap();
     assert_eq!(config.state.store, StoreKind::File);
     assert_eq!(config.state.etcd.key_prefix, "/statiko");
-    assert_eq!(config.state.etcd.timeout, 10_000);
-    assert_eq!(config.state.etcd.timeout(), Duration::from_secs(10));
+    assert_eq!(config.state.etcd.timeout, Duration::from_millis(10_000));
     assert_eq!(config.state.etcd.address, "");
     assert_eq!(
         config.state.etcd.tls_configuration,
@@ -71,11 +70,11 @@ fn defaults_match_the_seed() {
     );
     assert!(!config.state.etcd.tls_skip_verify);
     assert!(!config.disallow_leadership);
-    assert_eq!(config.control.listen, "0.0.0.0:2265");
+    assert_eq!(config.control.listen.to_string(), "0.0.0.0:2265");
     assert!(config.control.tls.enabled);
-    assert_eq!(config.edge.http, "0.0.0.0:80");
-    assert_eq!(config.edge.https, "0.0.0.0:443");
-    assert_eq!(config.edge.admin, "127.0.0.1:2266");
+    assert_eq!(config.edge.http.to_string(), "0.0.0.0:80");
+    assert_eq!(config.edge.https.to_string(), "0.0.0.0:443");
+    assert_eq!(config.edge.admin.to_string(), "127.0.0.1:2266");
     assert_eq!(config.repo.kind, RepoKind::Local);
     assert_eq!(
         config.acme.directory,
@@ -85,7 +84,7 @@ fn defaults_match_the_seed() {
     assert_eq!(Some(config.node_name.clone()), hostname());
     let rest = Config {
         node_name: String::new(),
-        ..config
+        ..config.raw().clone()
     };
     assert_eq!(rest, Config::default());
 }
@@ -152,14 +151,14 @@ fn env_overrides_nested_bool_number_and_list() {
         config.state.etcd.endpoints(),
         ["http://host01:2379", "https://host02:2379"]
     );
-    assert_eq!(config.state.etcd.timeout, 2500);
+    assert_eq!(config.state.etcd.timeout, Duration::from_millis(2500));
     assert!(config.state.etcd.tls_skip_verify);
     assert_eq!(
         config.state.etcd.tls_configuration.client_key,
         "/etc/etcd/client.key"
     );
     assert!(config.disallow_leadership);
-    assert_eq!(config.edge.https, "[::]:8443");
+    assert_eq!(config.edge.https.to_string(), "[::]:8443");
     assert_eq!(config.repo.kind, RepoKind::S3);
     assert_eq!(config.auth.tokens.len(), 2);
     assert_eq!(config.auth.tokens[0].role, Role::Admin);
@@ -182,7 +181,7 @@ fn env_section_merges_and_specific_key_wins() {
         ("STATIKO_STATE_ETCD_KEY_PREFIX", "/b"),
     ])
     .unwrap();
-    assert_eq!(config.state.etcd.timeout, 500);
+    assert_eq!(config.state.etcd.timeout, Duration::from_millis(500));
     assert_eq!(config.state.etcd.key_prefix, "/b");
     assert!(!config.state.etcd.tls_skip_verify);
 }
@@ -229,7 +228,7 @@ fn env_bad_value_names_the_key() {
 fn env_beats_file() {
     let yaml = "state: {etcd: {timeout: 5000, keyPrefix: /file}}\n";
     let config = load_yaml(yaml, &[("STATIKO_STATE_ETCD_TIMEOUT", "7000")]).unwrap();
-    assert_eq!(config.state.etcd.timeout, 7000);
+    assert_eq!(config.state.etcd.timeout, Duration::from_millis(7000));
     assert_eq!(config.state.etcd.key_prefix, "/file");
     assert_eq!(config.node_name, "test-node");
     let config = load_yaml(yaml, &[("STATIKO_NODE_NAME", "from-env")]).unwrap();
@@ -341,7 +340,8 @@ fn secret_files_are_read_and_trimmed() {
     let token = write_temp("0123456789abcdef-token \n\n");
     let s3 = write_temp("s3-secret\n");
     let azure = write_temp("azure-secret\n");
-    let codesign = write_temp("MCowBQYDK2VwAyEA\n");
+    // Base64 of 32 bytes: a raw Ed25519 public key (parsed at load).
+    let codesign = write_temp("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n");
     let yaml = format!(
         "secretsEncryptionKeyFile: {}\n\
          auth: {{tokens: [{{name: ops, tokenFile: {}, role: admin}}]}}\n\
@@ -358,7 +358,11 @@ fn secret_files_are_read_and_trimmed() {
     assert_eq!(config.auth.tokens[0].token, "0123456789abcdef-token");
     assert_eq!(config.repo.s3.secret_access_key, "s3-secret");
     assert_eq!(config.repo.azure.access_key, "azure-secret");
-    assert_eq!(config.codesign.public_key, "MCowBQYDK2VwAyEA");
+    assert_eq!(
+        config.codesign.public_key,
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+    );
+    assert_eq!(config.codesign_key(), Some([0; 32]));
 }
 
 #[test]
@@ -604,9 +608,17 @@ fn secrets_key_decodes() {
     let config = Config {
         secrets_encryption_key: KEY.into(),
         ..Config::default()
-    };
+    }
+    .build_and_validate()
+    .unwrap();
     assert_eq!(config.secrets_key().map(|k| k.len()), Some(32));
-    assert_eq!(Config::default().secrets_key(), None);
+    assert_eq!(
+        Config::default()
+            .build_and_validate()
+            .unwrap()
+            .secrets_key(),
+        None
+    );
 }
 
 #[test]

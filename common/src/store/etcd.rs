@@ -78,7 +78,7 @@ impl EtcdStore {
                 "state.etcd.address lists no endpoint".to_owned(),
             ));
         }
-        let timeout = config.timeout().max(Duration::from_millis(1));
+        let timeout = config.timeout.max(Duration::from_millis(1));
         let options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_keep_alive(KEEP_ALIVE_INTERVAL, keep_alive_timeout(timeout))
@@ -265,7 +265,7 @@ impl EtcdStore {
         };
         match tokio::time::timeout(self.inner.timeout, work).await {
             Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(format!(
+            Err(_) => Err(StoreError::unavailable(format!(
                 "etcd at {} did not answer {what} within {} ms",
                 self.inner.endpoints_text,
                 self.inner.timeout.as_millis()
@@ -278,17 +278,20 @@ impl EtcdStore {
         let endpoints = &self.inner.endpoints_text;
         match &err {
             E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => {
-                StoreError::Unavailable(format!("etcd at {endpoints}: {what} failed: {err}"))
+                StoreError::unavailable_from(
+                    format!("etcd at {endpoints}: {what} failed: {err}"),
+                    err,
+                )
             }
             E::GRpcStatus(status) => match status.code() {
                 tonic::Code::Unavailable
                 | tonic::Code::DeadlineExceeded
                 | tonic::Code::Cancelled
                 | tonic::Code::Unknown
-                | tonic::Code::Aborted => StoreError::Unavailable(format!(
-                    "etcd at {endpoints}: {what} failed: {}",
-                    status.message()
-                )),
+                | tonic::Code::Aborted => StoreError::unavailable_from(
+                    format!("etcd at {endpoints}: {what} failed: {}", status.message()),
+                    err,
+                ),
                 _ => StoreError::Rejected(format!(
                     "etcd at {endpoints}: {what}: {:?}: {}",
                     status.code(),
@@ -321,7 +324,7 @@ impl WatchState {
                 Ok(Some(resp)) => resp,
                 Ok(None) => {
                     self.stream = None;
-                    return Some(Err(StoreError::Unavailable(format!(
+                    return Some(Err(StoreError::unavailable(format!(
                         "etcd at {}: watch stream closed",
                         self.store.inner.endpoints_text
                     ))));
@@ -340,7 +343,7 @@ impl WatchState {
             }
             if resp.canceled() {
                 self.stream = None;
-                return Some(Err(StoreError::Unavailable(format!(
+                return Some(Err(StoreError::unavailable(format!(
                     "etcd at {}: watch canceled: {}",
                     self.store.inner.endpoints_text,
                     resp.cancel_reason()

@@ -56,11 +56,11 @@ impl Upload {
             Ok(Some(Ok(message))) => Ok(Some(message)),
             Ok(Some(Err(status))) => Err(invalid!("upload interrupted: {}", status.message())),
             Ok(None) => Ok(None),
-            Err(_) if until == self.deadline => Err(ControlError::DeadlineExceeded(format!(
+            Err(_) if until == self.deadline => Err(ControlError::TimedOut(format!(
                 "upload took longer than limits.uploadTimeout ({} ms)",
                 self.total.as_millis()
             ))),
-            Err(_) => Err(ControlError::DeadlineExceeded(format!(
+            Err(_) => Err(ControlError::TimedOut(format!(
                 "upload stalled: nothing received for limits.uploadIdleTimeout ({} ms)",
                 self.idle.as_millis()
             ))),
@@ -134,11 +134,7 @@ impl Api {
     async fn upload_app(&self, stream: Streaming<pb::UploadAppRequest>) -> Result<pb::App> {
         let state = &self.ctx.state;
         let limits = &self.ctx.limits;
-        let mut stream = Upload::new(
-            stream,
-            limits.upload_idle_timeout(),
-            limits.upload_timeout(),
-        );
+        let mut stream = Upload::new(stream, limits.upload_idle_timeout, limits.upload_timeout);
         let first = stream
             .next()
             .await?
@@ -159,12 +155,12 @@ impl Api {
         };
         let app_key = state.keys.app(&name, &version);
         if state.get_app(&name, &version).await?.is_some() {
-            return Err(ControlError::AlreadyExists(format!(
+            return Err(ControlError::Exists(format!(
                 "app {name}@{version} already exists; versions are immutable"
             )));
         }
         if meta.signature.is_empty() && self.ctx.codesign_required {
-            return Err(ControlError::FailedPrecondition(
+            return Err(ControlError::Refused(
                 "unsigned bundle refused: codesign.required is on".into(),
             ));
         }
@@ -223,7 +219,7 @@ impl Api {
             .repo
             .put_file(&digest_hex, &spooled.file)
             .await
-            .map_err(|err| ControlError::Unavailable(format!("bundle repository: {err}")))?;
+            .map_err(ControlError::Repo)?;
 
         let record = AppRecord {
             name: name.clone(),
@@ -242,7 +238,7 @@ impl Api {
             )
             .await?;
         if !result.succeeded {
-            return Err(ControlError::AlreadyExists(format!(
+            return Err(ControlError::Exists(format!(
                 "app {name}@{version} already exists; versions are immutable"
             )));
         }
@@ -253,7 +249,7 @@ impl Api {
                 .repo
                 .put_file(&digest_hex, &spooled.file)
                 .await
-                .map_err(|err| ControlError::Unavailable(format!("bundle repository: {err}")))?;
+                .map_err(ControlError::Repo)?;
         }
         tracing::info!(app = %record.app_ref(), digest = %record.digest, size = record.size, "app uploaded");
         Ok(app_to_proto(&record, Vec::new(), signed))
@@ -273,7 +269,7 @@ impl Api {
             let app_ref = app.record.app_ref();
             let users = sites_using(&sites, |s| s.app.as_ref() == Some(&app_ref));
             if !users.is_empty() {
-                return Err(ControlError::FailedPrecondition(format!(
+                return Err(ControlError::Refused(format!(
                     "app {app_ref} is in use by site(s) {}; deploy another version first",
                     users.join(", ")
                 )));
@@ -292,7 +288,7 @@ impl Api {
             self.collect_bundle(&app.record.digest).await;
             return Ok(());
         }
-        Err(ControlError::Aborted(
+        Err(ControlError::Conflict(
             "app deletion kept losing against concurrent changes; retry".into(),
         ))
     }

@@ -28,7 +28,7 @@ impl Api {
         let state = &self.ctx.state;
         let name = ids::name("name", &req.name)?;
         let secrets = self.ctx.secrets.as_ref().ok_or_else(|| {
-            ControlError::FailedPrecondition(
+            ControlError::Refused(
                 "secretsEncryptionKey is not configured; private keys cannot be stored".into(),
             )
         })?;
@@ -61,12 +61,12 @@ impl Api {
             let compare = match &existing {
                 None => Compare::absent(key.clone()),
                 Some(_) if !req.replace => {
-                    return Err(ControlError::AlreadyExists(format!(
+                    return Err(ControlError::Exists(format!(
                         "certificate {name:?} already exists (use replace to rotate it)"
                     )));
                 }
                 Some(cert) if cert.record.kind != CertificateKind::Imported => {
-                    return Err(ControlError::FailedPrecondition(format!(
+                    return Err(ControlError::Refused(format!(
                         "certificate {name:?} is managed by the cluster and cannot be replaced"
                     )));
                 }
@@ -83,7 +83,7 @@ impl Api {
                 return Ok(certificate_to_proto(&record, Vec::new()));
             }
         }
-        Err(ControlError::Aborted(
+        Err(ControlError::Conflict(
             "certificate import kept losing against concurrent changes; retry".into(),
         ))
     }
@@ -98,14 +98,14 @@ impl Api {
                 .await?
                 .ok_or_else(|| ControlError::NotFound(format!("certificate {name:?} not found")))?;
             if cert.record.kind != CertificateKind::Imported {
-                return Err(ControlError::FailedPrecondition(format!(
+                return Err(ControlError::Refused(format!(
                     "certificate {name:?} is managed by the cluster and cannot be deleted"
                 )));
             }
             let (revision, sites) = state.list_sites().await?;
             let users = sites_using(&sites, uses_certificate(&name));
             if !users.is_empty() {
-                return Err(ControlError::FailedPrecondition(format!(
+                return Err(ControlError::Refused(format!(
                     "certificate {name:?} is in use by site(s) {}",
                     users.join(", ")
                 )));
@@ -123,7 +123,7 @@ impl Api {
                 return Ok(());
             }
         }
-        Err(ControlError::Aborted(
+        Err(ControlError::Conflict(
             "certificate deletion kept losing against concurrent changes; retry".into(),
         ))
     }

@@ -205,7 +205,7 @@ impl Api {
                 revision: result.revision,
             });
         }
-        Err(ControlError::Aborted(
+        Err(ControlError::Conflict(
             "deploy kept losing against concurrent changes; retry".into(),
         ))
     }
@@ -233,7 +233,7 @@ impl Api {
                     ))
                 })?;
                 if found.record.state != DeploymentState::Superseded {
-                    return Err(ControlError::FailedPrecondition(format!(
+                    return Err(ControlError::Refused(format!(
                         "to: deployment {id} is {}; only a deployment that was live and was replaced can be rolled back to",
                         found.record.state.as_str()
                     )));
@@ -246,7 +246,7 @@ impl Api {
                 .map(|d| &d.record)
                 .find(|d| d.state == DeploymentState::Superseded)
                 .ok_or_else(|| {
-                    ControlError::FailedPrecondition(format!(
+                    ControlError::Refused(format!(
                         "site {:?} has no previous deployment to roll back to",
                         site.domain
                     ))

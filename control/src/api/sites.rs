@@ -84,7 +84,7 @@ impl Api {
                 return Err(err);
             }
         }
-        Err(ControlError::Aborted(
+        Err(ControlError::Conflict(
             "site creation kept losing against concurrent changes; retry".into(),
         ))
     }
@@ -100,7 +100,7 @@ impl Api {
         for _ in 0..MAX_ATTEMPTS {
             let current = state.find_site(&lookup).await?;
             if req.expected_revision != 0 && req.expected_revision != current.mod_revision {
-                return Err(ControlError::Aborted(format!(
+                return Err(ControlError::Conflict(format!(
                     "site {:?} changed: expected revision {}, current revision {}",
                     current.record.domain, req.expected_revision, current.mod_revision
                 )));
@@ -166,14 +166,14 @@ impl Api {
                 return Err(err);
             }
             if req.expected_revision != 0 {
-                return Err(ControlError::Aborted(format!(
+                return Err(ControlError::Conflict(format!(
                     "site {:?} changed concurrently; read it again and retry",
                     site.domain
                 )));
             }
             // Another writer changed the site in between: re-read and re-apply this change.
         }
-        Err(ControlError::Aborted(
+        Err(ControlError::Conflict(
             "site update kept losing against concurrent changes; retry".into(),
         ))
     }
@@ -214,7 +214,7 @@ impl Api {
                 return Ok(());
             }
         }
-        Err(ControlError::Aborted(
+        Err(ControlError::Conflict(
             "site deletion kept losing against concurrent changes; retry".into(),
         ))
     }

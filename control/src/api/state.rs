@@ -72,9 +72,9 @@ impl Api {
         };
         for kv in &snapshot.kvs {
             if kv.key == state.keys.meta_import() {
-                return Err(ControlError::Unavailable(
-                    "a state import is being written; export when it has finished".into(),
-                ));
+                return Err(ControlError::ImportInProgress {
+                    retry: "export when it has finished",
+                });
             }
             match state.keys.parse(&kv.key) {
                 Some(Key::Site(_)) => document
@@ -125,9 +125,9 @@ impl Api {
                 .repo
                 .exists(&crypto::hex(&digest))
                 .await
-                .map_err(|err| ControlError::Unavailable(format!("bundle repository: {err}")))?;
+                .map_err(ControlError::Repo)?;
             if !present {
-                return Err(ControlError::FailedPrecondition(format!(
+                return Err(ControlError::Refused(format!(
                     "apps[{i}]: bundle {} of {} is not in this node's bundle repository",
                     app.digest,
                     app.app_ref()
@@ -144,7 +144,7 @@ impl Api {
                 ));
             }
             let Some(secrets) = &self.ctx.secrets else {
-                return Err(ControlError::FailedPrecondition(
+                return Err(ControlError::Refused(
                     "the document holds certificates but secretsEncryptionKey is not configured"
                         .into(),
                 ));
@@ -177,7 +177,7 @@ impl Api {
             }
             for domain in site.all_domains() {
                 if !domains.insert(domain) {
-                    return Err(ControlError::AlreadyExists(format!(
+                    return Err(ControlError::Exists(format!(
                         "sites[{i}]: domain {domain:?} belongs to more than one site"
                     )));
                 }

@@ -45,7 +45,7 @@ impl Api {
             ),
         };
         if self.ctx.auth.config_token_named(&name) {
-            return Err(ControlError::AlreadyExists(format!(
+            return Err(ControlError::Exists(format!(
                 "name: a token named {name:?} is defined in the config (auth.tokens)"
             )));
         }
@@ -72,7 +72,7 @@ impl Api {
             )
             .await?;
         if !result.succeeded {
-            return Err(ControlError::AlreadyExists(format!(
+            return Err(ControlError::Exists(format!(
                 "name: token {name:?} already exists; revoke it first or choose another name"
             )));
         }

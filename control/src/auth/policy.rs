@@ -10,7 +10,7 @@ use tonic::Status;
 use tonic::body::Body;
 
 use super::Caller;
-use crate::state::DesiredState;
+use crate::state::StateStore;
 
 /// What a deployer needs for a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +176,7 @@ impl ScopeCheck {
     pub(crate) async fn run(
         self,
         request: http::Request<Body>,
-        state: &DesiredState,
+        state: &StateStore,
     ) -> Result<http::Request<Body>, Status> {
         let (parts, body) = request.into_parts();
         let bytes = Limited::new(body, MAX_SCOPED_MESSAGE + 5)
@@ -197,7 +197,7 @@ impl ScopeCheck {
     /// The requested domain, then every domain of the site it resolves to (primary and aliases),
     /// must be in scope. A site that does not exist passes, so the handler answers `NOT_FOUND`
     /// as usual for an in-scope name.
-    async fn check(&self, domain: &str, state: &DesiredState) -> Result<(), Status> {
+    async fn check(&self, domain: &str, state: &StateStore) -> Result<(), Status> {
         let caller = &self.caller;
         let verb = self.verb;
         let lookup = statiko_common::ids::domain("domain", domain)

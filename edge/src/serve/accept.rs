@@ -80,20 +80,20 @@ pub fn options_from_config(
     let client_limits = Arc::new(client_limits);
     let proxy = &config.edge.proxy_protocol;
     statiko_common::http_admin::configure(statiko_common::http_admin::AdminLimits {
-        header_read_timeout: limits.header_read_timeout(),
-        idle_timeout: limits.idle_timeout(),
+        header_read_timeout: limits.header_read_timeout,
+        idle_timeout: limits.idle_timeout,
         ..Default::default()
     });
     let options = ServerOptions {
-        header_read_timeout: limits.header_read_timeout(),
-        idle_timeout: limits.idle_timeout(),
+        header_read_timeout: limits.header_read_timeout,
+        idle_timeout: limits.idle_timeout,
         max_connections: usize::try_from(limits.max_connections).unwrap_or(usize::MAX),
         max_connections_per_client: limits.per_client.max_connections,
-        tls_handshake_timeout: limits.tls_handshake_timeout(),
+        tls_handshake_timeout: limits.tls_handshake_timeout,
         limits: client_limits.clone(),
         proxy: proxy.enabled.then(|| ProxySettings {
-            trusted: proxy.trusted(),
-            header_timeout: proxy.header_timeout(),
+            trusted: proxy.trusted_proxies.clone(),
+            header_timeout: proxy.header_timeout,
         }),
         ..ServerOptions::default()
     };

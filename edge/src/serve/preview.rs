@@ -13,12 +13,12 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use statiko_common::crypto::sha256;
 use tokio::sync::Semaphore;
 
-use super::handler::{Prepared, ready_error, serve_path};
 use super::response::{self, ResponseBody};
+use crate::bundle::StagedBundle;
 use crate::table::PreviewRoute;
 
 /// `X-Robots-Tag: noindex` on every response of a preview host.
@@ -113,36 +113,30 @@ fn basic_password(value: &HeaderValue) -> Option<Vec<u8>> {
     Some(decoded[colon + 1..].to_vec())
 }
 
-/// A preview: 404 once expired, the password when it has one, then its bundle.
-pub(super) fn serve<B>(p: &PreviewRoute, req: &Request<B>, head: bool) -> Prepared {
+/// Whether a preview answers: 404 once expired, 401 without the right password (the verdict
+/// is in the cache: the handler checked new credentials before), 503 when it did not stage on
+/// this edge; else its bundle, served like a site's.
+pub(super) fn admit<'a>(
+    p: &'a PreviewRoute,
+    headers: &HeaderMap,
+) -> Result<&'a StagedBundle, StatusCode> {
     if statiko_common::model::now_ms() >= p.expires_at {
-        return ready_error(StatusCode::NOT_FOUND, head);
+        return Err(StatusCode::NOT_FOUND);
     }
-    if let Some(check) = &p.password {
-        match check.gate(req.headers()) {
-            Gate::Open => {}
-            Gate::Denied => return Prepared::Ready(unauthorized(head)),
-            Gate::Check { key, password } => {
-                return Prepared::CheckPassword {
-                    check: check.clone(),
-                    key,
-                    password,
-                };
-            }
-        }
+    if let Some(check) = &p.password
+        && !matches!(check.gate(headers), Gate::Open)
+    {
+        return Err(StatusCode::UNAUTHORIZED);
     }
-    match &p.bundle {
-        Some(bundle) => serve_path(bundle, req, head),
-        None => ready_error(StatusCode::SERVICE_UNAVAILABLE, head),
-    }
+    p.bundle.as_deref().ok_or(StatusCode::SERVICE_UNAVAILABLE)
 }
 
-/// Adds `X-Robots-Tag: noindex` (a preview host's responses).
-pub(super) fn marked(mut prepared: Prepared) -> Prepared {
-    if let Some(headers) = prepared.headers_mut() {
-        noindex(headers);
+/// The response for a refusal of [`admit`] (a 401 asks for the password).
+pub(super) fn refusal(status: StatusCode, head: bool) -> Response<ResponseBody> {
+    match status {
+        StatusCode::UNAUTHORIZED => unauthorized(head),
+        status => response::error_page(status, head),
     }
-    prepared
 }
 
 /// 401 asking for the preview's password.

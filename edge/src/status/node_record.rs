@@ -150,7 +150,7 @@ impl Publisher {
                 }
                 _ = refresh.tick() => {
                     if !self.store.keep_alive(lease).await? {
-                        return Err(statiko_common::store::StoreError::Unavailable("node lease expired".into()));
+                        return Err(statiko_common::store::StoreError::unavailable("node lease expired"));
                     }
                 }
             }

@@ -33,7 +33,7 @@ const POLL: Duration = Duration::from_millis(50);
 fn duration(field: &str, value: Option<&prost_types::Duration>) -> Result<Option<Duration>> {
     match value {
         None => Ok(None),
-        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(ControlError::InvalidArgument(format!(
+        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(ControlError::Invalid(format!(
             "{field}: must not be negative"
         ))),
         Some(d) => Ok(Some(Duration::new(d.seconds as u64, d.nanos as u32))),
@@ -53,7 +53,7 @@ impl Api {
         let wait = wait_timeout("wait_timeout", req.wait_timeout.as_ref())?;
         let config = &self.ctx.previews;
         if config.domain.is_empty() {
-            return Err(ControlError::FailedPrecondition(
+            return Err(ControlError::Refused(
                 "previews are off: set previews.domain in the control's config (a wildcard DNS name pointing at the edges)".into(),
             ));
         }
@@ -133,7 +133,7 @@ impl Api {
                 ready_nodes,
             });
         }
-        Err(ControlError::Aborted(
+        Err(ControlError::Conflict(
             "preview kept losing against concurrent changes; retry".into(),
         ))
     }
@@ -141,13 +141,13 @@ impl Api {
     /// `previews.certificate` must exist and cover `host`.
     async fn check_preview_certificate(&self, name: &str, host: &str) -> Result<()> {
         let Some(cert) = self.ctx.state.get_certificate(name).await? else {
-            return Err(ControlError::FailedPrecondition(format!(
+            return Err(ControlError::Refused(format!(
                 "previews.certificate names certificate {name:?}, which does not exist; import it (a wildcard for *.{}) first",
                 self.ctx.previews.domain
             )));
         };
         if !cert.record.covers(std::iter::once(host)) {
-            return Err(ControlError::FailedPrecondition(format!(
+            return Err(ControlError::Refused(format!(
                 "previews.certificate {name:?} does not cover {host} (it names {}); import a wildcard certificate for *.{}",
                 cert.record.domains.join(", "),
                 self.ctx.previews.domain
@@ -181,7 +181,7 @@ impl Api {
                 }
             }
             if !failed.is_empty() {
-                return Err(ControlError::FailedPrecondition(format!(
+                return Err(ControlError::Refused(format!(
                     "preview {id} of {domain} failed to stage: {}",
                     failed.join("; ")
                 )));
@@ -190,7 +190,7 @@ impl Api {
                 return Ok(staged);
             }
             if Instant::now() >= deadline {
-                return Err(ControlError::DeadlineExceeded(format!(
+                return Err(ControlError::TimedOut(format!(
                     "preview {id} of {domain} is not staged yet by: {}",
                     if pending.is_empty() {
                         "- (no live edge)".to_owned()
@@ -218,7 +218,7 @@ impl Api {
                 ))
             })?;
         if found.record.state != DeploymentState::Preview {
-            return Err(ControlError::FailedPrecondition(format!(
+            return Err(ControlError::Refused(format!(
                 "id: deployment {id} of {} is {}, not a preview",
                 site.record.domain,
                 found.record.state.as_str()
@@ -294,7 +294,7 @@ impl Api {
                 return Ok(());
             }
         }
-        Err(ControlError::Aborted(
+        Err(ControlError::Conflict(
             "preview deletion kept losing against concurrent changes; retry".into(),
         ))
     }
@@ -314,7 +314,7 @@ impl Api {
                 .as_ref()
                 .and_then(|p| crate::convert::timestamp(p.expires_at))
                 .map_or_else(String::new, |t| format!(" at {t}"));
-            return Err(ControlError::FailedPrecondition(format!(
+            return Err(ControlError::Refused(format!(
                 "id: preview {id} of {} expired{expired_at}; deploy {} again (as a preview or live)",
                 found.site, found.app
             )));

@@ -123,7 +123,7 @@ impl Api {
             match deployment.state {
                 DeploymentState::Live | DeploymentState::Superseded => return Ok(revision),
                 DeploymentState::Failed => {
-                    return Err(ControlError::FailedPrecondition(format!(
+                    return Err(ControlError::Refused(format!(
                         "deployment {id} of {} to {domain} failed: {}",
                         deployment.app,
                         deployment.reason.as_deref().unwrap_or("no reason recorded")
@@ -131,7 +131,7 @@ impl Api {
                 }
                 DeploymentState::Staging => {}
                 DeploymentState::Preview => {
-                    return Err(ControlError::FailedPrecondition(format!(
+                    return Err(ControlError::Refused(format!(
                         "deployment {id} of {domain} is a preview; it never goes live (promote it)"
                     )));
                 }
@@ -145,7 +145,7 @@ impl Api {
                     .filter(|n| !p.staged_nodes.contains(n))
                     .map(String::as_str)
                     .collect();
-                return Err(ControlError::DeadlineExceeded(format!(
+                return Err(ControlError::TimedOut(format!(
                     "deployment {id} of {} to {domain} is still staging (the leader edge cuts it over or fails it); not staged yet by: {}",
                     deployment.app,
                     if pending.is_empty() {
@@ -269,14 +269,14 @@ impl Api {
             }
             if nodes.is_empty() {
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(ControlError::DeadlineExceeded(format!(
+                    return Err(ControlError::TimedOut(format!(
                         "deployed {app} to {domain} at revision {revision}, but no live edge is registered to serve it"
                     )));
                 }
             } else if lagging.is_empty() {
                 return Ok(ready);
             } else if tokio::time::Instant::now() >= deadline {
-                return Err(ControlError::DeadlineExceeded(format!(
+                return Err(ControlError::TimedOut(format!(
                     "deployed {app} to {domain} at revision {revision}, but these edges do not serve it yet: {}",
                     lagging.join("; ")
                 )));

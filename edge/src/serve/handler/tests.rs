@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::HeaderMap;
 use http_body_util::BodyExt;
 
 use super::*;
-use crate::bundle::Variant;
+use crate::bundle::{Body, StagedBundle, StaticFile, Variant};
 use crate::table::SiteRoute;
 
 fn memory(body: &'static [u8], etag: &str) -> StaticFile {
