@@ -538,6 +538,82 @@ async fn preview_requests_are_validated() -> Result<()> {
         &[&preview.id, "expired"],
     );
 
+    // The CLI: the password from standard input (never an argument), list, promote, delete.
+    let mut stk = tokio::process::Command::new(statiko_tests::bins::bin_path("stk"));
+    stk.args([
+        "--output",
+        "json",
+        "deploy",
+        "a.statiko.test",
+        "web@1",
+        "--preview",
+    ])
+    .args(["--ttl", "1h", "--password-stdin"])
+    .envs(cluster.control.stk_env(statiko_tests::ADMIN_TOKEN))
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = stk.spawn()?;
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin.write_all(b"from stdin\n").await?;
+    }
+    let output = child.wait_with_output().await?;
+    ensure!(output.status.success(), "{output:?}");
+    let made: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let id = made["deployment"]["id"].as_str().context("id")?.to_owned();
+    ensure!(
+        made["deployment"]["state"] == "DEPLOYMENT_STATE_PREVIEW",
+        "{made}"
+    );
+    ensure!(
+        made["deployment"]["preview"]["password_protected"] == true,
+        "{made}"
+    );
+    let url = made["deployment"]["preview"]["url"]
+        .as_str()
+        .context("url")?;
+    ensure!(
+        url.ends_with(&format!("--a-statiko-test.{PREVIEWS}")),
+        "{url}"
+    );
+    let list = cluster.control.stk(["preview", "list"]).await?;
+    ensure!(
+        list.status.success() && String::from_utf8_lossy(&list.stdout).contains(&id),
+        "{list:?}"
+    );
+    let history = cluster
+        .control
+        .stk(["deploy", "history", "a.statiko.test"])
+        .await?;
+    let history = String::from_utf8_lossy(&history.stdout).into_owned();
+    ensure!(
+        history.contains(&id) && history.contains("preview"),
+        "{history}"
+    );
+    let promoted = cluster.control.stk(["deploy", "promote", &id]).await?;
+    ensure!(promoted.status.success(), "{promoted:?}");
+    ensure!(
+        String::from_utf8_lossy(&promoted.stdout).contains(&format!("promoted preview {id}")),
+        "{promoted:?}"
+    );
+    let deleted = cluster.control.stk(["preview", "delete", &id]).await?;
+    ensure!(deleted.status.success(), "{deleted:?}");
+    let again = cluster.control.stk(["preview", "delete", &id]).await?;
+    ensure!(
+        !again.status.success() && String::from_utf8_lossy(&again.stderr).contains("not found"),
+        "{again:?}"
+    );
+    let no_preview = cluster
+        .control
+        .stk(["deploy", "a.statiko.test", "web@1", "--ttl", "1h"])
+        .await?;
+    ensure!(
+        !no_preview.status.success(),
+        "--ttl without --preview: {no_preview:?}"
+    );
+
     // A deployer token may preview within its scope only.
     let outside = cluster
         .control
