@@ -516,6 +516,18 @@ async fn preview_requests_are_validated() -> Result<()> {
         &["web@9"],
     );
 
+    // Names under previews.domain are the previews' own.
+    for (domain, aliases) in [
+        (format!("x.{PREVIEWS}"), vec![]),
+        ("b.statiko.test".to_owned(), vec![PREVIEWS]),
+    ] {
+        assert_status(
+            api.sites().create_site(site(&domain, &aliases)).await,
+            Code::InvalidArgument,
+            &["previews.domain", "reserved for preview hosts"],
+        );
+    }
+
     let mut short = request.clone();
     short.ttl = duration(secs(5));
     let preview = api
