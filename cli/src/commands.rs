@@ -114,11 +114,13 @@ async fn site(api: &Api, printer: Printer, command: SiteCommand) -> anyhow::Resu
             domain,
             aliases,
             tls,
+            skew_protection,
         } => {
             let request = CreateSiteRequest {
                 domain,
                 aliases,
                 tls: tls.as_ref().map(tls_config),
+                skew_protection: skew_protection.map(output::duration_to_proto),
             };
             let response = api
                 .unary(timeout, client.create_site(api.request(request)))
@@ -164,6 +166,7 @@ async fn site(api: &Api, printer: Printer, command: SiteCommand) -> anyhow::Resu
             remove_aliases,
             clear_aliases,
             tls,
+            skew_protection,
             expected_revision,
         } => {
             let aliases = if clear_aliases {
@@ -180,6 +183,7 @@ async fn site(api: &Api, printer: Printer, command: SiteCommand) -> anyhow::Resu
                 remove_aliases,
                 tls: tls.as_ref().map(tls_config),
                 expected_revision: expected_revision.unwrap_or(0),
+                skew_protection: skew_protection.map(output::duration_to_proto),
             };
             let response = api
                 .unary(timeout, client.update_site(api.request(request)))

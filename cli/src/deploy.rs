@@ -4,8 +4,8 @@
 use anyhow::Context as _;
 use serde_json::{Value, json};
 use statiko_proto::v1::{
-    AppRef, DeployRequest, DeployStrategy, Deployment, GetSiteRequest, ListDeploymentsRequest,
-    RollbackRequest,
+    AppRef, DeployRequest, DeployResponse, DeployStrategy, Deployment, GetSiteRequest,
+    ListDeploymentsRequest, RollbackRequest, RollbackResponse,
 };
 
 use crate::cli::{DeployArgs, DeployCommand, WaitArgs};
@@ -73,20 +73,9 @@ async fn deploy(
         strategy: strategy as i32,
         ..DeployRequest::default()
     };
-    let mut response = api
-        .unary(
-            api.timeout(),
-            api.deployments().deploy(api.request(request)),
-        )
-        .await?;
-    follow(
-        api,
-        &domain,
-        &wait,
-        &mut response.deployment,
-        &mut response.ready_nodes,
-    )
-    .await?;
+    let mut client = api.deployments();
+    let call = client.deploy(api.request(request));
+    let mut response: DeployResponse = send_and_follow(api, &domain, &wait, call).await?;
     if wait.wait {
         let site = api
             .unary(
@@ -128,21 +117,40 @@ async fn deploy(
     )
 }
 
-/// With `--wait`, follows the deployment a deploy or rollback started until every live edge
-/// serves it (or it fails), and puts its final state and the edges serving it in the response.
-pub(crate) async fn follow(
+/// A response naming a deployment and the edges serving it: `DeployResponse`, `RollbackResponse`,
+/// `PromotePreviewResponse`.
+pub(crate) trait Followed {
+    fn parts(&mut self) -> (&mut Option<Deployment>, &mut Vec<String>);
+}
+
+impl Followed for DeployResponse {
+    fn parts(&mut self) -> (&mut Option<Deployment>, &mut Vec<String>) {
+        (&mut self.deployment, &mut self.ready_nodes)
+    }
+}
+
+impl Followed for RollbackResponse {
+    fn parts(&mut self) -> (&mut Option<Deployment>, &mut Vec<String>) {
+        (&mut self.deployment, &mut self.ready_nodes)
+    }
+}
+
+/// Sends a deploy or rollback `call`, then with `--wait` follows the deployment it made until it
+/// is live and served everywhere (or failed), updating the response's deployment and edges.
+pub(crate) async fn send_and_follow<T: Followed>(
     api: &Api,
     domain: &str,
     wait: &WaitArgs,
-    deployment: &mut Option<Deployment>,
-    ready_nodes: &mut Vec<String>,
-) -> anyhow::Result<()> {
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> anyhow::Result<T> {
+    let mut response = api.unary(api.timeout(), call).await?;
     if wait.wait {
+        let (deployment, ready_nodes) = response.parts();
         let last = watch::follow(api, domain, deployment.as_ref(), wait.wait_timeout).await?;
         *deployment = last.deployment;
         *ready_nodes = last.serving_nodes;
     }
-    Ok(())
+    Ok(response)
 }
 
 async fn history(api: &Api, printer: Printer, domain: String) -> anyhow::Result<()> {
@@ -173,20 +181,9 @@ async fn rollback(
         to: to.unwrap_or_default(),
         ..RollbackRequest::default()
     };
-    let mut response = api
-        .unary(
-            api.timeout(),
-            api.deployments().rollback(api.request(request)),
-        )
-        .await?;
-    follow(
-        api,
-        &domain,
-        &wait,
-        &mut response.deployment,
-        &mut response.ready_nodes,
-    )
-    .await?;
+    let mut client = api.deployments();
+    let call = client.rollback(api.request(request));
+    let response: RollbackResponse = send_and_follow(api, &domain, &wait, call).await?;
     let deployment = response
         .deployment
         .as_ref()

@@ -8,13 +8,19 @@ use anyhow::{Context as _, bail};
 use serde_json::json;
 use statiko_proto::v1::{
     AppRef, DeletePreviewRequest, DeployPreviewRequest, Deployment, ListPreviewsRequest,
-    PromotePreviewRequest,
+    PromotePreviewRequest, PromotePreviewResponse,
 };
 
 use crate::cli::{PreviewCommand, WaitArgs};
 use crate::commands::Printer;
 use crate::connect::Api;
 use crate::output;
+
+impl crate::deploy::Followed for PromotePreviewResponse {
+    fn parts(&mut self) -> (&mut Option<Deployment>, &mut Vec<String>) {
+        (&mut self.deployment, &mut self.ready_nodes)
+    }
+}
 
 /// The flags of `stk deploy --preview`.
 #[derive(Debug)]
@@ -182,25 +188,14 @@ pub(crate) async fn promote(
     wait: WaitArgs,
 ) -> anyhow::Result<()> {
     let domain = site_of(api, &id, site).await?;
-    let mut response = api
-        .unary(
-            api.timeout(),
-            api.deployments()
-                .promote_preview(api.request(PromotePreviewRequest {
-                    domain: domain.clone(),
-                    id: id.clone(),
-                    ..PromotePreviewRequest::default()
-                })),
-        )
-        .await?;
-    crate::deploy::follow(
-        api,
-        &domain,
-        &wait,
-        &mut response.deployment,
-        &mut response.ready_nodes,
-    )
-    .await?;
+    let mut client = api.deployments();
+    let call = client.promote_preview(api.request(PromotePreviewRequest {
+        domain: domain.clone(),
+        id: id.clone(),
+        ..PromotePreviewRequest::default()
+    }));
+    let response: PromotePreviewResponse =
+        crate::deploy::send_and_follow(api, &domain, &wait, call).await?;
     let deployment = response
         .deployment
         .as_ref()

@@ -369,11 +369,20 @@ pub struct EdgeConfig {
     /// Redirect plain HTTP to HTTPS (except ACME challenges). Turn off when a TLS-terminating
     /// load balancer or CDN in front talks plain HTTP to the edge.
     pub redirect_http: bool,
+    /// Serve every site over HTTP/3 (QUIC) on the UDP port of `https`, advertised with
+    /// `Alt-Svc` on HTTPS responses.
+    pub http3: bool,
     pub limits: EdgeLimitsConfig,
     pub proxy_protocol: ProxyProtocolConfig,
     /// Bundles of the last live deployments kept staged per site (the live one included), so
     /// a rollback to one of them needs no download.
     pub retain_deployments: u32,
+    /// Most bytes the retained (not live) bundles may take on disk, over every site; the
+    /// oldest retired goes first. Live bundles never count.
+    pub bundle_disk_budget: u64,
+    /// Runtime worker threads serving requests and running the edge's tasks; 0 (the default)
+    /// starts one per CPU core.
+    pub worker_threads: u32,
 }
 
 impl Default for EdgeConfig {
@@ -385,9 +394,12 @@ impl Default for EdgeConfig {
             admin: SocketAddr::from(([127, 0, 0, 1], 2266)),
             lease_ttl: Duration::from_secs(10),
             redirect_http: true,
+            http3: true,
             limits: EdgeLimitsConfig::default(),
             proxy_protocol: ProxyProtocolConfig::default(),
             retain_deployments: 3,
+            bundle_disk_budget: 10 << 30,
+            worker_threads: 0,
         }
     }
 }

@@ -5,7 +5,6 @@
 //! {root}/v1/domains/{domain}            DomainRecord: owner of a primary domain or alias
 //! {root}/v1/apps/{name}/{version}       AppRecord
 //! {root}/v1/certificates/{name}         CertificateRecord (private key sealed)
-//! {root}/v1/nodes/{node}                NodeStatusRecord, on the node's lease
 //! {root}/v1/deployments/{site}/{id}     DeploymentRecord: one deploy of an app to a site
 //! {root}/v1/election/edge-leader/leader the leader's node name, on the leader's lease
 //! {root}/v1/acme/account                AcmeAccountRecord (credentials sealed)
@@ -17,7 +16,14 @@
 //! {root}/v1/meta/state                  touched by every desired-state write (its revision)
 //! {root}/v1/meta/secrets-check          a value sealed with secretsEncryptionKey (key check)
 //! {root}/v1/meta/import                 present while a state import is being written
+//!
+//! {root}/status/v1/nodes/{node}         NodeStatusRecord, on the node's lease
 //! ```
+//!
+//! Node records live outside `{root}/v1/`, the range every edge watches: each edge rewrites its
+//! record about twice per deploy, and inside the watched range every write would reach every
+//! edge (N edges x 2 writes x N watchers per deploy). Outside it, only their readers see them
+//! (`stk cluster status`, deploy waits, the leader's cutover).
 //!
 //! Every name in a key is validated by `ids.rs`, so names never contain `/`, and every prefix ends
 //! in `/`, so `sites/a/` never matches `sites/ab`.
@@ -26,6 +32,8 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeySchema {
     root: String,
+    /// `{root}/status/v1/`: node records, outside the watched `root`.
+    status: String,
 }
 
 /// Kinds of desired-state records, for the parser.
@@ -57,10 +65,12 @@ impl KeySchema {
         let root = root.trim_end_matches('/');
         Self {
             root: format!("{root}/v1/"),
+            status: format!("{root}/status/v1/"),
         }
     }
 
-    /// Every key Statiko writes starts with this (it ends in `/`).
+    /// Every key Statiko writes starts with this (it ends in `/`), except the node records
+    /// ([`KeySchema::nodes`]).
     pub fn root(&self) -> &str {
         &self.root
     }
@@ -92,11 +102,12 @@ impl KeySchema {
     pub fn certificate(&self, name: &str) -> String {
         format!("{}certificates/{name}", self.root)
     }
+    /// Node records: not under [`KeySchema::root`], so the edges' watch does not carry them.
     pub fn nodes(&self) -> String {
-        format!("{}nodes/", self.root)
+        format!("{}nodes/", self.status)
     }
     pub fn node(&self, name: &str) -> String {
-        format!("{}nodes/{name}", self.root)
+        format!("{}nodes/{name}", self.status)
     }
     /// Every deployment record of every site.
     pub fn all_deployments(&self) -> String {
@@ -185,6 +196,12 @@ impl KeySchema {
 
     /// Parses a key written under this schema.
     pub fn parse(&self, key: &str) -> Option<Key> {
+        if let Some(node) = key
+            .strip_prefix(&self.status)
+            .and_then(|rest| rest.strip_prefix("nodes/"))
+        {
+            return (!node.is_empty() && !node.contains('/')).then(|| Key::Node(node.to_owned()));
+        }
         let rest = key.strip_prefix(&self.root)?;
         let (collection, id) = rest.split_once('/')?;
         let single = |id: &str| (!id.is_empty() && !id.contains('/')).then(|| id.to_owned());
@@ -192,7 +209,6 @@ impl KeySchema {
             "sites" => Key::Site(single(id)?),
             "domains" => Key::Domain(single(id)?),
             "certificates" => Key::Certificate(single(id)?),
-            "nodes" => Key::Node(single(id)?),
             "acme" => match id.split_once('/') {
                 Some(("challenges", token)) => Key::AcmeChallenge(single(token)?),
                 Some(("orders", domain)) => Key::AcmeOrder(single(domain)?),
@@ -260,6 +276,10 @@ mod tests {
             keys.parse(&keys.node("edge-1")),
             Some(Key::Node("edge-1".into()))
         );
+        // Outside the root the edges watch, so no edge receives another's status writes.
+        assert_eq!(keys.node("edge-1"), "/statiko/status/v1/nodes/edge-1");
+        assert!(!keys.nodes().starts_with(keys.root()));
+        assert_eq!(keys.parse("/statiko/status/v1/nodes/a/b"), None);
         assert_eq!(keys.parse("/other/v1/sites/x"), None);
         assert_eq!(keys.parse("/statiko/v1/sites/a/b"), None);
         assert_eq!(keys.parse("/statiko/v1/sites/"), None);

@@ -55,9 +55,26 @@ pub struct SiteRecord {
     pub updated_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployed_at: Option<i64>,
+    /// The live deployment's id, set with `app` by a cutover or an immediate deploy (an edge
+    /// names it in the `Statiko-Deployment` header when skew protection serves an older one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+    /// Skew protection window, in milliseconds: unset is [`DEFAULT_SKEW_PROTECTION_MS`], 0 off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skew_protection_ms: Option<u64>,
 }
 
+/// How long after a cutover an edge still serves an old deployment's missing static assets
+/// (24 h), unless the site sets its own window.
+pub const DEFAULT_SKEW_PROTECTION_MS: u64 = 24 * 60 * 60 * 1000;
+
 impl SiteRecord {
+    /// The site's skew protection window in milliseconds (0: off).
+    pub fn skew_protection_ms(&self) -> u64 {
+        self.skew_protection_ms
+            .unwrap_or(DEFAULT_SKEW_PROTECTION_MS)
+    }
+
     /// The primary domain followed by every alias.
     pub fn all_domains(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.domain.as_str()).chain(self.aliases.iter().map(String::as_str))
@@ -502,7 +519,7 @@ pub struct NodeCertificateStatus {
     pub not_after: i64,
 }
 
-/// `{root}/v1/nodes/{node}`, attached to the node's lease.
+/// `{root}/status/v1/nodes/{node}`, attached to the node's lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatusRecord {
@@ -579,6 +596,8 @@ mod tests {
             created_at: 1,
             updated_at: 2,
             deployed_at: Some(3),
+            deployment: Some("d0000000001000aaaa".into()),
+            skew_protection_ms: Some(2_000),
         };
         let bytes = encode(&site);
         assert_eq!(decode::<SiteRecord>(&bytes).unwrap(), site);

@@ -1,28 +1,23 @@
-//! `statiko-control`: parses the command line and hands over to `statiko_control::run` through
-//! the shared binary start-up in `statiko_common::process`.
+//! `statiko-control`: hands over to `statiko_control::run` through the shared binary start-up
+//! in `statiko_common::process` (command line, config, telemetry, runtime, exit code).
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
-use statiko_common::process::{self, CommonArgs, ReadyFile};
+use statiko_common::process::{self, Binary, ReadyFile};
 
-/// The Statiko control plane: the gRPC management API.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Cli {
-    #[command(flatten)]
-    common: CommonArgs,
-}
+const BINARY: Binary = Binary {
+    name: env!("CARGO_BIN_NAME"),
+    role: "control plane",
+    version: env!("CARGO_PKG_VERSION"),
+    about: "The Statiko control plane: the gRPC management API",
+};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let ready_file = cli.common.ready_file.clone();
     process::main(
-        cli.common,
-        "control plane",
+        BINARY,
         statiko_control::check_config,
-        |config| async move {
+        |config, ready_file| async move {
             let shutdown = statiko_common::shutdown::spawn_signal_handler();
             statiko_common::demo::check_at_start(
                 &config,

@@ -364,16 +364,8 @@ impl Desired {
 
     /// Persists the state atomically (write, fsync, rename).
     pub fn save(&self, data_dir: &Path) -> std::io::Result<()> {
-        use std::io::Write as _;
-        let path = Self::path(data_dir);
-        let dir = path.parent().unwrap_or(data_dir);
-        private_files::create_dir(dir)?;
-        let tmp = path.with_extension("json.tmp");
-        let mut file = private_files::create_file(&tmp)?;
-        file.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(())
+        let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        private_files::write_atomic(&Self::path(data_dir), &bytes)
     }
 }
 
@@ -407,6 +399,8 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             deployed_at: None,
+            deployment: None,
+            skew_protection_ms: None,
         }
     }
 

@@ -50,6 +50,9 @@ pub(crate) fn preview_site(desired: &Desired, record: &DeploymentRecord) -> Opti
         created_at: record.created_at,
         updated_at: record.created_at,
         deployed_at: None,
+        deployment: Some(record.id.clone()),
+        // A preview serves one deployment: nothing older to protect.
+        skew_protection_ms: Some(0),
     })
 }
 

@@ -24,7 +24,7 @@ use statiko_common::notify::Notifier;
 use crate::bundle::StagedBundle;
 use crate::desired::{Changed, Desired, Position};
 use crate::metrics::EdgeMetrics;
-use crate::releases::Releases;
+use crate::releases::{Releases, Retained};
 use crate::serve::tls::{CertMap, CertResolver, certified_key_from_pem};
 use crate::stage::Stager;
 use crate::table::{Challenge, Hosts, Route, RoutingTable, SharedTable, SiteRoute};
@@ -44,6 +44,8 @@ const STAGING_CONCURRENCY: usize = 3;
 struct Served {
     app: Option<AppRef>,
     bundle: Option<Arc<StagedBundle>>,
+    /// The deployment the site record named when `bundle` was staged for it.
+    deployment: Option<String>,
     error: Option<String>,
 }
 
@@ -181,12 +183,6 @@ impl Reconciler {
         }
     }
 
-    /// Keeps `n` live bundles per site staged for rollback (`edge.retainDeployments`).
-    pub fn with_retained_deployments(mut self, n: u32) -> Self {
-        self.releases = Releases::new(n as usize);
-        self
-    }
-
     /// Reports failed deploys through `notifier`.
     pub fn with_notifier(mut self, notifier: Notifier) -> Self {
         self.notifier = Some(notifier);
@@ -202,6 +198,7 @@ impl Reconciler {
     /// Applies `desired`: stage, then swap certificates and table, then evict unused bundles.
     pub async fn apply(&mut self, desired: &Desired) -> Applied {
         let (affected, challenges_changed) = self.affected(desired);
+        let restored = self.restore_retained(desired).await;
 
         // Stage every bundle that differs from what the site serves now, a few at a time.
         let mut wanted: Vec<(String, AppRecord)> = Vec::new();
@@ -231,7 +228,14 @@ impl Reconciler {
                         .is_some_and(|b| b.digest == record.digest)
                         && previous.app.as_ref() == Some(&record.app_ref());
                     if same {
-                        next.insert(domain.clone(), previous);
+                        let deployment = site.deployment.clone().or(previous.deployment.clone());
+                        next.insert(
+                            domain.clone(),
+                            Served {
+                                deployment,
+                                ..previous
+                            },
+                        );
                     } else {
                         wanted.push((domain.clone(), record.clone()));
                     }
@@ -252,6 +256,10 @@ impl Reconciler {
                 Ok(bundle) => Served {
                     app: Some(record.app_ref()),
                     bundle: Some(bundle),
+                    deployment: desired
+                        .sites
+                        .get(&domain)
+                        .and_then(|site| site.deployment.clone()),
                     error: None,
                 },
                 Err(err) => {
@@ -313,10 +321,17 @@ impl Reconciler {
             let state = self.publish_site(site, served, desired);
             self.sites.insert(domain.clone(), state);
         }
+        let mut retention_changed = restored;
         for old in released {
-            self.retain_replaced(&old, desired);
+            if self.retain_replaced(&old, desired) {
+                retention_changed = true;
+                if let Some(domain) = old.hosts.first() {
+                    self.refresh_retired(domain, desired);
+                }
+            }
             self.release(old);
         }
+        self.settle_retained(desired, retention_changed).await;
         if challenges_changed {
             self.challenges = Arc::new(challenges(desired));
         }
@@ -420,20 +435,21 @@ impl Reconciler {
         }
     }
 
-    /// Keeps the bundle a site served before for rollback (`releases.rs`), or drops what a
-    /// removed site kept.
-    fn retain_replaced(&mut self, old: &SiteState, desired: &Desired) {
+    /// Keeps the bundle a site served before for rollback and skew protection (`releases.rs`),
+    /// or drops what a removed site kept. Returns whether what the site keeps changed.
+    fn retain_replaced(&mut self, old: &SiteState, desired: &Desired) -> bool {
         let Some(domain) = old.hosts.first().cloned() else {
-            return;
+            return false;
         };
-        if !desired.sites.contains_key(&domain) {
-            for digest in self.releases.forget(&domain) {
-                self.release_bundle(&digest);
+        let Some(site) = desired.sites.get(&domain) else {
+            let forgotten = self.releases.forget(&domain);
+            for digest in &forgotten {
+                self.release_bundle(digest);
             }
-            return;
-        }
+            return !forgotten.is_empty();
+        };
         let Some(bundle) = &old.served.bundle else {
-            return;
+            return false;
         };
         let live = self
             .sites
@@ -441,15 +457,25 @@ impl Reconciler {
             .and_then(|s| s.served.bundle.as_ref())
             .map(|b| b.digest.clone());
         if live.as_deref() == Some(bundle.digest.as_str()) {
-            return;
+            return false;
         }
+        let retired = Retained {
+            bundle: bundle.clone(),
+            deployment: old.served.deployment.clone().unwrap_or_else(|| {
+                old.served
+                    .app
+                    .as_ref()
+                    .map(AppRef::to_string)
+                    .unwrap_or_default()
+            }),
+            retired_at: site.deployed_at.unwrap_or_else(model::now_ms),
+            bytes: bundle.disk_bytes(),
+        };
         self.bundle_refs.add(&bundle.digest);
-        for digest in self
-            .releases
-            .retain(&domain, bundle.clone(), live.as_deref())
-        {
+        for digest in self.releases.retain(&domain, retired, live.as_deref()) {
             self.release_bundle(&digest);
         }
+        true
     }
 
     /// Counts down what a replaced or removed site used.
@@ -515,6 +541,7 @@ impl Reconciler {
                 .metrics
                 .as_ref()
                 .map_or_else(Default::default, |metrics| metrics.site(domain)),
+            retired: self.retired_for(site),
         });
         self.hosts.insert(domain.clone(), Route::Site(route));
         for alias in &site.aliases {
@@ -737,5 +764,6 @@ fn local_cert_key(site: &SiteRecord) -> String {
     format!("local:{}", domains.join(","))
 }
 
+mod retired;
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,4 @@
-//! This edge's status: published under its leased node record (`{root}/v1/nodes/{node}`) for
+//! This edge's status: published under its leased node record (`{root}/status/v1/nodes/{node}`) for
 //! `stk cluster status` and deploy waits (`node_record`), and served on the admin listener
 //! (`/healthz`, `/readyz`, `/status`, `/metrics`; `admin`).
 

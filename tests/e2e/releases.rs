@@ -28,7 +28,7 @@ fn page(version: &str) -> String {
 }
 
 /// Waits until every edge is listed and one of them leads (atomic deploys need a leader).
-async fn settled(cluster: &Cluster) -> Result<String> {
+pub(crate) async fn settled(cluster: &Cluster) -> Result<String> {
     let api = cluster.control.admin().await?;
     let want = cluster.edges.len();
     wait_until(secs(30), async || {
@@ -46,7 +46,7 @@ async fn settled(cluster: &Cluster) -> Result<String> {
 }
 
 /// `domain` on `web@1` everywhere, with `web@2` and `web@3` uploaded.
-async fn serving_v1(cluster: &Cluster, domain: &str) -> Result<()> {
+pub(crate) async fn serving_v1(cluster: &Cluster, domain: &str) -> Result<()> {
     let api = cluster.control.admin().await?;
     api.sites().create_site(site(domain, &[])).await?;
     for version in ["1", "2", "3"] {
@@ -56,7 +56,7 @@ async fn serving_v1(cluster: &Cluster, domain: &str) -> Result<()> {
     all_serve(&cluster.edge_refs(), domain, "1").await
 }
 
-async fn all_serve(edges: &[&Edge], domain: &str, version: &str) -> Result<()> {
+pub(crate) async fn all_serve(edges: &[&Edge], domain: &str, version: &str) -> Result<()> {
     let agreed = assert_converged(edges, &[domain]).await?;
     ensure!(
         agreed.page(domain) == page(version),
@@ -83,7 +83,7 @@ async fn get_deployment(cluster: &Cluster, domain: &str, id: &str) -> Result<Dep
 }
 
 /// The digest of `web@version` as uploaded.
-async fn digest_of(cluster: &Cluster, version: &str) -> Result<String> {
+pub(crate) async fn digest_of(cluster: &Cluster, version: &str) -> Result<String> {
     let apps = cluster
         .control
         .admin()
@@ -100,7 +100,7 @@ async fn digest_of(cluster: &Cluster, version: &str) -> Result<String> {
 }
 
 /// Deploys `web@version` to `domain` with the atomic strategy (what `stk deploy` asks for).
-async fn deploy_atomic(
+pub(crate) async fn deploy_atomic(
     cluster: &Cluster,
     domain: &str,
     version: &str,

@@ -339,6 +339,11 @@ impl Control {
             .peak_rss_kib()
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(ChildProcess::id)
+    }
+
     /// The process, e.g. to send another signal.
     pub fn process(&mut self) -> Option<&mut ChildProcess> {
         self.process.as_mut()

@@ -122,6 +122,11 @@ impl Etcd {
         format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(ChildProcess::id)
+    }
+
     /// The client port.
     pub fn client_port(&self) -> u16 {
         self.client_port

@@ -63,12 +63,17 @@ pub fn zip(files: &[(&str, &[u8])]) -> Vec<u8> {
 /// A small site bundle (`index.html` and one asset) as `.tar.gz`; `tag` varies the content
 /// (and so the digest).
 pub fn site_bundle(tag: &str) -> Vec<u8> {
-    let index = format!("<!doctype html><title>{tag}</title><h1>{tag}</h1>\n");
+    let index = site_bundle_index(tag);
     tar_gz(&[
-        ("index.html", index.as_bytes()),
+        ("index.html", &index),
         ("assets/app.js", b"console.log('statiko');\n"),
     ])
     .expect("an in-memory tar.gz cannot fail")
+}
+
+/// The `index.html` of [`site_bundle`]`(tag)`: what its site serves at `/`.
+pub fn site_bundle_index(tag: &str) -> Vec<u8> {
+    format!("<!doctype html><title>{tag}</title><h1>{tag}</h1>\n").into_bytes()
 }
 
 /// `sha256:<hex>` of `bytes`.
@@ -240,6 +245,7 @@ pub fn site(domain: &str, aliases: &[&str]) -> CreateSiteRequest {
         domain: domain.to_owned(),
         aliases: aliases.iter().map(|alias| (*alias).to_owned()).collect(),
         tls: None,
+        skew_protection: None,
     }
 }
 
@@ -295,7 +301,7 @@ pub fn assert_status<T: std::fmt::Debug>(
     status
 }
 
-/// Writes a leased fake edge status record `{root}/v1/nodes/<name>` (JSON per
+/// Writes a leased fake edge status record `{root}/status/v1/nodes/<name>` (JSON per
 /// `NodeStatusRecord`) and returns the lease id (revoke it to make the node disappear).
 pub async fn put_node_status(
     client: &mut etcd_client::Client,
@@ -310,7 +316,7 @@ pub async fn put_node_status(
         Some(lease) => lease,
         None => client.lease_grant(60, None).await?.id(),
     };
-    let key = format!("{}/v1/nodes/{name}", key_prefix.trim_end_matches('/'));
+    let key = statiko_common::keys::KeySchema::new(key_prefix).node(name);
     client
         .put(
             key,

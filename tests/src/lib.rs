@@ -12,11 +12,14 @@
 //! - [`control`]: a `statiko-control` process with a generated config ([`Control`]).
 //! - [`client`]: tonic channels and the `statiko.v1` clients with a bearer token ([`Api`]).
 //! - [`cmd`]: one-shot runs of a binary such as `stk` ([`run_stk`]).
+//! - [`h3`]: an independent HTTP/3 client (aioquic, `tests/h3_client.py`) ([`h3::h3_fetch`]).
 //! - [`moto`]: an S3-compatible server from PyPI `moto[server]` ([`Moto`]).
 //! - [`pebble`]: the ACME test server with a mock DNS ([`Pebble`]).
 //! - [`net`]: free ports and a tiny HTTP(S)/1.1 client for probing servers.
 //! - [`proxy`]: a loopback TCP proxy that can be cut and healed ([`TcpProxy`]), for partitions.
 //! - [`cluster`]: etcd + control + N edges behind proxies, and [`cluster::assert_converged`].
+//! - [`fleet`]: etcd + control + N small edges started in parallel ([`Fleet`]), and a cheap
+//!   keep-alive probe of what an edge serves ([`fleet::Prober`]).
 //!
 //! Every test calls [`init`] first.
 
@@ -29,6 +32,8 @@ pub mod control;
 pub mod edge;
 pub mod etcd;
 pub mod fixtures;
+pub mod fleet;
+pub mod h3;
 pub mod moto;
 pub mod net;
 pub mod pebble;
@@ -48,6 +53,7 @@ pub use crate::control::{
 };
 pub use crate::edge::{Edge, EdgeAddrs, EdgeOptions};
 pub use crate::etcd::{Etcd, EtcdTls};
+pub use crate::fleet::{Fleet, Prober};
 pub use crate::moto::Moto;
 pub use crate::net::{
     HttpResponse, TlsTarget, free_port, http_get, http_request, https_get_unverified,

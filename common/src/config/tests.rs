@@ -674,3 +674,11 @@ fn previews_keys_are_validated() {
         "previews.certificate",
     );
 }
+
+#[test]
+fn validate_edge_worker_threads() {
+    check_invalid("edge: {workerThreads: 5000}\n", "edge.workerThreads");
+    let config = load_yaml("edge: {workerThreads: 1}\n", &[]).unwrap();
+    assert_eq!(config.edge.worker_threads, 1);
+    assert_eq!(load_env(&[]).unwrap().edge.worker_threads, 0);
+}

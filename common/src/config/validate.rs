@@ -175,6 +175,13 @@ impl Config {
             );
         }
 
+        if self.edge.worker_threads > 1024 {
+            return bad(
+                "edge.workerThreads",
+                "must be at most 1024 (0: one per CPU core)",
+            );
+        }
+
         // deploy
         if self.deploy.history < 2 {
             return bad(

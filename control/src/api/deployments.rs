@@ -162,6 +162,7 @@ impl Api {
                 deployment.state = DeploymentState::Live;
                 deployment.live_at = Some(now);
                 site.app = Some(app.clone());
+                site.deployment = Some(id.clone());
                 site.deployed_at = Some(now);
                 site.updated_at = now;
                 ops.extend(state.site_ops(&site, &[]));

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::Api;
 use crate::auth::{Caller, site_visible};
-use crate::convert::{site_to_proto, tls_from_proto};
+use crate::convert::{site_to_proto, skew_protection_from_proto, tls_from_proto};
 use crate::error::{ControlError, Result, invalid};
 use crate::state::MAX_ATTEMPTS;
 
@@ -82,6 +82,8 @@ impl Api {
             ),
         )?;
         let tls = tls_from_proto("tls", req.tls.as_ref())?;
+        let skew_protection_ms =
+            skew_protection_from_proto("skew_protection", req.skew_protection.as_ref())?;
         let now = now_ms();
         let site = SiteRecord {
             domain: domain.clone(),
@@ -91,6 +93,8 @@ impl Api {
             created_at: now,
             updated_at: now,
             deployed_at: None,
+            deployment: None,
+            skew_protection_ms,
         };
         let domains: Vec<String> = site.all_domains().map(str::to_owned).collect();
         let cert = imported_name(&site.tls).map(|n| state.keys.certificate(n));
@@ -127,6 +131,8 @@ impl Api {
             .as_ref()
             .map(|t| tls_from_proto("tls", Some(t)))
             .transpose()?;
+        let skew_protection_ms =
+            skew_protection_from_proto("skew_protection", req.skew_protection.as_ref())?;
         for _ in 0..MAX_ATTEMPTS {
             let current = state.find_site(&lookup).await?;
             if req.expected_revision != 0 && req.expected_revision != current.mod_revision {
@@ -163,6 +169,9 @@ impl Api {
             }
             if let Some(tls) = &tls {
                 site.tls = tls.clone();
+            }
+            if let Some(ms) = skew_protection_ms {
+                site.skew_protection_ms = Some(ms);
             }
             if site == current.record {
                 return Ok(site_to_proto(&site, current.mod_revision));

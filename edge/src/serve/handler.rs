@@ -7,10 +7,12 @@
 //! By file: this one routes (methods, host, rate limits, ACME challenges, HTTP to HTTPS and
 //! alias redirects); `handler/rules.rs` serves a bundle's path by its `_redirects`, manifest
 //! and conventions; `handler/file.rs` turns one file into a response (conditionals, ranges,
-//! precompressed variants).
+//! precompressed variants); `handler/skew.rs` answers a would-be 404 from a retired deployment
+//! (skew protection).
 
 mod file;
 mod rules;
+mod skew;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -236,7 +238,13 @@ impl Handler {
                 Some(Route::Alias { primary }) => self.to_https(primary, req, head),
                 Some(Route::Site(site)) => match &site.bundle {
                     None => Answer::Ready(response::welcome_page(head)),
-                    Some(bundle) => rules::serve_path(bundle, req, head),
+                    Some(bundle) => match rules::serve_path(bundle, req, head) {
+                        // Skew protection looks at would-be 404s only.
+                        missing if !site.retired.is_empty() && skew::is_not_found(&missing) => {
+                            skew::serve_retired(site, bundle, req, head).unwrap_or(missing)
+                        }
+                        answer => answer,
+                    },
                 },
                 Some(Route::Preview(p)) => noindex(match preview::admit(p, req.headers()) {
                     Ok(bundle) => rules::serve_path(bundle, req, head),
