@@ -103,6 +103,20 @@ pub struct Config {
     pub deploy: DeployConfig,
     pub notifications: NotificationsConfig,
     pub log: LogConfig,
+    pub previews: PreviewsConfig,
+}
+
+/// `previews`: preview deploys (read by control, which fixes each preview's host and
+/// certificate in its record when it is made).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PreviewsConfig {
+    /// The domain previews are served under (a wildcard DNS name pointing at the edges), e.g.
+    /// `preview.example.com`; empty: previews are off.
+    pub domain: String,
+    /// The name of an imported wildcard certificate for `*.<domain>`; empty: the leader makes
+    /// one certificate per preview host (ACME HTTP-01 when the site uses ACME, else self-signed).
+    pub certificate: String,
 }
 
 /// `state.store`.

@@ -85,6 +85,16 @@ pub async fn run(
         codesign_required: config.codesign.required,
         limits: config.limits.clone(),
         deploy: config.deploy.clone(),
+        // Hosts are lowercase without a trailing dot, as every stored domain.
+        previews: statiko_common::config::PreviewsConfig {
+            domain: config
+                .previews
+                .domain
+                .trim()
+                .trim_end_matches('.')
+                .to_ascii_lowercase(),
+            certificate: config.previews.certificate.clone(),
+        },
         upload_dir: config.control.data_dir.join("uploads"),
     });
     let metrics = std::sync::Arc::new(metrics::ControlMetrics::default());

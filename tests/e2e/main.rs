@@ -26,6 +26,7 @@ mod fleet;
 mod hardening;
 mod harness_smoke;
 mod observability;
+mod previews;
 mod releases;
 mod releases_skew;
 mod safe_defaults;

@@ -687,6 +687,30 @@ fn cluster_example_documents_every_key() {
 }
 
 #[test]
+fn previews_keys_are_validated() {
+    let config = load_yaml(
+        "previews:\n  domain: Preview.Example.com\n  certificate: wildcard\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(config.previews.domain, "Preview.Example.com");
+    assert!(load_yaml("previews:\n  domain: \"\"\n", &[]).is_ok());
+    check_invalid("previews:\n  domain: \"not a domain\"\n", "previews.domain");
+    check_invalid(
+        &format!("previews:\n  domain: {}.test\n", "a.".repeat(95)),
+        "previews.domain",
+    );
+    check_invalid(
+        "previews:\n  certificate: wildcard\n",
+        "previews.certificate",
+    );
+    check_invalid(
+        "previews:\n  domain: p.example.com\n  certificate: \"bad/name\"\n",
+        "previews.certificate",
+    );
+}
+
+#[test]
 fn validate_edge_worker_threads() {
     check_invalid("edge: {workerThreads: 5000}\n", "edge.workerThreads");
     let config = load_yaml("edge: {workerThreads: 1}\n", &[]).unwrap();

@@ -207,6 +207,32 @@ impl Config {
             return bad("deploy.stageTimeout", "must be greater than 0");
         }
 
+        // previews
+        if !self.previews.domain.is_empty() {
+            match crate::ids::domain("previews.domain", &self.previews.domain) {
+                // A preview label (up to 63 characters and a dot) must still fit in a name.
+                Ok(domain) if domain.len() > 253 - 64 => {
+                    return bad(
+                        "previews.domain",
+                        "too long: at most 189 characters, so a preview host fits in 253",
+                    );
+                }
+                Ok(_) => {}
+                Err(err) => return Err(ConfigError::invalid("previews.domain", err.reason)),
+            }
+        }
+        if !self.previews.certificate.is_empty() {
+            if self.previews.domain.is_empty() {
+                return bad(
+                    "previews.certificate",
+                    "set previews.domain too (previews are off without it)",
+                );
+            }
+            if let Err(err) = crate::ids::name("previews.certificate", &self.previews.certificate) {
+                return Err(ConfigError::invalid("previews.certificate", err.reason));
+            }
+        }
+
         // log
         if self.log.level.trim().is_empty() {
             return bad("log.level", "required");
