@@ -5,6 +5,8 @@
 #   bench/run.sh                       # every case, 3 x 10 s each, shared layout
 #   CASES="tls-1k h2-100k" REPS=1 DURATION=5 bench/run.sh
 #   WITH_SWS=1 WITH_CADDY=1 bench/run.sh   # also re-measure static-web-server / Caddy
+#   MODE=fixed bench/run.sh            # fixed-rate tail latency (oha -q, --latency-correction)
+#   MODE=h3 bench/run.sh               # HTTP/3 rows, edge vs Caddy (oha --http-version 3)
 #
 # The method is the anchor benchmarks' (shared/bench): wrk / h2load / openssl s_time with 64
 # connections, a 2 s warm-up per case, the run waits for an idle machine and is redone when
@@ -25,8 +27,19 @@ OTHER_MAX=${OTHER_MAX:-0.35}     # unexplained cores during a run (else redo, up
 RETRIES=${RETRIES:-5}
 ALL_CASES="tls-1k tls-100k h2-100k plain-1k plain-10m hs-full hs-resume"
 CASES=${CASES:-$ALL_CASES}
+# saturation: the wrk / h2load / s_time matrix above; fixed: the fixed-rate latency table (edge,
+# nginx, sws); h3: HTTP/3 rows against Caddy; all: the three in turn.
+MODE=${MODE:-saturation}
+FIXED_CASES=${FIXED_CASES:-"tls-1k plain-1k h2-1k tls-100k"}
+H3_CASES=${H3_CASES:-"h3-1k h3-100k"}
+FIXED_PCTS=${FIXED_PCTS:-"25 50 75"}   # % of the slowest server's saturation rate
+SAT_DURATION=${SAT_DURATION:-5}        # oha saturation run per server (finds the rates)
+FIXED_DURATION=${FIXED_DURATION:-10}   # each fixed-rate run
+has_mode() { [ "$MODE" = all ] || [ "$MODE" = "$1" ]; }
 WITH_SWS=${WITH_SWS:-0}
 WITH_CADDY=${WITH_CADDY:-0}
+has_mode fixed && WITH_SWS=1
+has_mode h3 && WITH_CADDY=1
 PROFILE=${PROFILE:-release}
 WORK=${BENCH_DIR:-/tmp/statiko-bench}
 HOST=127.0.0.1
@@ -49,6 +62,13 @@ if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need[@]}" >/dev/null
+fi
+OHA_BIN=$(command -v oha || echo "$HOME/.cargo/bin/oha")
+if [ "$MODE" != saturation ] && ! { [ -x "$OHA_BIN" ] &&
+    ! "$OHA_BIN" -n 1 --no-tui --http-version 3 http://127.0.0.1:9/ 2>&1 | grep -q 'not been built with HTTP/3'; }; then
+  log "cargo install oha --features http3 (several minutes)"
+  cargo install oha --locked --features http3
+  OHA_BIN=$HOME/.cargo/bin/oha
 fi
 SWS_BIN=$(command -v static-web-server || echo "$HOME/.cargo/bin/static-web-server")
 if [ "$WITH_SWS" = 1 ] && [ ! -x "$SWS_BIN" ]; then
@@ -120,7 +140,7 @@ cat > "$RUN/Caddyfile" <<EOF
 	admin off
 	auto_https off
 	servers {
-		protocols h1 h2
+		protocols h1 h2$(has_mode h3 && echo " h3")
 	}
 }
 http://$HOST:$CADDY_HTTP, http://localhost:$CADDY_HTTP {
@@ -272,8 +292,15 @@ measure() {
   echo "${rps:--} $p50 $p99 $rss $scpu $other ${err:-0}"
 }
 
-# --- the matrix --------------------------------------------------------------------------------
 DATE=$(date -u +%Y-%m-%dT%H:%MZ)
+[ "$MODE" = saturation ] || [ "$MODE" = all ] || CASES=""
+if has_mode fixed || has_mode h3; then
+  # shellcheck source=bench/fixed-rate.sh
+  . "$ROOT/bench/fixed-rate.sh"
+fi
+[ -n "$CASES" ] || exit 0
+
+# --- the matrix --------------------------------------------------------------------------------
 RAW=$WORK/results-$(date -u +%Y%m%d-%H%M%S).csv
 echo "case,server,rep,rps,p50_ms,p99_ms,rss_kib,srv_cores,other_cores,errors" > "$RAW"
 for c in $CASES; do

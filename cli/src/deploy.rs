@@ -1,10 +1,11 @@
-//! `stk deploy`: deploy an app version to a site, list a site's deployments, roll back.
+//! `stk deploy`: deploy an app version to a site, list a site's deployments, roll back (previews
+//! and their promotion: `preview.rs`).
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
 use statiko_proto::v1::{
-    AppRef, DeployRequest, DeployStrategy, Deployment, GetSiteRequest, ListDeploymentsRequest,
-    RollbackRequest,
+    AppRef, DeployRequest, DeployResponse, DeployStrategy, Deployment, GetSiteRequest,
+    ListDeploymentsRequest, RollbackRequest, RollbackResponse,
 };
 
 use crate::cli::{DeployArgs, DeployCommand, WaitArgs};
@@ -18,6 +19,19 @@ pub(crate) async fn run(api: &Api, printer: Printer, args: DeployArgs) -> anyhow
         Some(DeployCommand::History { domain }) => history(api, printer, domain).await,
         Some(DeployCommand::Rollback { domain, to, wait }) => {
             rollback(api, printer, domain, to, wait).await
+        }
+        Some(DeployCommand::Promote { id, site, wait }) => {
+            crate::preview::promote(api, printer, id, site, wait).await
+        }
+        None if args.preview => {
+            let domain = args.domain.context("SITE is required")?;
+            let app = args.app.context("NAME@VERSION is required")?;
+            let options = crate::preview::Options {
+                ttl: args.ttl,
+                password_stdin: args.password_stdin,
+                wait: args.wait,
+            };
+            crate::preview::deploy(api, printer, domain, app.name, app.version, options).await
         }
         None => {
             let domain = args.domain.context("SITE is required")?;
@@ -59,20 +73,9 @@ async fn deploy(
         strategy: strategy as i32,
         ..DeployRequest::default()
     };
-    let mut response = api
-        .unary(
-            api.timeout(),
-            api.deployments().deploy(api.request(request)),
-        )
-        .await?;
-    follow(
-        api,
-        &domain,
-        &wait,
-        &mut response.deployment,
-        &mut response.ready_nodes,
-    )
-    .await?;
+    let mut client = api.deployments();
+    let call = client.deploy(api.request(request));
+    let mut response: DeployResponse = send_and_follow(api, &domain, &wait, call).await?;
     if wait.wait {
         let site = api
             .unary(
@@ -114,21 +117,40 @@ async fn deploy(
     )
 }
 
-/// With `--wait`, follows the deployment a deploy or rollback started until every live edge
-/// serves it (or it fails), and puts its final state and the edges serving it in the response.
-async fn follow(
+/// A response naming a deployment and the edges serving it: `DeployResponse`, `RollbackResponse`,
+/// `PromotePreviewResponse`.
+pub(crate) trait Followed {
+    fn parts(&mut self) -> (&mut Option<Deployment>, &mut Vec<String>);
+}
+
+impl Followed for DeployResponse {
+    fn parts(&mut self) -> (&mut Option<Deployment>, &mut Vec<String>) {
+        (&mut self.deployment, &mut self.ready_nodes)
+    }
+}
+
+impl Followed for RollbackResponse {
+    fn parts(&mut self) -> (&mut Option<Deployment>, &mut Vec<String>) {
+        (&mut self.deployment, &mut self.ready_nodes)
+    }
+}
+
+/// Sends a deploy or rollback `call`, then with `--wait` follows the deployment it made until it
+/// is live and served everywhere (or failed), updating the response's deployment and edges.
+pub(crate) async fn send_and_follow<T: Followed>(
     api: &Api,
     domain: &str,
     wait: &WaitArgs,
-    deployment: &mut Option<Deployment>,
-    ready_nodes: &mut Vec<String>,
-) -> anyhow::Result<()> {
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> anyhow::Result<T> {
+    let mut response = api.unary(api.timeout(), call).await?;
     if wait.wait {
+        let (deployment, ready_nodes) = response.parts();
         let last = watch::follow(api, domain, deployment.as_ref(), wait.wait_timeout).await?;
         *deployment = last.deployment;
         *ready_nodes = last.serving_nodes;
     }
-    Ok(())
+    Ok(response)
 }
 
 async fn history(api: &Api, printer: Printer, domain: String) -> anyhow::Result<()> {
@@ -159,20 +181,9 @@ async fn rollback(
         to: to.unwrap_or_default(),
         ..RollbackRequest::default()
     };
-    let mut response = api
-        .unary(
-            api.timeout(),
-            api.deployments().rollback(api.request(request)),
-        )
-        .await?;
-    follow(
-        api,
-        &domain,
-        &wait,
-        &mut response.deployment,
-        &mut response.ready_nodes,
-    )
-    .await?;
+    let mut client = api.deployments();
+    let call = client.rollback(api.request(request));
+    let response: RollbackResponse = send_and_follow(api, &domain, &wait, call).await?;
     let deployment = response
         .deployment
         .as_ref()
@@ -198,7 +209,7 @@ async fn rollback(
     )
 }
 
-fn served_by(nodes: &[String]) -> String {
+pub(crate) fn served_by(nodes: &[String]) -> String {
     format!(
         "served by {} edge(s): {}\n",
         nodes.len(),

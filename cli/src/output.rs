@@ -148,6 +148,11 @@ pub(crate) fn site_details(site: &Site) -> String {
     table.row(["created".to_owned(), timestamp(site.created_at.as_ref())]);
     table.row(["updated".to_owned(), timestamp(site.updated_at.as_ref())]);
     table.row(["deployed".to_owned(), timestamp(site.deployed_at.as_ref())]);
+    table.row(["deployment".to_owned(), or_dash(&site.deployment_id)]);
+    table.row([
+        "skew protection".to_owned(),
+        window(site.skew_protection.as_ref()),
+    ]);
     table.render()
 }
 
@@ -209,7 +214,32 @@ pub(crate) fn site_json(site: &Site) -> Value {
         "created_at": timestamp_json(site.created_at.as_ref()),
         "updated_at": timestamp_json(site.updated_at.as_ref()),
         "deployed_at": timestamp_json(site.deployed_at.as_ref()),
+        "deployment_id": site.deployment_id,
+        "skew_protection": site
+            .skew_protection
+            .as_ref()
+            .map_or(Value::Null, |d| Value::String(window(Some(d)))),
     })
+}
+
+/// A skew protection window as `stk site update --skew-protection` takes it: `24h`, or `off`.
+pub(crate) fn window(value: Option<&prost_types::Duration>) -> String {
+    match value {
+        Some(d) if d.seconds > 0 || d.nanos > 0 => humantime::format_duration(
+            std::time::Duration::new(d.seconds as u64, d.nanos.max(0) as u32),
+        )
+        .to_string(),
+        Some(_) => "off".to_owned(),
+        None => "-".to_owned(),
+    }
+}
+
+/// A duration for the API.
+pub(crate) fn duration_to_proto(value: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: value.as_secs() as i64,
+        nanos: value.subsec_nanos() as i32,
+    }
 }
 
 pub(crate) fn app_json(app: &App) -> Value {
@@ -245,6 +275,7 @@ pub(crate) fn deployment_state(state: DeploymentState) -> &'static str {
         DeploymentState::Live => "live",
         DeploymentState::Superseded => "superseded",
         DeploymentState::Failed => "failed",
+        DeploymentState::Preview => "preview",
     }
 }
 
@@ -266,6 +297,10 @@ pub(crate) fn deployments_table(deployments: &[Deployment]) -> String {
             d.reason.clone()
         } else if !d.rollback_of.is_empty() {
             format!("rollback to {}", d.rollback_of)
+        } else if !d.promoted_from.is_empty() {
+            format!("promoted from preview {}", d.promoted_from)
+        } else if let Some(p) = &d.preview {
+            format!("{} (expires {})", p.url, timestamp(p.expires_at.as_ref()))
         } else {
             String::new()
         };
@@ -298,7 +333,38 @@ pub(crate) fn deployment_json(d: &Deployment) -> Value {
         "live_at": timestamp_json(d.live_at.as_ref()),
         "superseded_at": timestamp_json(d.superseded_at.as_ref()),
         "failed_at": timestamp_json(d.failed_at.as_ref()),
+        "preview": d.preview.as_ref().map_or(Value::Null, |p| json!({
+            "url": p.url,
+            "host": p.host,
+            "expires_at": timestamp_json(p.expires_at.as_ref()),
+            "password_protected": p.password_protected,
+            "certificate": p.certificate,
+        })),
+        "promoted_from": d.promoted_from,
     })
+}
+
+/// One line per preview, newest first as given.
+pub(crate) fn previews_table(previews: &[Deployment]) -> String {
+    let mut table = Table::new(&["id", "site", "app", "url", "expires", "password", "author"]);
+    for d in previews {
+        let preview = d.preview.clone().unwrap_or_default();
+        table.row([
+            d.id.clone(),
+            d.site.clone(),
+            app_ref(d.app.as_ref()),
+            or_dash(&preview.url),
+            timestamp(preview.expires_at.as_ref()),
+            if preview.password_protected {
+                "yes"
+            } else {
+                "no"
+            }
+            .to_owned(),
+            or_dash(&d.author),
+        ]);
+    }
+    table.render()
 }
 
 fn node_site_json(site: &NodeSiteStatus) -> Value {
@@ -411,6 +477,11 @@ mod tests {
             }),
             updated_at: None,
             deployed_at: None,
+            skew_protection: Some(prost_types::Duration {
+                seconds: 86_400,
+                nanos: 0,
+            }),
+            deployment_id: String::new(),
         };
         assert_eq!(
             site_json(&site),
@@ -423,8 +494,11 @@ mod tests {
                 "created_at": "1970-01-01T00:00:00Z",
                 "updated_at": null,
                 "deployed_at": null,
+                "deployment_id": "",
+                "skew_protection": "1day",
             })
         );
-        assert!(site_details(&site).contains("tls       acme\n"));
+        assert!(site_details(&site).contains("acme\n"));
+        assert!(site_details(&site).contains("skew protection  1day\n"));
     }
 }

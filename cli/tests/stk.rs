@@ -64,6 +64,7 @@ fn site(domain: &str) -> Site {
         }),
         updated_at: None,
         deployed_at: None,
+        ..Site::default()
     }
 }
 
@@ -324,6 +325,8 @@ async fn plaintext_calls() {
             "created_at": "2026-01-01T00:00:00Z",
             "updated_at": null,
             "deployed_at": null,
+            "deployment_id": "",
+            "skew_protection": null,
         }})
     );
 
@@ -384,7 +387,10 @@ async fn plaintext_calls() {
     .await;
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(
-        stdout(&output).starts_with("domain    example.com\n"),
+        stdout(&output)
+            .lines()
+            .next()
+            .is_some_and(|line| line.split_whitespace().eq(["domain", "example.com"])),
         "{}",
         stdout(&output)
     );

@@ -103,6 +103,20 @@ pub struct Config {
     pub deploy: DeployConfig,
     pub notifications: NotificationsConfig,
     pub log: LogConfig,
+    pub previews: PreviewsConfig,
+}
+
+/// `previews`: preview deploys (read by control, which fixes each preview's host and
+/// certificate in its record when it is made).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PreviewsConfig {
+    /// The domain previews are served under (a wildcard DNS name pointing at the edges), e.g.
+    /// `preview.example.com`; empty: previews are off.
+    pub domain: String,
+    /// The name of an imported wildcard certificate for `*.<domain>`; empty: the leader makes
+    /// one certificate per preview host (ACME HTTP-01 when the site uses ACME, else self-signed).
+    pub certificate: String,
 }
 
 /// `state.store`.
@@ -200,6 +214,7 @@ pub struct ControlConfig {
     /// `<dataDir>/uploads` while they are checked.
     pub data_dir: PathBuf,
     pub limits: ControlLimitsConfig,
+    pub console: ConsoleConfig,
 }
 
 impl Default for ControlConfig {
@@ -210,6 +225,33 @@ impl Default for ControlConfig {
             metrics: Some(SocketAddr::from(([127, 0, 0, 1], 2267))),
             data_dir: PathBuf::from("/var/lib/statiko/control"),
             limits: ControlLimitsConfig::default(),
+            console: ConsoleConfig::default(),
+        }
+    }
+}
+
+/// `control.console`: the web console, over HTTPS with control's certificate (`control.tls`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Listen address (host:port); `""` (`None`) turns the console off.
+    #[serde(with = "typed::optional_listen_addr")]
+    pub listen: Option<SocketAddr>,
+    /// How long a sign-in lasts (whole seconds in the file); the session ends then whatever
+    /// the activity.
+    #[serde(with = "typed::seconds")]
+    pub session_lifetime: Duration,
+}
+
+/// Bounds of `control.console.sessionLifetime` (1 s to 30 days).
+pub const CONSOLE_SESSION_LIFETIME_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(30 * 24 * 3600);
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            session_lifetime: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -355,11 +397,17 @@ pub struct EdgeConfig {
     /// Redirect plain HTTP to HTTPS (except ACME challenges). Turn off when a TLS-terminating
     /// load balancer or CDN in front talks plain HTTP to the edge.
     pub redirect_http: bool,
+    /// Serve every site over HTTP/3 (QUIC) on the UDP port of `https`, advertised with
+    /// `Alt-Svc` on HTTPS responses.
+    pub http3: bool,
     pub limits: EdgeLimitsConfig,
     pub proxy_protocol: ProxyProtocolConfig,
     /// Bundles of the last live deployments kept staged per site (the live one included), so
     /// a rollback to one of them needs no download.
     pub retain_deployments: u32,
+    /// Most bytes the retained (not live) bundles may take on disk, over every site; the
+    /// oldest retired goes first. Live bundles never count.
+    pub bundle_disk_budget: u64,
     /// Runtime worker threads serving requests and running the edge's tasks; 0 (the default)
     /// starts one per CPU core.
     pub worker_threads: u32,
@@ -374,9 +422,11 @@ impl Default for EdgeConfig {
             admin: SocketAddr::from(([127, 0, 0, 1], 2266)),
             lease_ttl: Duration::from_secs(10),
             redirect_http: true,
+            http3: true,
             limits: EdgeLimitsConfig::default(),
             proxy_protocol: ProxyProtocolConfig::default(),
             retain_deployments: 3,
+            bundle_disk_budget: 10 << 30,
             worker_threads: 0,
         }
     }

@@ -33,6 +33,23 @@ pub fn create_file(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// Replaces `path` with `bytes` atomically (write a 0600 `.tmp` sibling, fsync, rename), in a
+/// 0700 parent directory created if missing.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("the path has no parent directory"))?;
+    create_dir(dir)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut file = create_file(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
 /// Removes every permission beyond `mode` from `path` if it exists (a missing path is fine).
 pub fn tighten(path: &Path, mode: u32) -> io::Result<()> {
     let current = match fs::metadata(path) {

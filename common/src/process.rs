@@ -22,6 +22,30 @@ pub const EX_USAGE: u8 = 64;
 #[error("invalid configuration: {0}")]
 pub struct InvalidConfig(pub String);
 
+/// A server binary's name, version and one-line description, for `--help` and `--version`.
+#[derive(Debug, Clone, Copy)]
+pub struct Binary {
+    /// The executable's name, e.g. `statiko-edge`.
+    pub name: &'static str,
+    /// What the logs call it when it fails, e.g. `edge`.
+    pub role: &'static str,
+    pub version: &'static str,
+    pub about: &'static str,
+}
+
+impl Binary {
+    /// The command line, parsed (`--help` and `--version` print and exit here).
+    fn parse_args(&self) -> CommonArgs {
+        use clap::{Args as _, FromArgMatches as _};
+        // `augment_args` sets the struct's doc comment as the about text: set ours after it.
+        let matches = CommonArgs::augment_args(clap::Command::new(self.name))
+            .version(self.version)
+            .about(self.about)
+            .get_matches();
+        CommonArgs::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
+    }
+}
+
 /// Flags shared by `statiko-control` and `statiko-edge`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
@@ -36,36 +60,36 @@ pub struct CommonArgs {
     pub ready_file: Option<PathBuf>,
 }
 
-/// Runs a server binary: loads the config into a [`NodeConfig`] (`check` adds the binary's own
-/// checks and runs for `--check-config` too), then starts telemetry and a multi-threaded runtime
-/// and runs `serve` to completion. Returns the process exit code.
+/// Runs a server binary: parses the command line, loads the config into a [`NodeConfig`]
+/// (`check` adds the binary's own checks and runs for `--check-config` too), then starts
+/// telemetry and a multi-threaded runtime and runs `serve` with the config and the
+/// `--ready-file` path to completion. Returns the process exit code.
 pub fn main<F, Fut>(
-    args: CommonArgs,
-    name: &str,
+    binary: Binary,
     check: impl FnOnce(&NodeConfig) -> anyhow::Result<()>,
     serve: F,
 ) -> ExitCode
 where
-    F: FnOnce(NodeConfig) -> Fut,
+    F: FnOnce(NodeConfig, Option<PathBuf>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    main_with_workers(args, name, |_| 0, check, serve)
+    main_with_workers(binary, |_| 0, check, serve)
 }
 
 /// [`main`] with the number of runtime worker threads taken from the config (`0`: one per
 /// CPU core, tokio's default), e.g. `edge.workerThreads`.
 #[expect(clippy::print_stdout, clippy::print_stderr)]
 pub fn main_with_workers<F, Fut>(
-    args: CommonArgs,
-    name: &str,
+    binary: Binary,
     workers: impl FnOnce(&NodeConfig) -> usize,
     check: impl FnOnce(&NodeConfig) -> anyhow::Result<()>,
     serve: F,
 ) -> ExitCode
 where
-    F: FnOnce(NodeConfig) -> Fut,
+    F: FnOnce(NodeConfig, Option<PathBuf>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    let args = binary.parse_args();
     let env: HashMap<String, String> = std::env::vars().collect();
     let config = match NodeConfig::load(args.config.as_deref(), &env) {
         Ok(config) => config,
@@ -105,10 +129,10 @@ where
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, args.ready_file)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "{name} failed");
+            tracing::error!(error = format!("{err:#}"), "{} failed", binary.role);
             eprintln!("error: {err:#}");
             if err.chain().any(|cause| cause.is::<InvalidConfig>()) {
                 ExitCode::from(EX_USAGE)

@@ -11,17 +11,17 @@ mod tokens;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use statiko_common::config::{DeployConfig, LimitsConfig};
+use statiko_common::config::{DeployConfig, LimitsConfig, PreviewsConfig};
 use statiko_common::crypto::SecretBox;
 use statiko_common::repo::BundleRepo;
 
 use crate::auth::{AuthLayer, StoredTokens};
-use crate::state::DesiredState;
+use crate::state::StateStore;
 
 /// Everything a handler needs. Nothing in here is state that matters: the store is the truth.
 #[derive(Debug)]
 pub(crate) struct Context {
-    pub(crate) state: DesiredState,
+    pub(crate) state: StateStore,
     /// The token checks (config token names) and the watched cache of stored tokens.
     pub(crate) auth: AuthLayer,
     pub(crate) tokens: StoredTokens,
@@ -33,6 +33,8 @@ pub(crate) struct Context {
     pub(crate) limits: LimitsConfig,
     /// `deploy`: history length and stage deadline.
     pub(crate) deploy: DeployConfig,
+    /// `previews`: the domain previews are served under and their certificate.
+    pub(crate) previews: PreviewsConfig,
     /// Where uploads are spooled before they are verified and stored.
     pub(crate) upload_dir: PathBuf,
 }

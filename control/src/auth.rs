@@ -15,7 +15,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
-use crate::state::DesiredState;
+use crate::state::StateStore;
 
 // Tokens stored under `tokens/` are checked after the config ones (`tokens`: a watched cache);
 // `policy` decides what each role (`deployer` too) may call and, for deployers, which sites
@@ -49,7 +49,7 @@ pub struct AuthLayer {
     tokens: Arc<Vec<Token>>,
     stored: StoredTokens,
     /// Resolves the site a deployer's request names (no scoped calls without it).
-    state: Option<DesiredState>,
+    state: Option<StateStore>,
 }
 
 impl AuthLayer {
@@ -62,7 +62,7 @@ impl AuthLayer {
     pub(crate) fn with_stored(
         tokens: &[TokenConfig],
         stored: StoredTokens,
-        state: Option<DesiredState>,
+        state: Option<StateStore>,
     ) -> Self {
         let tokens = tokens
             .iter()

@@ -121,6 +121,53 @@ pub(crate) fn site_to_proto(site: &SiteRecord, revision: i64) -> pb::Site {
         created_at: timestamp(site.created_at),
         updated_at: timestamp(site.updated_at),
         deployed_at: site.deployed_at.and_then(timestamp),
+        skew_protection: Some(duration_ms(site.skew_protection_ms())),
+        deployment_id: site.deployment.clone().unwrap_or_default(),
+    }
+}
+
+/// Longest skew protection window: retained deployments bound it in practice; this bounds a
+/// typo (`8760h` for `876h`).
+pub(crate) const MAX_SKEW_PROTECTION_MS: u64 = 90 * 24 * 60 * 60 * 1000;
+
+/// A skew protection window from the API, in milliseconds (0: off); unset is `None`.
+pub(crate) fn skew_protection_from_proto(
+    field: &str,
+    value: Option<&prost_types::Duration>,
+) -> Result<Option<u64>> {
+    let Some(d) = value else {
+        return Ok(None);
+    };
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(invalid!(
+            "{field}: must not be negative (zero turns skew protection off)"
+        ));
+    }
+    if d.nanos >= 1_000_000_000 {
+        return Err(invalid!("{field}: nanos must be below 1e9"));
+    }
+    let ms = (d.seconds as u64)
+        .saturating_mul(1000)
+        .saturating_add(d.nanos as u64 / 1_000_000);
+    if ms > MAX_SKEW_PROTECTION_MS {
+        return Err(invalid!(
+            "{field}: at most 90 days ({}s), got {}s",
+            MAX_SKEW_PROTECTION_MS / 1000,
+            d.seconds
+        ));
+    }
+    if ms == 0 && (d.seconds, d.nanos) != (0, 0) {
+        return Err(invalid!(
+            "{field}: under 1 ms; zero turns skew protection off"
+        ));
+    }
+    Ok(Some(ms))
+}
+
+fn duration_ms(ms: u64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
     }
 }
 
@@ -222,6 +269,7 @@ pub(crate) fn deployment_to_proto(d: &DeploymentRecord) -> pb::Deployment {
         DeploymentState::Live => pb::DeploymentState::Live,
         DeploymentState::Superseded => pb::DeploymentState::Superseded,
         DeploymentState::Failed => pb::DeploymentState::Failed,
+        DeploymentState::Preview => pb::DeploymentState::Preview,
     };
     let strategy = match d.strategy {
         DeployStrategy::Atomic => pb::DeployStrategy::Atomic,
@@ -242,6 +290,14 @@ pub(crate) fn deployment_to_proto(d: &DeploymentRecord) -> pb::Deployment {
         live_at: d.live_at.and_then(timestamp),
         superseded_at: d.superseded_at.and_then(timestamp),
         failed_at: d.failed_at.and_then(timestamp),
+        preview: d.preview.as_ref().map(|p| pb::Preview {
+            url: format!("https://{}", p.host),
+            host: p.host.clone(),
+            expires_at: timestamp(p.expires_at),
+            password_protected: p.password_hash.is_some(),
+            certificate: p.certificate.clone().unwrap_or_default(),
+        }),
+        promoted_from: d.promoted_from.clone().unwrap_or_default(),
     }
 }
 

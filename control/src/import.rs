@@ -4,7 +4,7 @@
 //!
 //! 1. **Begin**: one transaction, guarded by "no desired-state key changed since the snapshot the
 //!    plan was computed from", puts the marker `meta/import`. From then on every other
-//!    desired-state write is refused (`DesiredState::txn` and the edge leader's writes compare
+//!    desired-state write is refused (`StateStore::txn` and the edge leader's writes compare
 //!    the marker absent), and edges hold the state they serve (they do not publish a state read
 //!    while the marker exists).
 //! 2. **Batches**: the plan (deletes of the records the new state lacks, puts of those it adds or
@@ -24,7 +24,7 @@ use statiko_common::model::now_ms;
 use statiko_common::store::{Compare, TxnOp};
 
 use crate::error::{ControlError, Result};
-use crate::state::DesiredState;
+use crate::state::StateStore;
 
 /// What the marker records (for an operator reading the store).
 #[derive(Debug, Serialize)]
@@ -46,7 +46,7 @@ struct Marker<'a> {
 /// Makes the desired state exactly `records` (store key → encoded record, every key under one
 /// of `KeySchema::desired_state_prefixes`). Returns the revision edges switch at.
 pub(crate) async fn replace_desired_state(
-    state: &DesiredState,
+    state: &StateStore,
     records: BTreeMap<String, Vec<u8>>,
     summary: &ImportSummary,
 ) -> Result<i64> {
@@ -157,7 +157,7 @@ fn replaced() -> ControlError {
 /// Undoes the batches written (some perhaps only in part), removes the marker, and says what
 /// failed and whether the previous state is back.
 async fn revert(
-    state: &DesiredState,
+    state: &StateStore,
     ours: &Compare,
     before: &BTreeMap<String, Vec<u8>>,
     written: &[Vec<TxnOp>],

@@ -20,9 +20,10 @@ pub(crate) struct Versioned<T> {
     pub(crate) mod_revision: i64,
 }
 
-/// Typed access to the desired state.
+/// Typed reads and transactional writes of the desired state in the store (not a copy of the
+/// state: the edge's followed copy is its `desired::Desired`).
 #[derive(Debug, Clone)]
-pub(crate) struct DesiredState {
+pub(crate) struct StateStore {
     pub(crate) store: Store,
     pub(crate) keys: KeySchema,
 }
@@ -37,7 +38,7 @@ fn decode<T: for<'de> serde::Deserialize<'de>>(kv: &KeyValue) -> Result<Versione
     })
 }
 
-impl DesiredState {
+impl StateStore {
     pub(crate) fn new(store: Store, keys: KeySchema) -> Self {
         Self { store, keys }
     }

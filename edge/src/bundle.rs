@@ -48,6 +48,21 @@ pub struct SiteRules {
     pub conventions: Conventions,
 }
 
+impl StagedBundle {
+    /// Bytes its files and their compressed variants take on disk: what keeping it staged
+    /// costs (`edge.bundleDiskBudget`).
+    pub fn disk_bytes(&self) -> u64 {
+        self.files
+            .values()
+            .map(|file| {
+                file.len
+                    + file.gzip.as_ref().map_or(0, |v| v.len)
+                    + file.brotli.as_ref().map_or(0, |v| v.len)
+            })
+            .sum()
+    }
+}
+
 impl Default for SiteRules {
     fn default() -> Self {
         Self {

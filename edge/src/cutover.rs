@@ -236,6 +236,7 @@ impl Cutover {
             }
         }
         site.app = Some(deployment.app.clone());
+        site.deployment = Some(deployment.id.clone());
         site.deployed_at = Some(now);
         site.updated_at = now;
         ops.push(TxnOp::put(site_key.clone(), model::encode(&site)));

@@ -140,6 +140,9 @@ pub struct ServerStats {
     pub(crate) active: Gauge,
     pub(crate) tls_handshakes: Counter,
     pub(crate) tls_failures: Counter,
+    /// Requests answered (registered for the HTTP/3 listener only: HTTP/1 and HTTP/2
+    /// requests are the sum of `requests_total` less these).
+    pub(crate) requests: Counter,
 }
 
 /// A copy of [`ServerStats`] at one moment.
@@ -218,6 +221,9 @@ pub struct EdgeMetrics {
     /// Counters of the HTTP and HTTPS listeners.
     pub http: Arc<ServerStats>,
     pub https: Arc<ServerStats>,
+    /// Counters of the HTTP/3 (QUIC) listener: QUIC connections, their TLS handshakes, and
+    /// the requests answered over HTTP/3.
+    pub h3: Arc<ServerStats>,
     /// Connections and requests refused by the per-client and per-site limits and the PROXY
     /// protocol, by reason.
     pub limited: Arc<LimitStats>,
@@ -276,7 +282,13 @@ impl Default for EdgeMetrics {
             "TLS handshakes that failed or timed out",
             tls_failures.clone(),
         );
-        let stats = |name: &'static str, tls: bool| {
+        let http3_requests = Counter::default();
+        registry.register(
+            "http3_requests",
+            "Requests answered over HTTP/3 (also counted in requests_total)",
+            http3_requests.clone(),
+        );
+        let stats = |name: &'static str, tls: bool, requests: Counter| {
             let labels = ListenerLabels { listener: name };
             Arc::new(ServerStats {
                 accepted: accepted.get_or_create_owned(&labels),
@@ -292,9 +304,12 @@ impl Default for EdgeMetrics {
                 } else {
                     Counter::default()
                 },
+                requests,
             })
         };
-        let (http, https) = (stats("http", false), stats("https", true));
+        let http = stats("http", false, Counter::default());
+        let https = stats("https", true, Counter::default());
+        let h3 = stats("h3", true, http3_requests);
         let limited = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "limited",
@@ -389,6 +404,7 @@ impl Default for EdgeMetrics {
             staging_failures,
             http,
             https,
+            h3,
             limited,
             families: Mutex::new(families),
         }

@@ -24,7 +24,7 @@ use statiko_common::notify::Notifier;
 use crate::bundle::StagedBundle;
 use crate::desired::{Changed, Desired, Position};
 use crate::metrics::EdgeMetrics;
-use crate::releases::Releases;
+use crate::releases::{Releases, Retained};
 use crate::serve::tls::{CertMap, CertResolver, certified_key_from_pem};
 use crate::stage::Stager;
 use crate::table::{Challenge, Hosts, Route, RoutingTable, SharedTable, SiteRoute};
@@ -34,6 +34,8 @@ pub type CertExpiries = imbl::OrdMap<String, i64>;
 /// Every site's status by primary domain.
 pub type SiteStatuses = imbl::OrdMap<String, NodeSiteStatus>;
 
+mod previews;
+
 /// Bundles staged at the same time.
 const STAGING_CONCURRENCY: usize = 3;
 
@@ -42,6 +44,8 @@ const STAGING_CONCURRENCY: usize = 3;
 struct Served {
     app: Option<AppRef>,
     bundle: Option<Arc<StagedBundle>>,
+    /// The deployment the site record named when `bundle` was staged for it.
+    deployment: Option<String>,
     error: Option<String>,
 }
 
@@ -140,8 +144,10 @@ pub struct Reconciler {
     /// The last deploy error notified per site, so each distinct failure is sent once.
     notified: HashMap<String, String>,
     metrics: Option<Arc<EdgeMetrics>>,
-    /// Deployments staged ahead of their cutover.
+    /// Deployments staged ahead of their cutover, and previews.
     releases: Releases,
+    /// Previews served, by deployment id.
+    previews: HashMap<String, previews::PreviewState>,
 }
 
 impl Reconciler {
@@ -173,13 +179,8 @@ impl Reconciler {
             notified: HashMap::new(),
             metrics: None,
             releases: Releases::default(),
+            previews: HashMap::new(),
         }
-    }
-
-    /// Keeps `n` live bundles per site staged for rollback (`edge.retainDeployments`).
-    pub fn with_retained_deployments(mut self, n: u32) -> Self {
-        self.releases = Releases::new(n as usize);
-        self
     }
 
     /// Reports failed deploys through `notifier`.
@@ -197,6 +198,7 @@ impl Reconciler {
     /// Applies `desired`: stage, then swap certificates and table, then evict unused bundles.
     pub async fn apply(&mut self, desired: &Desired) -> Applied {
         let (affected, challenges_changed) = self.affected(desired);
+        let restored = self.restore_retained(desired).await;
 
         // Stage every bundle that differs from what the site serves now, a few at a time.
         let mut wanted: Vec<(String, AppRecord)> = Vec::new();
@@ -226,7 +228,14 @@ impl Reconciler {
                         .is_some_and(|b| b.digest == record.digest)
                         && previous.app.as_ref() == Some(&record.app_ref());
                     if same {
-                        next.insert(domain.clone(), previous);
+                        let deployment = site.deployment.clone().or(previous.deployment.clone());
+                        next.insert(
+                            domain.clone(),
+                            Served {
+                                deployment,
+                                ..previous
+                            },
+                        );
                     } else {
                         wanted.push((domain.clone(), record.clone()));
                     }
@@ -247,6 +256,10 @@ impl Reconciler {
                 Ok(bundle) => Served {
                     app: Some(record.app_ref()),
                     bundle: Some(bundle),
+                    deployment: desired
+                        .sites
+                        .get(&domain)
+                        .and_then(|site| site.deployment.clone()),
                     error: None,
                 },
                 Err(err) => {
@@ -308,10 +321,17 @@ impl Reconciler {
             let state = self.publish_site(site, served, desired);
             self.sites.insert(domain.clone(), state);
         }
+        let mut retention_changed = restored;
         for old in released {
-            self.retain_replaced(&old, desired);
+            if self.retain_replaced(&old, desired) {
+                retention_changed = true;
+                if let Some(domain) = old.hosts.first() {
+                    self.refresh_retired(domain, desired);
+                }
+            }
             self.release(old);
         }
+        self.settle_retained(desired, retention_changed).await;
         if challenges_changed {
             self.challenges = Arc::new(challenges(desired));
         }
@@ -329,6 +349,8 @@ impl Reconciler {
                 metrics.staging_failed();
             }
         }
+        // Previews, at their own hosts, with the bundles just held for them.
+        self.publish_previews(desired);
 
         // Certificates first, so no new host is routed before its certificate is there.
         self.certs.set(self.cert_map.clone());
@@ -377,7 +399,8 @@ impl Reconciler {
                 }
                 Changed::App(app) => affected.extend(users(&self.app_users, &app)),
                 Changed::Certificate(name) => affected.extend(users(&self.cert_users, &name)),
-                Changed::Challenge(_) => challenges = true,
+                // A challenge may be for a preview's host.
+                Changed::Challenge(_) | Changed::Preview(_) => challenges = true,
             }
         }
         (affected.into_iter().collect(), challenges)
@@ -397,7 +420,7 @@ impl Reconciler {
             let owned = match self.hosts.get(host) {
                 Some(Route::Site(route)) => route.domain == domain,
                 Some(Route::Alias { primary }) => primary == domain,
-                None => false,
+                Some(Route::Preview(_)) | None => false,
             };
             if owned {
                 self.hosts.remove(host);
@@ -412,20 +435,21 @@ impl Reconciler {
         }
     }
 
-    /// Keeps the bundle a site served before for rollback (`releases.rs`), or drops what a
-    /// removed site kept.
-    fn retain_replaced(&mut self, old: &SiteState, desired: &Desired) {
+    /// Keeps the bundle a site served before for rollback and skew protection (`releases.rs`),
+    /// or drops what a removed site kept. Returns whether what the site keeps changed.
+    fn retain_replaced(&mut self, old: &SiteState, desired: &Desired) -> bool {
         let Some(domain) = old.hosts.first().cloned() else {
-            return;
+            return false;
         };
-        if !desired.sites.contains_key(&domain) {
-            for digest in self.releases.forget(&domain) {
-                self.release_bundle(&digest);
+        let Some(site) = desired.sites.get(&domain) else {
+            let forgotten = self.releases.forget(&domain);
+            for digest in &forgotten {
+                self.release_bundle(digest);
             }
-            return;
-        }
+            return !forgotten.is_empty();
+        };
         let Some(bundle) = &old.served.bundle else {
-            return;
+            return false;
         };
         let live = self
             .sites
@@ -433,31 +457,47 @@ impl Reconciler {
             .and_then(|s| s.served.bundle.as_ref())
             .map(|b| b.digest.clone());
         if live.as_deref() == Some(bundle.digest.as_str()) {
-            return;
+            return false;
         }
+        let retired = Retained {
+            bundle: bundle.clone(),
+            deployment: old.served.deployment.clone().unwrap_or_else(|| {
+                old.served
+                    .app
+                    .as_ref()
+                    .map(AppRef::to_string)
+                    .unwrap_or_default()
+            }),
+            retired_at: site.deployed_at.unwrap_or_else(model::now_ms),
+            bytes: bundle.disk_bytes(),
+        };
         self.bundle_refs.add(&bundle.digest);
-        for digest in self
-            .releases
-            .retain(&domain, bundle.clone(), live.as_deref())
-        {
+        for digest in self.releases.retain(&domain, retired, live.as_deref()) {
             self.release_bundle(&digest);
         }
+        true
     }
 
     /// Counts down what a replaced or removed site used.
     fn release(&mut self, old: SiteState) {
-        if let Some((cache_key, status)) = old.cert {
-            if self.cert_refs.release(&cache_key) {
-                self.cert_cache.remove(&cache_key);
-            }
-            if let Some((name, _)) = status
-                && self.expiry_refs.release(&name)
-            {
-                self.cert_expiries.remove(&name);
-            }
+        if let Some(cert) = old.cert {
+            self.release_cert(cert);
         }
         if let Some(bundle) = &old.served.bundle {
             self.release_bundle(&bundle.digest);
+        }
+    }
+
+    /// Counts down one user of a certificate (its cache key, and its name and expiry when
+    /// from the store).
+    fn release_cert(&mut self, (cache_key, status): (String, Option<(String, i64)>)) {
+        if self.cert_refs.release(&cache_key) {
+            self.cert_cache.remove(&cache_key);
+        }
+        if let Some((name, _)) = status
+            && self.expiry_refs.release(&name)
+        {
+            self.cert_expiries.remove(&name);
         }
     }
 
@@ -501,6 +541,7 @@ impl Reconciler {
                 .metrics
                 .as_ref()
                 .map_or_else(Default::default, |metrics| metrics.site(domain)),
+            retired: self.retired_for(site),
         });
         self.hosts.insert(domain.clone(), Route::Site(route));
         for alias in &site.aliases {
@@ -688,13 +729,22 @@ fn challenges(desired: &Desired) -> HashMap<String, Challenge> {
         .challenges
         .iter()
         .filter_map(|(token, record)| {
-            let site = desired.sites.get(&record.site)?;
-            let domains: Vec<String> = record
-                .domains
-                .iter()
-                .filter(|d| site.all_domains().any(|s| s == d.as_str()))
-                .cloned()
-                .collect();
+            let domains: Vec<String> = match desired.sites.get(&record.site) {
+                Some(site) => record
+                    .domains
+                    .iter()
+                    .filter(|d| site.all_domains().any(|s| s == d.as_str()))
+                    .cloned()
+                    .collect(),
+                // The leader orders a preview's certificate under its host as the site name.
+                None => desired
+                    .previews
+                    .values()
+                    .filter_map(|p| p.preview.as_ref())
+                    .find(|p| p.host == record.site)
+                    .map(|p| vec![p.host.clone()])
+                    .filter(|hosts| record.domains == *hosts)?,
+            };
             (!domains.is_empty()).then(|| {
                 (
                     token.clone(),
@@ -714,5 +764,6 @@ fn local_cert_key(site: &SiteRecord) -> String {
     format!("local:{}", domains.join(","))
 }
 
+mod retired;
 #[cfg(test)]
 mod tests;

@@ -6,13 +6,25 @@
 //!
 //! Retention: when a site switches bundles, the one it served before is kept staged (and
 //! referenced, so eviction spares it), up to `edge.retainDeployments - 1` per site, newest
-//! first. A rollback to one of them stages from memory at once: a pure flip, no download.
+//! first, and within `edge.bundleDiskBudget` bytes over every site (the oldest retired goes
+//! first; a live bundle is never counted nor evicted). A rollback to one of them stages from
+//! memory at once: a pure flip, no download. Skew protection serves old assets from them.
+//! What is retained is persisted in `edge.dataDir/applied/retained.json` and restored at start
+//! from the bundles still on disk (`retention.rs`), so this holds across a restart.
+//!
+//! Previews (`desired.previews`) are staged and held the same way, for as long as they exist,
+//! and reported under the same `staging` map; the reconciler serves each at its own host.
 //!
 //! An edge that was down during a cutover does nothing special when it comes back: the site
 //! record names the live app, so the ordinary apply stages it (keeping the persisted version
 //! served until then).
 
+mod retention;
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::StreamExt as _;
@@ -39,12 +51,24 @@ pub(crate) struct Releases {
     retained: HashMap<String, VecDeque<Retained>>,
     /// `edge.retainDeployments`: the live bundle plus this many minus one retained.
     retain: usize,
+    /// `edge.bundleDiskBudget`: the most bytes the retained bundles may take on disk.
+    budget: u64,
+    /// Where what is retained is persisted (`applied/retained.json`), if anywhere.
+    file: Option<PathBuf>,
+    /// What an earlier run retained, restored by the first apply.
+    restore: Option<retention::Persisted>,
 }
 
 /// A bundle a site served before.
-#[derive(Debug)]
-struct Retained {
-    bundle: Arc<StagedBundle>,
+#[derive(Debug, Clone)]
+pub(crate) struct Retained {
+    pub(crate) bundle: Arc<StagedBundle>,
+    /// The deployment it served: its id, or `name@version` when the site record named none.
+    pub(crate) deployment: String,
+    /// Unix ms when it stopped being live (the store time of the switch that replaced it).
+    pub(crate) retired_at: i64,
+    /// What it takes on disk (`StagedBundle::disk_bytes`).
+    pub(crate) bytes: u64,
 }
 
 impl Default for Releases {
@@ -78,31 +102,34 @@ impl Releases {
             reports: StageReports::new(),
             retained: HashMap::new(),
             retain: retain_deployments.max(1),
+            budget: u64::MAX,
+            file: None,
+            restore: None,
         }
     }
 
-    /// Site `domain` stopped serving `bundle` for `live_digest`: keeps it, and
-    /// returns the digests no longer kept (the oldest beyond the limit, the live one, or `bundle`
-    /// itself when the limit keeps none): one reference each to drop. The caller takes one
-    /// reference to `bundle`.
+    /// Site `domain` stopped serving `retired.bundle` for `live_digest`: keeps it, and
+    /// returns the digests no longer kept (the oldest beyond the limit, the live one, or the
+    /// retired bundle itself when the limit keeps none): one reference each to drop. The caller
+    /// takes one reference to the retired bundle.
     pub(crate) fn retain(
         &mut self,
         domain: &str,
-        bundle: Arc<StagedBundle>,
+        retired: Retained,
         live_digest: Option<&str>,
     ) -> Vec<String> {
         let kept = self.retained.entry(domain.to_owned()).or_default();
         let mut dropped = Vec::new();
+        let digest = retired.bundle.digest.clone();
         // Kept once, and not while live again (after a rollback to it).
         kept.retain(|r| {
-            let keep =
-                r.bundle.digest != bundle.digest && Some(r.bundle.digest.as_str()) != live_digest;
+            let keep = r.bundle.digest != digest && Some(r.bundle.digest.as_str()) != live_digest;
             if !keep {
                 dropped.push(r.bundle.digest.clone());
             }
             keep
         });
-        kept.push_front(Retained { bundle });
+        kept.push_front(retired);
         while kept.len() > self.retain - 1 {
             match kept.pop_back() {
                 Some(old) => dropped.push(old.bundle.digest.clone()),
@@ -110,6 +137,11 @@ impl Releases {
             }
         }
         dropped
+    }
+
+    /// What site `domain` keeps, newest first.
+    pub(crate) fn retained(&self, domain: &str) -> impl Iterator<Item = &Retained> {
+        self.retained.get(domain).into_iter().flatten()
     }
 
     /// Site `domain` is gone: returns the digests it kept.
@@ -120,13 +152,14 @@ impl Releases {
             .unwrap_or_default()
     }
 
-    /// Stages the deployments new in `desired.staging` and forgets those that left it.
+    /// Stages the deployments new in `desired.staging` or `desired.previews` and forgets those
+    /// that left both.
     pub(crate) async fn apply(&mut self, desired: &Desired, stager: &Stager) -> HeldChange {
         let mut change = HeldChange::default();
         let gone: Vec<String> = self
             .held
             .keys()
-            .filter(|id| !desired.staging.contains_key(*id))
+            .filter(|id| !desired.staging.contains_key(*id) && !desired.previews.contains_key(*id))
             .cloned()
             .collect();
         for id in gone {
@@ -139,7 +172,7 @@ impl Releases {
             self.reports.remove(&id);
         }
         let mut jobs = Vec::new();
-        for (id, d) in &desired.staging {
+        for (id, d) in desired.staging.iter().chain(desired.previews.iter()) {
             if !self.held.contains_key(id) {
                 jobs.push(async move { (id.clone(), stage(desired, stager, d).await) });
             }
@@ -172,6 +205,11 @@ impl Releases {
             self.reports.insert(id, report);
         }
         change
+    }
+
+    /// The bundle held for deployment `id` (a preview), if it staged.
+    pub(crate) fn held_bundle(&self, id: &str) -> Option<&Arc<StagedBundle>> {
+        self.held.get(id).and_then(|held| held.bundle.as_ref())
     }
 
     /// How staging went, for the node record.

@@ -25,18 +25,20 @@ use crate::leader::{Election, Leadership};
 use crate::metrics::EdgeMetrics;
 use crate::reconcile::{Applied, Reconciler};
 use crate::serve::tls::{CertResolver, server_config};
-use crate::serve::{Handler, ServerOptions, serve_http, serve_https};
+use crate::serve::{Handler, ServerOptions, http3, serve_http, serve_http3, serve_https};
 use crate::stage::Stager;
 use crate::status::{AdminState, NodeInfo, Publisher, serve_admin};
 use crate::sync::Syncer;
 use crate::table::{RoutingTable, SharedTable};
 
-/// The edge's three pre-bound listeners.
+/// The edge's pre-bound listeners.
 #[derive(Debug)]
 pub struct Listeners {
     pub http: TcpListener,
     pub https: TcpListener,
     pub admin: TcpListener,
+    /// The UDP twin of `https` for HTTP/3 (`edge.http3`); `None` serves no HTTP/3.
+    pub h3: Option<std::net::UdpSocket>,
 }
 
 /// Least time between two saves of the applied state (a save writes the whole state).
@@ -119,7 +121,11 @@ pub async fn run(
     let metrics = Arc::new(EdgeMetrics::default());
     let mut reconciler = Reconciler::new(stager, table.clone(), certs.clone(), secrets)
         .with_notifier(notifier)
-        .with_retained_deployments(config.edge.retain_deployments)
+        .with_retention(
+            config.edge.retain_deployments,
+            config.edge.bundle_disk_budget,
+            Some(&data_dir),
+        )
         .with_metrics(metrics.clone());
 
     let info = NodeInfo {
@@ -188,6 +194,23 @@ pub async fn run(
         },
         serving.clone(),
     ));
+    let mut alt_svc = None;
+    if let Some(socket) = listeners.h3 {
+        let port = socket.local_addr().context("http3 socket address")?.port();
+        let h3_options = ServerOptions {
+            stats: metrics.h3.clone(),
+            ..options.clone()
+        };
+        let endpoint = http3::endpoint(socket, certs.clone(), &h3_options)
+            .context("edge.http3: open the QUIC endpoint")?;
+        servers.spawn(serve_http3(
+            endpoint,
+            handler.clone(),
+            h3_options,
+            serving.clone(),
+        ));
+        alt_svc = Some(http3::alt_svc(port));
+    }
     let tls = server_config(certs).context("build the TLS configuration")?;
     servers.spawn(serve_https(
         listeners.https,
@@ -195,6 +218,7 @@ pub async fn run(
         handler,
         ServerOptions {
             stats: metrics.https.clone(),
+            alt_svc,
             ..options
         },
         serving.clone(),
@@ -310,7 +334,7 @@ pub async fn run(
 }
 
 /// Leadership: the election (`None` on the file store, where this edge always leads), and the
-/// leader-only jobs (certificates, deployment cutovers), which run for as long as each term lasts.
+/// leader-only jobs (certificates, deployment cutovers, expired previews), which run for as long as each term lasts.
 fn spawn_leadership(
     tasks: &TaskTracker,
     election: Option<Election>,
@@ -341,9 +365,14 @@ fn spawn_leadership(
                 .filter(|lead| !lead.token.is_cancelled());
             let _ = leading_tx.send(lead.is_some());
             if let Some(lead) = lead {
+                let previews = crate::previews::Collector {
+                    store: cutover.store.clone(),
+                    keys: cutover.keys.clone(),
+                };
                 tokio::join!(
                     jobs.clone().run(lead.clone(), desired.clone()),
-                    cutover.clone().run(lead, desired.clone()),
+                    cutover.clone().run(lead.clone(), desired.clone()),
+                    previews.run(lead, desired.clone()),
                 );
                 continue;
             }

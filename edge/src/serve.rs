@@ -1,7 +1,8 @@
 //! The edge's HTTP and HTTPS servers: the accept loops (`accept`), per-client and per-site
 //! limits (`limits`), the PROXY protocol (`proxy`), the SNI certificate resolver and rustls
-//! configuration (`tls`), the request handler (`handler`), safe path resolution and HTTP
-//! semantics as pure functions (`files`), and response bodies and built-in pages (`response`).
+//! configuration (`tls`), the request handler (`handler`), preview hosts (`preview`: noindex,
+//! basic auth), safe path resolution and HTTP semantics as pure functions (`files`), response
+//! bodies and built-in pages (`response`), and HTTP/3 over QUIC on the same handler (`http3`).
 //!
 //! Wiring, in `main`:
 //!
@@ -16,7 +17,9 @@
 pub mod accept;
 pub mod files;
 pub mod handler;
+pub mod http3;
 pub mod limits;
+pub mod preview;
 pub mod proxy;
 pub mod response;
 mod site;
@@ -26,6 +29,7 @@ pub use accept::{
     ProxySettings, ServerOptions, ServerStats, StatsSnapshot, serve_http, serve_https,
 };
 pub use handler::{Handler, Scheme};
+pub use http3::serve_http3;
 pub use limits::{ClientAddr, ClientLimits, LimitStats};
 pub use response::ResponseBody;
 pub use tls::{CertResolver, TlsError, certified_key_from_pem, server_config};

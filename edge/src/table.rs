@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 use statiko_common::model::AppRef;
 
 use crate::bundle::StagedBundle;
@@ -17,6 +18,24 @@ pub enum Route {
     Site(Arc<SiteRoute>),
     /// An alias: redirect (301) to the primary domain.
     Alias { primary: String },
+    /// A preview of a site, at its own host.
+    Preview(Arc<PreviewRoute>),
+}
+
+/// One preview as served (see `serve/preview.rs`).
+#[derive(Debug)]
+pub struct PreviewRoute {
+    /// Its host (what SNI and `Host` name).
+    pub host: String,
+    /// The primary domain of its site (its requests count for that site).
+    pub site: String,
+    /// The staged bundle; `None` when it failed to stage on this edge (503).
+    pub bundle: Option<Arc<StagedBundle>>,
+    /// Unix ms from which it is no longer served.
+    pub expires_at: i64,
+    /// Basic auth, when it has a password.
+    pub password: Option<Arc<crate::serve::preview::PasswordCheck>>,
+    pub counters: Arc<SiteCounters>,
 }
 
 /// One site as served.
@@ -30,6 +49,21 @@ pub struct SiteRoute {
     /// The site's response counters, taken when the route is built, so a request counts
     /// without looking its site up.
     pub counters: Arc<SiteCounters>,
+    /// Deployments the site served before, newest first, that skew protection may still serve
+    /// a missing static asset from (`serve/skew.rs`); empty when it is off.
+    pub retired: Arc<[Retired]>,
+}
+
+/// A bundle a site served before (kept staged by `releases.rs`), with its skew protection
+/// deadline.
+#[derive(Debug)]
+pub struct Retired {
+    /// The `Statiko-Deployment` header of what it serves: the deployment id (`name@version`
+    /// for a deployment recorded before sites named theirs).
+    pub deployment: HeaderValue,
+    pub bundle: Arc<StagedBundle>,
+    /// Unix ms after which it serves nothing: when it stopped being live plus the window.
+    pub until_ms: i64,
 }
 
 /// An ACME HTTP-01 challenge response, answered on port 80 for its domains only.

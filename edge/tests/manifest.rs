@@ -102,6 +102,7 @@ fn handler(bundle: Arc<StagedBundle>) -> Handler {
             app: None,
             bundle: Some(bundle),
             counters: Default::default(),
+            retired: Arc::new([]),
         })),
     );
     Handler::new(Arc::new(ArcSwap::from_pointee(table)))

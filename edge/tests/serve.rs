@@ -119,6 +119,7 @@ fn table(bundle: Arc<StagedBundle>) -> RoutingTable {
             app: None,
             bundle: Some(bundle),
             counters: Default::default(),
+            retired: Arc::new([]),
         })),
     );
     table.hosts.insert(
@@ -134,6 +135,7 @@ fn table(bundle: Arc<StagedBundle>) -> RoutingTable {
             app: None,
             bundle: None,
             counters: Default::default(),
+            retired: Arc::new([]),
         })),
     );
     table

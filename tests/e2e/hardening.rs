@@ -26,8 +26,7 @@ use statiko_proto::v1::ListSitesRequest;
 use statiko_proto::v1::site_service_client::SiteServiceClient;
 use statiko_tests::fixtures::site;
 use statiko_tests::{
-    ADMIN_TOKEN, Control, ControlOptions, Edge, EdgeOptions, StateStore, http_get, millis, secs,
-    wait_until,
+    ADMIN_TOKEN, Control, ControlOptions, Edge, EdgeOptions, StateStore, millis, secs, wait_until,
 };
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
@@ -162,17 +161,6 @@ async fn control_and_edge(edge_config: serde_json::Value) -> Result<(Control, Ed
     Ok((control, edge))
 }
 
-/// The edge's `/metrics` value of `series`, 0 when absent.
-async fn metric(edge: &Edge, series: &str) -> Result<f64> {
-    let text = http_get(edge.addrs().admin, "localhost", "/metrics")
-        .await?
-        .text();
-    Ok(text
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0))
-}
-
 /// One normal HTTPS and one HTTP request from 127.0.0.1: 200 each, within a second each.
 async fn served_promptly(edge: &Edge) -> Result<()> {
     for https in [true, false] {
@@ -290,11 +278,9 @@ async fn edge_serves_others_while_one_address_holds_idle_connections() -> Result
     .await;
     ensure!(status == Some(400), "duplicate Host: {status:?}");
 
-    let limited = metric(
-        &edge,
-        "statiko_edge_limited_total{reason=\"client_connections\"}",
-    )
-    .await?;
+    let limited = edge
+        .metric("statiko_edge_limited_total{reason=\"client_connections\"}")
+        .await?;
     ensure!(
         limited >= 140.0,
         "client_connections refusals counted: {limited}"
@@ -344,11 +330,9 @@ async fn request_flood_from_one_address_gets_429_while_another_is_served() -> Re
         ok >= 10 && limited >= 40,
         "flood: {ok} served, {limited} limited"
     );
-    let counted = metric(
-        &edge,
-        "statiko_edge_limited_total{reason=\"client_requests\"}",
-    )
-    .await?;
+    let counted = edge
+        .metric("statiko_edge_limited_total{reason=\"client_requests\"}")
+        .await?;
     ensure!(counted >= f64::from(limited), "counted {counted}");
 
     // New TLS connections over the per-client rate are closed before the handshake.
@@ -373,11 +357,9 @@ async fn request_flood_from_one_address_gets_429_while_another_is_served() -> Re
         f64::from(done) <= allowed && refused >= 50,
         "handshakes: {done} done, {refused} refused in {elapsed:?}"
     );
-    let counted = metric(
-        &edge,
-        "statiko_edge_limited_total{reason=\"client_handshakes\"}",
-    )
-    .await?;
+    let counted = edge
+        .metric("statiko_edge_limited_total{reason=\"client_handshakes\"}")
+        .await?;
     ensure!(counted >= f64::from(refused), "counted {counted}");
     // The figures in bench/RESULTS.md (shown with --no-capture).
     #[allow(clippy::print_stderr)]
@@ -504,11 +486,11 @@ async fn proxy_protocol_reaches_limits_and_access_log() -> Result<()> {
         ("proxy_untrusted", 1.0),
         ("client_requests", 1.0),
     ] {
-        let n = metric(
-            &edge,
-            &format!("statiko_edge_limited_total{{reason=\"{reason}\"}}"),
-        )
-        .await?;
+        let n = edge
+            .metric(&format!(
+                "statiko_edge_limited_total{{reason=\"{reason}\"}}"
+            ))
+            .await?;
         ensure!(n >= least, "{reason}: {n}");
     }
     Ok(())

@@ -3,6 +3,7 @@
 
 mod archive_bombs;
 mod config_examples;
+mod console;
 mod control_apps;
 mod control_auth;
 mod control_certs;
@@ -17,6 +18,7 @@ mod control_tokens;
 mod edge_certs;
 mod edge_cluster;
 mod edge_conventions;
+mod edge_http3;
 mod edge_manifest;
 mod edge_start;
 mod faults;
@@ -24,7 +26,9 @@ mod fleet;
 mod hardening;
 mod harness_smoke;
 mod observability;
+mod previews;
 mod releases;
+mod releases_skew;
 mod safe_defaults;
 mod sdk_python;
 mod state_import_large;

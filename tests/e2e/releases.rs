@@ -15,7 +15,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::json;
 use statiko_proto::v1::{
     DeployRequest, DeployResponse, DeployStrategy, Deployment, DeploymentState,
-    GetDeploymentRequest, ListNodesRequest,
+    GetDeploymentRequest,
 };
 use statiko_tests::cluster::{Cluster, assert_converged};
 use statiko_tests::fixtures::{self, site};
@@ -27,26 +27,8 @@ fn page(version: &str) -> String {
     format!("<!doctype html><title>web@{version}</title><h1>web@{version}</h1>\n")
 }
 
-/// Waits until every edge is listed and one of them leads (atomic deploys need a leader).
-async fn settled(cluster: &Cluster) -> Result<String> {
-    let api = cluster.control.admin().await?;
-    let want = cluster.edges.len();
-    wait_until(secs(30), async || {
-        let nodes = api
-            .cluster()
-            .list_nodes(ListNodesRequest {})
-            .await?
-            .into_inner()
-            .nodes;
-        let leaders = cluster.leaders().await;
-        anyhow::Ok((nodes.len() == want && leaders.len() == 1).then(|| leaders[0].clone()))
-    })
-    .await
-    .with_context(|| cluster.logs())
-}
-
 /// `domain` on `web@1` everywhere, with `web@2` and `web@3` uploaded.
-async fn serving_v1(cluster: &Cluster, domain: &str) -> Result<()> {
+pub(crate) async fn serving_v1(cluster: &Cluster, domain: &str) -> Result<()> {
     let api = cluster.control.admin().await?;
     api.sites().create_site(site(domain, &[])).await?;
     for version in ["1", "2", "3"] {
@@ -56,7 +38,7 @@ async fn serving_v1(cluster: &Cluster, domain: &str) -> Result<()> {
     all_serve(&cluster.edge_refs(), domain, "1").await
 }
 
-async fn all_serve(edges: &[&Edge], domain: &str, version: &str) -> Result<()> {
+pub(crate) async fn all_serve(edges: &[&Edge], domain: &str, version: &str) -> Result<()> {
     let agreed = assert_converged(edges, &[domain]).await?;
     ensure!(
         agreed.page(domain) == page(version),
@@ -83,7 +65,7 @@ async fn get_deployment(cluster: &Cluster, domain: &str, id: &str) -> Result<Dep
 }
 
 /// The digest of `web@version` as uploaded.
-async fn digest_of(cluster: &Cluster, version: &str) -> Result<String> {
+pub(crate) async fn digest_of(cluster: &Cluster, version: &str) -> Result<String> {
     let apps = cluster
         .control
         .admin()
@@ -100,7 +82,7 @@ async fn digest_of(cluster: &Cluster, version: &str) -> Result<String> {
 }
 
 /// Deploys `web@version` to `domain` with the atomic strategy (what `stk deploy` asks for).
-async fn deploy_atomic(
+pub(crate) async fn deploy_atomic(
     cluster: &Cluster,
     domain: &str,
     version: &str,
@@ -140,7 +122,7 @@ async fn atomic_deploy_is_one_flip_under_polling() -> Result<()> {
         return Ok(());
     }
     let cluster = Cluster::start(3).await?;
-    settled(&cluster).await?;
+    cluster.settled().await?;
     serving_v1(&cluster, "flip.test").await?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -219,7 +201,7 @@ async fn a_failed_stage_or_missed_deadline_switches_no_edge() -> Result<()> {
         options.config(json!({"edge": {"leaseTtl": 10}, "deploy": {"stageTimeout": 2}}))
     })
     .await?;
-    let leader = settled(&cluster).await?;
+    let leader = cluster.settled().await?;
     serving_v1(&cluster, "fail.test").await?;
     let api = cluster.control.admin().await?;
     let v2 = digest_of(&cluster, "2").await?;
@@ -290,7 +272,7 @@ async fn a_failed_stage_or_missed_deadline_switches_no_edge() -> Result<()> {
     let others: Vec<&Edge> = cluster.edges.iter().filter(|e| e.name() != name).collect();
     all_serve(&others, "fail.test", "1").await?;
     cluster.proxies[index].heal();
-    settled(&cluster).await?;
+    cluster.settled().await?;
 
     // Healed, the cluster takes the deploy.
     deploy_atomic(&cluster, "fail.test", "3", true).await?;
@@ -303,7 +285,7 @@ async fn control_and_leader_killed_mid_cutover() -> Result<()> {
         return Ok(());
     }
     let mut cluster = Cluster::start(3).await?;
-    let leader = settled(&cluster).await?;
+    let leader = cluster.settled().await?;
     serving_v1(&cluster, "kill.test").await?;
     let leader_index = (0..3)
         .find(|i| cluster.edges[*i].name() == leader)
@@ -344,7 +326,7 @@ async fn control_and_leader_killed_mid_cutover() -> Result<()> {
     cluster.edges[stopped_index].restart().await?;
     cluster.edges[leader_index].restart().await?;
     all_serve(&cluster.edge_refs(), "kill.test", expected).await?;
-    settled(&cluster).await?;
+    cluster.settled().await?;
 
     // stk deploy --wait on the healed cluster: progress lines, then every edge serves it.
     let cli = cluster
@@ -376,7 +358,7 @@ async fn rollback_is_served_from_retained_bundles() -> Result<()> {
         return Ok(());
     }
     let cluster = Cluster::start(3).await?;
-    settled(&cluster).await?;
+    cluster.settled().await?;
     serving_v1(&cluster, "back.test").await?;
     deploy_atomic(&cluster, "back.test", "2", true).await?;
     all_serve(&cluster.edge_refs(), "back.test", "2").await?;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
 use anyhow::{Context, Result, ensure};
+use statiko_tests::bins::require_python_module;
 use statiko_tests::{
     ADMIN_TOKEN, Control, ControlOptions, Edge, EdgeOptions, OutputExt, StateStore, require_tool,
     secs, wait_until,
@@ -19,27 +20,6 @@ fn repo_root() -> PathBuf {
         .parent()
         .expect("tests/ sits in the repository root")
         .to_path_buf()
-}
-
-/// Whether `python3` can import `module`; in CI a missing one fails the test (install-deps
-/// installs it), elsewhere the test is skipped with a notice, as `require_tool` does.
-async fn require_python_module(module: &str) -> Result<bool> {
-    let found = Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await
-        .is_ok_and(|status| status.success());
-    if found {
-        return Ok(true);
-    }
-    let in_ci = std::env::var_os("CI").is_some_and(|value| !value.is_empty());
-    ensure!(
-        !in_ci,
-        "python module `{module}` is missing and CI is set: run scripts/install-deps.sh"
-    );
-    Ok(false)
 }
 
 async fn run(command: &mut Command) -> Result<Output> {

@@ -83,6 +83,30 @@ pub fn require_tool(name: &str) -> bool {
     false
 }
 
+/// Whether `python3` can import `module`; in CI a missing one fails the test (install-deps
+/// installs it), elsewhere the test is skipped with a notice, as [`require_tool`] does.
+pub async fn require_python_module(module: &str) -> anyhow::Result<bool> {
+    let found = tokio::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|status| status.success());
+    if found {
+        return Ok(true);
+    }
+    let in_ci = std::env::var_os("CI").is_some_and(|value| !value.is_empty());
+    anyhow::ensure!(
+        !in_ci,
+        "python module `{module}` is missing and CI is set: run scripts/install-deps.sh"
+    );
+    notice(&format!(
+        "skipping: python module `{module}` is not installed (scripts/install-deps.sh installs it)"
+    ));
+    Ok(false)
+}
+
 /// Prints a harness notice on stderr, where the test runner shows it.
 #[expect(
     clippy::print_stderr,

@@ -102,6 +102,8 @@ pub struct EdgeAddrs {
     pub http: SocketAddr,
     pub https: SocketAddr,
     pub admin: SocketAddr,
+    /// The HTTP/3 (UDP) listener, absent with `edge.http3: false`.
+    pub h3: Option<SocketAddr>,
 }
 
 /// A running `statiko-edge`. Killed on drop; its data dir lives as long as the value.
@@ -135,6 +137,7 @@ impl Edge {
                 http: unbound,
                 https: unbound,
                 admin: unbound,
+                h3: None,
             },
         };
         edge.spawn_and_wait().await?;
@@ -205,6 +208,18 @@ impl Edge {
         serde_json::from_slice(&response.body).context("/status is not JSON")
     }
 
+    /// The value of `series` (name and labels, as in `/metrics`) on the admin listener's
+    /// `/metrics`; 0 when absent.
+    pub async fn metric(&self, series: &str) -> Result<f64> {
+        let text = http_get(self.addrs.admin, "localhost", "/metrics")
+            .await?
+            .text();
+        Ok(text
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+
     /// The applied revision and, per site, `(app "name@version" or "", error or "")`, from `/status`.
     pub async fn served(&self, domain: &str) -> Result<Option<(String, String)>> {
         let status = self.status().await?;
@@ -272,6 +287,7 @@ impl Edge {
                     http: ready.address("http")?,
                     https: ready.address("https")?,
                     admin: ready.address("admin")?,
+                    h3: ready.address("h3").ok(),
                 })
             })
             .await?;

@@ -245,6 +245,7 @@ pub fn site(domain: &str, aliases: &[&str]) -> CreateSiteRequest {
         domain: domain.to_owned(),
         aliases: aliases.iter().map(|alias| (*alias).to_owned()).collect(),
         tls: None,
+        skew_protection: None,
     }
 }
 

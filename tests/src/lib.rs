@@ -4,6 +4,7 @@
 //! # Layout
 //!
 //! - [`bins`]: where the workspace binaries and external tools are, and skipping without them.
+//! - [`browser`]: headless Chromium over the DevTools protocol, for the web console.
 //! - [`process`]: a child process with its output in a log file, SIGTERM, readiness polling.
 //! - [`wait`]: [`wait_until`] and the `STATIKO_TEST_PATIENCE_MS` scale for every deadline.
 //! - [`certs`]: a throwaway PKI ([`Pki`]) written as PEM files.
@@ -12,6 +13,7 @@
 //! - [`control`]: a `statiko-control` process with a generated config ([`Control`]).
 //! - [`client`]: tonic channels and the `statiko.v1` clients with a bearer token ([`Api`]).
 //! - [`cmd`]: one-shot runs of a binary such as `stk` ([`run_stk`]).
+//! - [`h3`]: an independent HTTP/3 client (aioquic, `tests/h3_client.py`) ([`h3::h3_fetch`]).
 //! - [`moto`]: an S3-compatible server from PyPI `moto[server]` ([`Moto`]).
 //! - [`pebble`]: the ACME test server with a mock DNS ([`Pebble`]).
 //! - [`net`]: free ports and a tiny HTTP(S)/1.1 client for probing servers.
@@ -23,6 +25,7 @@
 //! Every test calls [`init`] first.
 
 pub mod bins;
+pub mod browser;
 pub mod certs;
 pub mod client;
 pub mod cluster;
@@ -32,6 +35,7 @@ pub mod edge;
 pub mod etcd;
 pub mod fixtures;
 pub mod fleet;
+pub mod h3;
 pub mod moto;
 pub mod net;
 pub mod pebble;

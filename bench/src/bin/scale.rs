@@ -77,6 +77,8 @@ async fn main() -> Result<()> {
             created_at: now,
             updated_at: now,
             deployed_at: Some(now),
+            deployment: None,
+            skew_protection_ms: None,
         };
         puts.push((keys.certificate(&name), model::encode(&cert)));
         puts.push((keys.site(&domain), model::encode(&site)));
@@ -148,6 +150,8 @@ async fn main() -> Result<()> {
             created_at: now,
             updated_at: model::now_ms(),
             deployed_at: Some(now),
+            deployment: None,
+            skew_protection_ms: None,
         };
         let (sum0, count0) = apply_stats(&edge).await?;
         kv.put(keys.site(&domain), model::encode(&site), None)

@@ -10,7 +10,7 @@ use tonic::Status;
 use tonic::body::Body;
 
 use super::Caller;
-use crate::state::DesiredState;
+use crate::state::StateStore;
 
 /// What a deployer needs for a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +23,9 @@ pub(crate) enum Access {
     ListSites,
     /// Act on the site the request names, which must be in scope; the verb is for messages.
     Site(&'static str),
+    /// Like `Site` when the request names a site; a request with an empty domain covers every
+    /// site and the handler keeps the ones in scope (as for `ListSites`).
+    SiteOrAll(&'static str),
 }
 
 /// The only methods a deployer may call.
@@ -50,6 +53,22 @@ const DEPLOYER_METHODS: &[(&str, Access)] = &[
     (
         "/statiko.v1.DeploymentService/WatchDeployment",
         Access::Site("watch the deployments of"),
+    ),
+    (
+        "/statiko.v1.DeploymentService/DeployPreview",
+        Access::Site("deploy a preview to"),
+    ),
+    (
+        "/statiko.v1.DeploymentService/ListPreviews",
+        Access::SiteOrAll("read the previews of"),
+    ),
+    (
+        "/statiko.v1.DeploymentService/DeletePreview",
+        Access::Site("delete a preview of"),
+    ),
+    (
+        "/statiko.v1.DeploymentService/PromotePreview",
+        Access::Site("promote a preview of"),
     ),
 ];
 
@@ -130,6 +149,8 @@ struct DomainField {
 pub(crate) struct ScopeCheck {
     caller: Caller,
     verb: &'static str,
+    /// An empty domain means every site (the handler filters).
+    all_allowed: bool,
 }
 
 /// The scope check a call needs: deployer tokens calling a site-scoped method.
@@ -138,6 +159,12 @@ pub(crate) fn site_scoped(caller: &Caller, path: &str) -> Option<ScopeCheck> {
         (TokenRole::Deployer, Some(Access::Site(verb))) => Some(ScopeCheck {
             caller: caller.clone(),
             verb,
+            all_allowed: false,
+        }),
+        (TokenRole::Deployer, Some(Access::SiteOrAll(verb))) => Some(ScopeCheck {
+            caller: caller.clone(),
+            verb,
+            all_allowed: true,
         }),
         _ => None,
     }
@@ -149,7 +176,7 @@ impl ScopeCheck {
     pub(crate) async fn run(
         self,
         request: http::Request<Body>,
-        state: &DesiredState,
+        state: &StateStore,
     ) -> Result<http::Request<Body>, Status> {
         let (parts, body) = request.into_parts();
         let bytes = Limited::new(body, MAX_SCOPED_MESSAGE + 5)
@@ -158,7 +185,9 @@ impl ScopeCheck {
             .map_err(|err| Status::invalid_argument(format!("cannot read the request: {err}")))?
             .to_bytes();
         let domain = domain_of(&bytes)?;
-        self.check(&domain, state).await?;
+        if !(self.all_allowed && domain.trim().is_empty()) {
+            self.check(&domain, state).await?;
+        }
         Ok(http::Request::from_parts(
             parts,
             Body::new(Full::new(bytes)),
@@ -168,7 +197,7 @@ impl ScopeCheck {
     /// The requested domain, then every domain of the site it resolves to (primary and aliases),
     /// must be in scope. A site that does not exist passes, so the handler answers `NOT_FOUND`
     /// as usual for an in-scope name.
-    async fn check(&self, domain: &str, state: &DesiredState) -> Result<(), Status> {
+    async fn check(&self, domain: &str, state: &StateStore) -> Result<(), Status> {
         let caller = &self.caller;
         let verb = self.verb;
         let lookup = statiko_common::ids::domain("domain", domain)
@@ -281,9 +310,25 @@ mod tests {
             "/statiko.v1.DeploymentService/Deploy",
             "/statiko.v1.SiteService/ListSites",
             "/statiko.v1.SiteService/GetSite",
+            "/statiko.v1.DeploymentService/DeployPreview",
+            "/statiko.v1.DeploymentService/ListPreviews",
+            "/statiko.v1.DeploymentService/DeletePreview",
+            "/statiko.v1.DeploymentService/PromotePreview",
         ] {
             assert!(check_method(&deployer, allowed).is_ok(), "{allowed}");
         }
+        // Preview calls are scoped like deploys; listing every site's previews is filtered.
+        for scoped in ["DeployPreview", "DeletePreview", "PromotePreview"] {
+            let check = site_scoped(
+                &deployer,
+                &format!("/statiko.v1.DeploymentService/{scoped}"),
+            )
+            .expect(scoped);
+            assert!(!check.all_allowed, "{scoped}");
+        }
+        let list = site_scoped(&deployer, "/statiko.v1.DeploymentService/ListPreviews")
+            .expect("ListPreviews is scoped");
+        assert!(list.all_allowed);
         for refused in [
             "/statiko.v1.SiteService/CreateSite",
             "/statiko.v1.SiteService/DeleteSite",

@@ -26,6 +26,8 @@ fn freshness() {
         created_at: 0,
         updated_at: 0,
         deployed_at: None,
+        deployment: None,
+        skew_protection_ms: None,
     };
     let mut record = CertificateRecord {
         name: "acme-x".into(),

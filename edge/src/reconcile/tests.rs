@@ -16,6 +16,8 @@ fn site(domain: &str, aliases: &[&str]) -> SiteRecord {
         created_at: 0,
         updated_at: 0,
         deployed_at: None,
+        deployment: None,
+        skew_protection_ms: None,
     }
 }
 

@@ -65,6 +65,8 @@ pub struct ServerOptions {
     pub proxy: Option<ProxySettings>,
     /// Counters; share one `Arc` to read them while the server runs.
     pub stats: Arc<ServerStats>,
+    /// `Alt-Svc` added to every response (HTTP/3 advertised on the HTTPS listener).
+    pub alt_svc: Option<http::HeaderValue>,
 }
 
 /// The listeners' options and the handler's limits from `edge.limits` and
@@ -122,6 +124,7 @@ impl Default for ServerOptions {
             limits: Arc::default(),
             proxy: None,
             stats: Arc::default(),
+            alt_svc: None,
         }
     }
 }
@@ -390,12 +393,19 @@ async fn serve_io<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let handler = shared.handler.clone();
+    let alt_svc = shared.opts.alt_svc.clone();
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let handler = handler.clone();
         let guard = conn.request();
+        let alt_svc = alt_svc.clone();
         req.extensions_mut().insert(client);
         async move {
-            let response = handler.handle(req, scheme).await;
+            let mut response = handler.handle(req, scheme).await;
+            if let Some(alt_svc) = alt_svc {
+                response
+                    .headers_mut()
+                    .insert(http::header::ALT_SVC, alt_svc);
+            }
             Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, guard)))
         }
     });

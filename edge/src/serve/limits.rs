@@ -149,6 +149,11 @@ impl ClientLimits {
         client_key(ip, self.ipv6_prefix)
     }
 
+    /// Whether new TLS connections are rate-limited per client.
+    pub fn limits_handshakes(&self) -> bool {
+        self.handshakes.is_some()
+    }
+
     /// A new TLS connection from `ip`: false (counted, logged) when over its rate.
     pub fn allow_handshake(&self, ip: IpAddr) -> bool {
         let Some(rate) = self.handshakes else {

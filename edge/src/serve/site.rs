@@ -77,7 +77,7 @@ fn apply_blocks(blocks: &[&Block], out: &mut HeaderMap) {
     }
 }
 
-fn is_html(file: &StaticFile) -> bool {
+pub(super) fn is_html(file: &StaticFile) -> bool {
     let content_type = file.content_type.as_bytes();
     content_type.starts_with(b"text/html") || content_type.starts_with(b"application/xhtml+xml")
 }

@@ -17,6 +17,26 @@ impl Stager {
         self.cache().get(&normalize_digest(digest)).cloned()
     }
 
+    /// The staged bundle of `digest` (`sha256:<hex>` or hex) in memory, or loaded from a
+    /// durable copy on disk (a bundle kept across a restart); never downloaded.
+    pub async fn staged_on_disk(&self, digest: &str) -> Option<Arc<StagedBundle>> {
+        let hex_digest = normalize_digest(digest);
+        if hex_digest.is_empty() || !hex_digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        if let Some(bundle) = self.cached(&hex_digest) {
+            return Some(bundle);
+        }
+        let flight = self.flight(&hex_digest);
+        let _guard = flight.lock().await;
+        if let Some(bundle) = self.cached(&hex_digest) {
+            return Some(bundle);
+        }
+        let bundle = self.load(&hex_digest).await?;
+        self.cache().insert(hex_digest, bundle.clone());
+        Some(bundle)
+    }
+
     /// Removes every staged bundle whose digest (`sha256:<hex>` or hex) is not in `keep`, from
     /// memory and disk. A bundle being staged is left alone; one being sealed is removed once
     /// its seal is done. Returns how many were removed from disk.

@@ -18,13 +18,14 @@ use crate::serve::files::{self, CleanPath, Resolved};
 use crate::serve::response::{self, NOSNIFF, ResponseBody};
 use crate::serve::site::{self, SiteHeaders};
 
-const SEC_FETCH_MODE: header::HeaderName = header::HeaderName::from_static("sec-fetch-mode");
+pub(super) const SEC_FETCH_MODE: header::HeaderName =
+    header::HeaderName::from_static("sec-fetch-mode");
 /// What the single-page-app fallback serves.
 const SPA_INDEX: &str = "/index.html";
 /// The not-found page of `conventions.notFoundPage`.
 const NOT_FOUND_PAGE: &str = "/404.html";
 /// The manifest of a bundle without `_statiko.yaml`: no rules, no rewrites, no pages.
-static NO_MANIFEST: LazyLock<Manifest> = LazyLock::new(Manifest::default);
+pub(super) static NO_MANIFEST: LazyLock<Manifest> = LazyLock::new(Manifest::default);
 
 /// Serving a bundle: `_redirects` first, on the path as requested (a redirect answers at once;
 /// a 200 rewrite replaces the path; a 404 or 410 rule serves its target with that status),
@@ -34,20 +35,11 @@ pub(super) fn serve_path<B>(bundle: &StagedBundle, req: &Request<B>, head: bool)
         return ready_error(StatusCode::BAD_REQUEST, head);
     };
     let manifest = bundle.manifest.as_deref().unwrap_or(&NO_MANIFEST);
-    let Some(redirects) = &bundle.rules.redirects else {
-        return serve_with_manifest(
-            bundle,
-            manifest,
-            &request,
-            request.clone(),
-            false,
-            req,
-            head,
-        );
-    };
     let pretty_urls = bundle.rules.conventions.pretty_urls;
-    let found = redirects.find(&request.key, req.uri().query(), |path| {
-        files::clean_decoded(path).is_ok_and(|path| site::exists(bundle, &path, pretty_urls))
+    let found = bundle.rules.redirects.as_ref().and_then(|redirects| {
+        redirects.find(&request.key, req.uri().query(), |path| {
+            files::clean_decoded(path).is_ok_and(|path| site::exists(bundle, &path, pretty_urls))
+        })
     });
     match found.map(|(_, outcome)| outcome) {
         None => serve_with_manifest(
@@ -209,7 +201,7 @@ fn serve_with_manifest<B>(
 /// A file (at `file_path`) with the site's headers and its rule's options. A rule or a
 /// `_headers` block that sets `Content-Encoding` says the file is stored encoded, so no
 /// compressed variant of ours is picked.
-fn serve_with_options(
+pub(super) fn serve_with_options(
     file: &StaticFile,
     file_path: &str,
     options: Option<&RuleOptions>,

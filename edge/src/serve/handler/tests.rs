@@ -63,6 +63,7 @@ fn handler(disk: Option<std::path::PathBuf>) -> Handler {
             app: None,
             bundle: Some(Arc::new(bundle)),
             counters: Default::default(),
+            retired: Arc::new([]),
         })),
     );
     table.hosts.insert(
@@ -78,6 +79,7 @@ fn handler(disk: Option<std::path::PathBuf>) -> Handler {
             app: None,
             bundle: None,
             counters: Default::default(),
+            retired: Arc::new([]),
         })),
     );
     Handler::new(Arc::new(ArcSwap::from_pointee(table))).with_https_port(8443)
