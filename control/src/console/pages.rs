@@ -591,6 +591,7 @@ fn deployment_row(d: &pb::Deployment, now: SystemTime) -> DeploymentRow {
         pb::DeploymentState::Live => ("live", "ok"),
         pb::DeploymentState::Superseded => ("superseded", "muted"),
         pb::DeploymentState::Failed => ("failed", "bad"),
+        pb::DeploymentState::Preview => ("preview", "muted"),
         pb::DeploymentState::Unspecified => ("unknown", "muted"),
     };
     let mut notes = Vec::new();
