@@ -85,8 +85,11 @@ pub(crate) enum Command {
     /// Upload, list and delete app versions.
     #[command(subcommand)]
     App(AppCommand),
-    /// Deploy an app version to a site (also used to roll back).
+    /// Deploy an app version to a site (also used to roll back, and to make and promote previews).
     Deploy(DeployArgs),
+    /// List and delete preview deploys (`stk deploy SITE NAME@VERSION --preview` makes one).
+    #[command(subcommand)]
+    Preview(PreviewCommand),
     /// Import, list and delete TLS certificates.
     #[command(subcommand)]
     Cert(CertCommand),
@@ -215,8 +218,37 @@ pub(crate) struct DeployArgs {
     pub(crate) wait: WaitArgs,
     /// Switch the site at once and let each edge serve the version as soon as it has it,
     /// instead of the atomic cutover (faster; edges may serve different versions for a moment).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "preview")]
     pub(crate) immediate: bool,
+    /// Deploy as a preview: staged on every edge and served at its own URL (printed) under the
+    /// cluster's previews domain, without touching the live site.
+    #[arg(long)]
+    pub(crate) preview: bool,
+    /// How long the preview is served, e.g. 72h (the default), 30m, 7d.
+    #[arg(long, value_parser = parse_duration, requires = "preview")]
+    pub(crate) ttl: Option<Duration>,
+    /// Protect the preview with a password (HTTP basic auth, any user name), read from standard
+    /// input (one line; never give it as an argument).
+    #[arg(long, requires = "preview")]
+    pub(crate) password_stdin: bool,
+}
+
+/// `stk preview ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum PreviewCommand {
+    /// List the previews of a site, or of every site (newest first).
+    List {
+        /// Primary domain or alias; all sites when left out.
+        domain: Option<String>,
+    },
+    /// Delete a preview: edges stop serving it at once.
+    Delete {
+        /// The preview's id (see `stk preview list`).
+        id: String,
+        /// The preview's site (found from the id when left out).
+        #[arg(long, value_name = "SITE")]
+        site: Option<String>,
+    },
 }
 
 /// `--wait` and `--wait-timeout`.
@@ -244,6 +276,16 @@ pub(crate) enum DeployCommand {
         /// The deployment to go back to (see `stk deploy history`).
         #[arg(long, value_name = "ID")]
         to: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Make a preview the live deployment of its site (atomic cutover).
+    Promote {
+        /// The preview's id (see `stk preview list`).
+        id: String,
+        /// The preview's site (found from the id when left out).
+        #[arg(long, value_name = "SITE")]
+        site: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
     },

@@ -89,6 +89,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         (Command::Site(command), _) => site(&api, printer, command).await,
         (Command::App(command), _) => app(&api, printer, command).await,
         (Command::Deploy(args), _) => crate::deploy::run(&api, printer, args).await,
+        (Command::Preview(command), _) => crate::preview::run(&api, printer, command).await,
         (Command::Cert(command), _) => cert(&api, printer, command).await,
         (Command::Cluster(ClusterCommand::Status), _) => cluster_status(&api, printer).await,
         (Command::State(StateCommand::Get { out }), _) => state_get(&api, printer, out).await,

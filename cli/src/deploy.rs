@@ -1,4 +1,5 @@
-//! `stk deploy`: deploy an app version to a site, list a site's deployments, roll back.
+//! `stk deploy`: deploy an app version to a site, list a site's deployments, roll back (previews
+//! and their promotion: `preview.rs`).
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
@@ -18,6 +19,19 @@ pub(crate) async fn run(api: &Api, printer: Printer, args: DeployArgs) -> anyhow
         Some(DeployCommand::History { domain }) => history(api, printer, domain).await,
         Some(DeployCommand::Rollback { domain, to, wait }) => {
             rollback(api, printer, domain, to, wait).await
+        }
+        Some(DeployCommand::Promote { id, site, wait }) => {
+            crate::preview::promote(api, printer, id, site, wait).await
+        }
+        None if args.preview => {
+            let domain = args.domain.context("SITE is required")?;
+            let app = args.app.context("NAME@VERSION is required")?;
+            let options = crate::preview::Options {
+                ttl: args.ttl,
+                password_stdin: args.password_stdin,
+                wait: args.wait,
+            };
+            crate::preview::deploy(api, printer, domain, app.name, app.version, options).await
         }
         None => {
             let domain = args.domain.context("SITE is required")?;
@@ -103,8 +117,9 @@ async fn deploy(
     )
 }
 
-/// A response naming a deployment and the edges serving it: `DeployResponse`, `RollbackResponse`.
-trait Followed {
+/// A response naming a deployment and the edges serving it: `DeployResponse`, `RollbackResponse`,
+/// `PromotePreviewResponse`.
+pub(crate) trait Followed {
     fn parts(&mut self) -> (&mut Option<Deployment>, &mut Vec<String>);
 }
 
@@ -122,7 +137,7 @@ impl Followed for RollbackResponse {
 
 /// Sends a deploy or rollback `call`, then with `--wait` follows the deployment it made until it
 /// is live and served everywhere (or failed), updating the response's deployment and edges.
-async fn send_and_follow<T: Followed>(
+pub(crate) async fn send_and_follow<T: Followed>(
     api: &Api,
     domain: &str,
     wait: &WaitArgs,
@@ -194,7 +209,7 @@ async fn rollback(
     )
 }
 
-fn served_by(nodes: &[String]) -> String {
+pub(crate) fn served_by(nodes: &[String]) -> String {
     format!(
         "served by {} edge(s): {}\n",
         nodes.len(),

@@ -23,6 +23,7 @@ mod commands;
 mod connect;
 mod deploy;
 mod output;
+mod preview;
 mod token;
 mod upload;
 mod watch;

@@ -275,6 +275,7 @@ pub(crate) fn deployment_state(state: DeploymentState) -> &'static str {
         DeploymentState::Live => "live",
         DeploymentState::Superseded => "superseded",
         DeploymentState::Failed => "failed",
+        DeploymentState::Preview => "preview",
     }
 }
 
@@ -296,6 +297,10 @@ pub(crate) fn deployments_table(deployments: &[Deployment]) -> String {
             d.reason.clone()
         } else if !d.rollback_of.is_empty() {
             format!("rollback to {}", d.rollback_of)
+        } else if !d.promoted_from.is_empty() {
+            format!("promoted from preview {}", d.promoted_from)
+        } else if let Some(p) = &d.preview {
+            format!("{} (expires {})", p.url, timestamp(p.expires_at.as_ref()))
         } else {
             String::new()
         };
@@ -328,7 +333,38 @@ pub(crate) fn deployment_json(d: &Deployment) -> Value {
         "live_at": timestamp_json(d.live_at.as_ref()),
         "superseded_at": timestamp_json(d.superseded_at.as_ref()),
         "failed_at": timestamp_json(d.failed_at.as_ref()),
+        "preview": d.preview.as_ref().map_or(Value::Null, |p| json!({
+            "url": p.url,
+            "host": p.host,
+            "expires_at": timestamp_json(p.expires_at.as_ref()),
+            "password_protected": p.password_protected,
+            "certificate": p.certificate,
+        })),
+        "promoted_from": d.promoted_from,
     })
+}
+
+/// One line per preview, newest first as given.
+pub(crate) fn previews_table(previews: &[Deployment]) -> String {
+    let mut table = Table::new(&["id", "site", "app", "url", "expires", "password", "author"]);
+    for d in previews {
+        let preview = d.preview.clone().unwrap_or_default();
+        table.row([
+            d.id.clone(),
+            d.site.clone(),
+            app_ref(d.app.as_ref()),
+            or_dash(&preview.url),
+            timestamp(preview.expires_at.as_ref()),
+            if preview.password_protected {
+                "yes"
+            } else {
+                "no"
+            }
+            .to_owned(),
+            or_dash(&d.author),
+        ]);
+    }
+    table.render()
 }
 
 fn node_site_json(site: &NodeSiteStatus) -> Value {

@@ -103,6 +103,20 @@ pub struct Config {
     pub deploy: DeployConfig,
     pub notifications: NotificationsConfig,
     pub log: LogConfig,
+    pub previews: PreviewsConfig,
+}
+
+/// `previews`: preview deploys (read by control, which fixes each preview's host and
+/// certificate in its record when it is made).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PreviewsConfig {
+    /// The domain previews are served under (a wildcard DNS name pointing at the edges), e.g.
+    /// `preview.example.com`; empty: previews are off.
+    pub domain: String,
+    /// The name of an imported wildcard certificate for `*.<domain>`; empty: the leader makes
+    /// one certificate per preview host (ACME HTTP-01 when the site uses ACME, else self-signed).
+    pub certificate: String,
 }
 
 /// `state.store`.
@@ -200,6 +214,7 @@ pub struct ControlConfig {
     /// `<dataDir>/uploads` while they are checked.
     pub data_dir: PathBuf,
     pub limits: ControlLimitsConfig,
+    pub console: ConsoleConfig,
 }
 
 impl Default for ControlConfig {
@@ -210,6 +225,33 @@ impl Default for ControlConfig {
             metrics: Some(SocketAddr::from(([127, 0, 0, 1], 2267))),
             data_dir: PathBuf::from("/var/lib/statiko/control"),
             limits: ControlLimitsConfig::default(),
+            console: ConsoleConfig::default(),
+        }
+    }
+}
+
+/// `control.console`: the web console, over HTTPS with control's certificate (`control.tls`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Listen address (host:port); `""` (`None`) turns the console off.
+    #[serde(with = "typed::optional_listen_addr")]
+    pub listen: Option<SocketAddr>,
+    /// How long a sign-in lasts (whole seconds in the file); the session ends then whatever
+    /// the activity.
+    #[serde(with = "typed::seconds")]
+    pub session_lifetime: Duration,
+}
+
+/// Bounds of `control.console.sessionLifetime` (1 s to 30 days).
+pub const CONSOLE_SESSION_LIFETIME_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(30 * 24 * 3600);
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            session_lifetime: Duration::from_secs(12 * 3600),
         }
     }
 }

@@ -413,19 +413,61 @@ pub fn parse_hex32(s: &str) -> Result<[u8; 32], CryptoError> {
     Ok(out)
 }
 
-/// Parses `sha256:<64 hex>`.
-pub fn parse_digest(s: &str) -> Result<[u8; 32], CryptoError> {
-    s.strip_prefix("sha256:")
-        .and_then(|h| parse_hex32(h).ok())
-        .ok_or_else(|| {
-            let shown: String = s.chars().take(80).collect();
-            CryptoError::InvalidDigest(shown)
-        })
+/// A bundle's content address: the SHA-256 of its archive, written `sha256:<64 lowercase hex>`
+/// (parsed from either case). Parsed once where a digest enters (an upload's metadata, a state
+/// document, a record the edge stages), then passed typed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    /// The 32 bytes.
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The 64 lowercase hex characters, without `sha256:` (the bundle repository's object name).
+    pub fn hex(&self) -> String {
+        hex(&self.0)
+    }
 }
 
-/// Formats `sha256:<64 lowercase hex>`.
+impl From<[u8; 32]> for Digest {
+    fn from(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+}
+
+impl std::str::FromStr for Digest {
+    type Err = CryptoError;
+
+    /// Parses `sha256:<64 hex>`.
+    fn from_str(s: &str) -> Result<Self, CryptoError> {
+        s.strip_prefix("sha256:")
+            .and_then(|h| parse_hex32(h).ok())
+            .map(Self)
+            .ok_or_else(|| {
+                let shown: String = s.chars().take(80).collect();
+                CryptoError::InvalidDigest(shown)
+            })
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sha256:{}", self.hex())
+    }
+}
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// Formats a SHA-256 value as `sha256:<64 lowercase hex>` (a [`Digest`]'s form; certificate
+/// fingerprints too).
 pub fn format_digest(digest: &[u8; 32]) -> String {
-    format!("sha256:{}", hex(digest))
+    Digest(*digest).to_string()
 }
 
 // ---------------------------------------------------------------------------------------------

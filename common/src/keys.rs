@@ -12,6 +12,7 @@
 //! {root}/v1/acme/challenges/{token}     ChallengeRecord: an HTTP-01 response any edge serves
 //! {root}/v1/acme/reminders/{name}       ReminderRecord: last expiry reminder sent for a cert
 //! {root}/v1/tokens/{name}              TokenRecord: an API token (its secret's digest only)
+//! {root}/v1/previews/{id}               PreviewIndexRecord: the site of preview `id`
 //! {root}/v1/meta/state                  touched by every desired-state write (its revision)
 //! {root}/v1/meta/secrets-check          a value sealed with secretsEncryptionKey (key check)
 //! {root}/v1/meta/import                 present while a state import is being written
@@ -160,6 +161,13 @@ impl KeySchema {
     }
     pub fn token(&self, name: &str) -> String {
         format!("{}tokens/{name}", self.root)
+    }
+    /// The preview index: which site each preview id belongs to.
+    pub fn previews(&self) -> String {
+        format!("{}previews/", self.root)
+    }
+    pub fn preview(&self, id: &str) -> String {
+        format!("{}previews/{id}", self.root)
     }
     /// A constant sealed with `secretsEncryptionKey` at first start, opened at every start.
     pub fn secrets_check(&self) -> String {

@@ -16,6 +16,7 @@
 //! - `redirects`, `headers_file`: a bundle's `_redirects` and `_headers`, on the
 //!   `path_pattern` router; `conventions`: the static-host conventions (404.html, pretty URLs,
 //!   caching of content-hashed names and HTML).
+//! - `preview`: preview deploys: their host format, TTL bounds and password hashing (argon2id).
 //! - `repo`: the bundle repository (local directory, S3, Azure Blob, GCS) via `object_store`.
 //! - `http_admin`: the small plain-HTTP server behind the operator endpoints.
 //! - `listener`: what every TCP listener shares: accept back-off, connection caps (total and
@@ -41,6 +42,7 @@ pub mod manifest;
 pub mod model;
 pub mod notify;
 pub mod path_pattern;
+pub mod preview;
 pub mod private_files;
 pub mod process;
 pub mod redirects;

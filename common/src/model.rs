@@ -351,6 +351,9 @@ pub enum DeploymentState {
     Live,
     Superseded,
     Failed,
+    /// A preview: staged on every edge and served at its own host until it expires or is
+    /// deleted; it never becomes the site's live deployment (promoting it makes a new one).
+    Preview,
 }
 
 impl DeploymentState {
@@ -360,6 +363,7 @@ impl DeploymentState {
             Self::Live => "live",
             Self::Superseded => "superseded",
             Self::Failed => "failed",
+            Self::Preview => "preview",
         }
     }
 }
@@ -424,6 +428,38 @@ pub struct DeploymentRecord {
     /// When the deployment failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_at: Option<i64>,
+    /// Set on a preview (state `preview`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<PreviewInfo>,
+    /// The preview this deployment promoted to live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_from: Option<String>,
+}
+
+/// What makes a deployment a preview (see `preview.rs` for the host format).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviewInfo {
+    /// The host it is served at, fixed at creation (`previews.domain` then in force).
+    pub host: String,
+    /// Unix ms after which it is no longer served; the leader then deletes it.
+    pub expires_at: i64,
+    /// argon2id PHC string of the basic-auth password; never the password itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+    /// The imported wildcard certificate it presents (`previews.certificate` at creation); `None`:
+    /// a certificate made for its host by the leader (ACME when its site uses ACME, else
+    /// self-signed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+}
+
+/// `{root}/v1/previews/{id}`: which site preview `id` belongs to. Created only when absent, in
+/// the transaction that creates the preview, so a preview id (and so its host) is unique across
+/// the cluster and `stk preview delete ID` finds its site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewIndexRecord {
+    pub site: String,
 }
 
 impl DeploymentRecord {
@@ -451,7 +487,14 @@ impl DeploymentRecord {
             live_at: None,
             superseded_at: None,
             failed_at: None,
+            preview: None,
+            promoted_from: None,
         }
+    }
+
+    /// Whether this is a preview past its expiry at `now` (Unix ms).
+    pub fn preview_expired(&self, now: i64) -> bool {
+        self.preview.as_ref().is_some_and(|p| p.expires_at <= now)
     }
 }
 

@@ -11,7 +11,7 @@ mod tokens;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use statiko_common::config::{DeployConfig, LimitsConfig};
+use statiko_common::config::{DeployConfig, LimitsConfig, PreviewsConfig};
 use statiko_common::crypto::SecretBox;
 use statiko_common::repo::BundleRepo;
 
@@ -33,6 +33,8 @@ pub(crate) struct Context {
     pub(crate) limits: LimitsConfig,
     /// `deploy`: history length and stage deadline.
     pub(crate) deploy: DeployConfig,
+    /// `previews`: the domain previews are served under and their certificate.
+    pub(crate) previews: PreviewsConfig,
     /// Where uploads are spooled before they are verified and stored.
     pub(crate) upload_dir: PathBuf,
 }

@@ -269,6 +269,7 @@ pub(crate) fn deployment_to_proto(d: &DeploymentRecord) -> pb::Deployment {
         DeploymentState::Live => pb::DeploymentState::Live,
         DeploymentState::Superseded => pb::DeploymentState::Superseded,
         DeploymentState::Failed => pb::DeploymentState::Failed,
+        DeploymentState::Preview => pb::DeploymentState::Preview,
     };
     let strategy = match d.strategy {
         DeployStrategy::Atomic => pb::DeployStrategy::Atomic,
@@ -289,6 +290,14 @@ pub(crate) fn deployment_to_proto(d: &DeploymentRecord) -> pb::Deployment {
         live_at: d.live_at.and_then(timestamp),
         superseded_at: d.superseded_at.and_then(timestamp),
         failed_at: d.failed_at.and_then(timestamp),
+        preview: d.preview.as_ref().map(|p| pb::Preview {
+            url: format!("https://{}", p.host),
+            host: p.host.clone(),
+            expires_at: timestamp(p.expires_at),
+            password_protected: p.password_hash.is_some(),
+            certificate: p.certificate.clone().unwrap_or_default(),
+        }),
+        promoted_from: d.promoted_from.clone().unwrap_or_default(),
     }
 }
 

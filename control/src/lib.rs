@@ -13,9 +13,11 @@
 //! - `error`: `ControlError` and its mapping to gRPC codes.
 //! - `metrics`: a span and a count per call; the Prometheus `/metrics` listener.
 //! - `tls`: the control plane's own certificate.
+//! - `console`: the web console (`control.console`), pages that call the API in-process.
 
 mod api;
 mod auth;
+mod console;
 mod convert;
 mod error;
 mod import;
@@ -53,6 +55,7 @@ pub fn check_config(config: &NodeConfig) -> anyhow::Result<()> {
 pub async fn run(
     config: NodeConfig,
     listener: TcpListener,
+    console: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let store = Store::open(&config.state)
@@ -82,6 +85,16 @@ pub async fn run(
         codesign_required: config.codesign.required,
         limits: config.limits.clone(),
         deploy: config.deploy.clone(),
+        // Hosts are lowercase without a trailing dot, as every stored domain.
+        previews: statiko_common::config::PreviewsConfig {
+            domain: config
+                .previews
+                .domain
+                .trim()
+                .trim_end_matches('.')
+                .to_ascii_lowercase(),
+            certificate: config.previews.certificate.clone(),
+        },
         upload_dir: config.control.data_dir.join("uploads"),
     });
     let metrics = std::sync::Arc::new(metrics::ControlMetrics::default());
@@ -101,10 +114,36 @@ pub async fn run(
             Err(err) => tracing::warn!(error = format!("{err:#}"), "metrics listener not started"),
         }
     }
+    let metrics = metrics::MetricsLayer::new(metrics);
+    if let Some(listener) = console {
+        // Validation requires control.tls for the console, so the identity is there.
+        let tls = identity
+            .as_ref()
+            .context("control.console.listen: needs control.tls.enabled")?
+            .server_config()?;
+        let stack = (api.clone(), auth.clone(), metrics.clone());
+        let (console_config, limits, shutdown) = (
+            config.control.console.clone(),
+            config.control.limits.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            let (api, auth, metrics) = stack;
+            console::serve(
+                listener,
+                &tls,
+                (&api, auth, metrics),
+                &console_config,
+                &limits,
+                shutdown,
+            )
+            .await;
+        });
+    }
     server::serve(
         api,
         auth,
-        metrics::MetricsLayer::new(metrics),
+        metrics,
         identity,
         &config.control.limits,
         listener,

@@ -24,15 +24,25 @@ fn main() -> ExitCode {
                 &[
                     ("control.listen", Some(config.control.listen)),
                     ("control.metrics", config.control.metrics),
+                    ("control.console.listen", config.control.console.listen),
                 ],
                 true,
             )?;
             let listener = process::bind("control.listen", config.control.listen).await?;
             let local = listener.local_addr().context("listener address")?;
+            // Bound before the ready file is written, so it can name the console's port too.
+            let console = match config.control.console.listen {
+                None => None,
+                Some(addr) => Some(process::bind("control.console.listen", addr).await?),
+            };
             if let Some(path) = &ready_file {
-                ReadyFile::default().with("grpc", local).write(path)?;
+                let mut ready = ReadyFile::default().with("grpc", local);
+                if let Some(console) = &console {
+                    ready = ready.with("console", console.local_addr().context("console address")?);
+                }
+                ready.write(path)?;
             }
-            statiko_control::run(config, listener, shutdown).await
+            statiko_control::run(config, listener, console, shutdown).await
         },
     )
 }

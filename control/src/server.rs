@@ -9,6 +9,7 @@ use statiko_common::config::ControlLimitsConfig;
 use statiko_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 use tonic::transport::Server;
 
 use crate::api::Api;
@@ -16,6 +17,26 @@ use crate::auth::AuthLayer;
 use crate::listen::ConnTrackLayer;
 use crate::metrics::MetricsLayer;
 use crate::tls::Identity;
+
+/// Every `statiko.v1` service on `api`: what the gRPC listener serves, and what the web console
+/// calls in-process (`console::grpc`), so both reach the same handlers.
+pub(crate) fn api_routes(api: &Api) -> Routes {
+    Routes::new(pb::site_service_server::SiteServiceServer::new(api.clone()))
+        .add_service(pb::app_service_server::AppServiceServer::new(api.clone()))
+        .add_service(pb::deployment_service_server::DeploymentServiceServer::new(
+            api.clone(),
+        ))
+        .add_service(pb::certificate_service_server::CertificateServiceServer::new(api.clone()))
+        .add_service(pb::cluster_service_server::ClusterServiceServer::new(
+            api.clone(),
+        ))
+        .add_service(pb::token_service_server::TokenServiceServer::new(
+            api.clone(),
+        ))
+        .add_service(pb::state_service_server::StateServiceServer::new(
+            api.clone(),
+        ))
+}
 
 /// Serves the API on `listener` until `shutdown` is cancelled.
 pub(crate) async fn serve(
@@ -73,22 +94,10 @@ pub(crate) async fn serve(
         .layer(ConnTrackLayer)
         .layer(metrics)
         .layer(auth)
+        .add_routes(api_routes(&api))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::site_service_server::SiteServiceServer::new(api.clone()))
-        .add_service(pb::app_service_server::AppServiceServer::new(api.clone()))
-        .add_service(pb::deployment_service_server::DeploymentServiceServer::new(
-            api.clone(),
-        ))
-        .add_service(pb::certificate_service_server::CertificateServiceServer::new(api.clone()))
-        .add_service(pb::cluster_service_server::ClusterServiceServer::new(
-            api.clone(),
-        ))
-        .add_service(pb::token_service_server::TokenServiceServer::new(
-            api.clone(),
-        ))
-        .add_service(pb::state_service_server::StateServiceServer::new(api))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
         .context("serve gRPC")?;

@@ -47,6 +47,10 @@ pub struct Desired {
     /// leader cuts them over (other deployment records are not kept here).
     #[serde(default)]
     pub staging: Map<DeploymentRecord>,
+    /// Previews (deployments in `preview` state), by id: every edge stages them and serves each
+    /// at its own host until it expires.
+    #[serde(default)]
+    pub previews: Map<DeploymentRecord>,
     /// Store `mod_revision` of each site and certificate record, by store key, for writes that
     /// compare against the record they replace (the leader's certificate jobs).
     #[serde(default)]
@@ -74,6 +78,7 @@ impl PartialEq for Desired {
             && self.challenges == other.challenges
             && self.acme_orders == other.acme_orders
             && self.staging == other.staging
+            && self.previews == other.previews
             && self.revisions == other.revisions
     }
 }
@@ -87,6 +92,8 @@ pub enum Changed {
     Certificate(String),
     Challenge(String),
     AcmeOrder(String),
+    /// A preview, by deployment id.
+    Preview(String),
 }
 
 /// Where a consumer is: the lineage and revision of the last state it applied.
@@ -269,9 +276,13 @@ impl Desired {
                         self.staging.insert(id, d);
                         None
                     }
+                    Ok(d) if d.state == DeploymentState::Preview && d.preview.is_some() => {
+                        self.previews.insert(id.clone(), d);
+                        Some(Changed::Preview(id))
+                    }
                     Ok(_) => {
                         self.staging.remove(&id);
-                        None
+                        self.previews.remove(&id).map(|_| Changed::Preview(id))
                     }
                     Err(err) => {
                         tracing::warn!(key = %kv.key, error = %err, "ignoring an unreadable record");
@@ -316,6 +327,9 @@ impl Desired {
                 .remove(&site)
                 .map(|_| Changed::AcmeOrder(site)),
             Some(Key::Deployment { id, .. }) => {
+                if self.previews.remove(&id).is_some() {
+                    return Some(Some(Changed::Preview(id)));
+                }
                 return self.staging.remove(&id).map(|_| None);
             }
             _ => None,

@@ -10,7 +10,8 @@
 //! - `serve`: the hyper + rustls servers and the request handler.
 //! - `leader`: leader election on a leased key; `certs`: the leader's certificate jobs
 //!   (self-signed, ACME HTTP-01, renewal, expiry reminders); `cutover`: the leader's switch of
-//!   atomic deployments; `releases`: staging deployments ahead of their cutover.
+//!   atomic deployments; `releases`: staging deployments ahead of their cutover (and previews);
+//!   `previews`: previews as sites for the certificate jobs, the leader's expiry collector.
 //! - `status`: the leased node record and the admin listener; `metrics`: the Prometheus
 //!   counters it serves on `/metrics`.
 
@@ -20,6 +21,7 @@ pub(crate) mod cutover;
 pub mod desired;
 pub mod leader;
 pub mod metrics;
+pub(crate) mod previews;
 pub mod reconcile;
 pub(crate) mod releases;
 pub mod run;

@@ -34,6 +34,8 @@ pub type CertExpiries = imbl::OrdMap<String, i64>;
 /// Every site's status by primary domain.
 pub type SiteStatuses = imbl::OrdMap<String, NodeSiteStatus>;
 
+mod previews;
+
 /// Bundles staged at the same time.
 const STAGING_CONCURRENCY: usize = 3;
 
@@ -142,8 +144,10 @@ pub struct Reconciler {
     /// The last deploy error notified per site, so each distinct failure is sent once.
     notified: HashMap<String, String>,
     metrics: Option<Arc<EdgeMetrics>>,
-    /// Deployments staged ahead of their cutover.
+    /// Deployments staged ahead of their cutover, and previews.
     releases: Releases,
+    /// Previews served, by deployment id.
+    previews: HashMap<String, previews::PreviewState>,
 }
 
 impl Reconciler {
@@ -175,6 +179,7 @@ impl Reconciler {
             notified: HashMap::new(),
             metrics: None,
             releases: Releases::default(),
+            previews: HashMap::new(),
         }
     }
 
@@ -344,6 +349,8 @@ impl Reconciler {
                 metrics.staging_failed();
             }
         }
+        // Previews, at their own hosts, with the bundles just held for them.
+        self.publish_previews(desired);
 
         // Certificates first, so no new host is routed before its certificate is there.
         self.certs.set(self.cert_map.clone());
@@ -392,7 +399,8 @@ impl Reconciler {
                 }
                 Changed::App(app) => affected.extend(users(&self.app_users, &app)),
                 Changed::Certificate(name) => affected.extend(users(&self.cert_users, &name)),
-                Changed::Challenge(_) => challenges = true,
+                // A challenge may be for a preview's host.
+                Changed::Challenge(_) | Changed::Preview(_) => challenges = true,
             }
         }
         (affected.into_iter().collect(), challenges)
@@ -412,7 +420,7 @@ impl Reconciler {
             let owned = match self.hosts.get(host) {
                 Some(Route::Site(route)) => route.domain == domain,
                 Some(Route::Alias { primary }) => primary == domain,
-                None => false,
+                Some(Route::Preview(_)) | None => false,
             };
             if owned {
                 self.hosts.remove(host);
@@ -472,18 +480,24 @@ impl Reconciler {
 
     /// Counts down what a replaced or removed site used.
     fn release(&mut self, old: SiteState) {
-        if let Some((cache_key, status)) = old.cert {
-            if self.cert_refs.release(&cache_key) {
-                self.cert_cache.remove(&cache_key);
-            }
-            if let Some((name, _)) = status
-                && self.expiry_refs.release(&name)
-            {
-                self.cert_expiries.remove(&name);
-            }
+        if let Some(cert) = old.cert {
+            self.release_cert(cert);
         }
         if let Some(bundle) = &old.served.bundle {
             self.release_bundle(&bundle.digest);
+        }
+    }
+
+    /// Counts down one user of a certificate (its cache key, and its name and expiry when
+    /// from the store).
+    fn release_cert(&mut self, (cache_key, status): (String, Option<(String, i64)>)) {
+        if self.cert_refs.release(&cache_key) {
+            self.cert_cache.remove(&cache_key);
+        }
+        if let Some((name, _)) = status
+            && self.expiry_refs.release(&name)
+        {
+            self.cert_expiries.remove(&name);
         }
     }
 
@@ -715,13 +729,22 @@ fn challenges(desired: &Desired) -> HashMap<String, Challenge> {
         .challenges
         .iter()
         .filter_map(|(token, record)| {
-            let site = desired.sites.get(&record.site)?;
-            let domains: Vec<String> = record
-                .domains
-                .iter()
-                .filter(|d| site.all_domains().any(|s| s == d.as_str()))
-                .cloned()
-                .collect();
+            let domains: Vec<String> = match desired.sites.get(&record.site) {
+                Some(site) => record
+                    .domains
+                    .iter()
+                    .filter(|d| site.all_domains().any(|s| s == d.as_str()))
+                    .cloned()
+                    .collect(),
+                // The leader orders a preview's certificate under its host as the site name.
+                None => desired
+                    .previews
+                    .values()
+                    .filter_map(|p| p.preview.as_ref())
+                    .find(|p| p.host == record.site)
+                    .map(|p| vec![p.host.clone()])
+                    .filter(|hosts| record.domains == *hosts)?,
+            };
             (!domains.is_empty()).then(|| {
                 (
                     token.clone(),

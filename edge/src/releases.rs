@@ -12,6 +12,9 @@
 //! What is retained is persisted in `edge.dataDir/applied/retained.json` and restored at start
 //! from the bundles still on disk (`retention.rs`), so this holds across a restart.
 //!
+//! Previews (`desired.previews`) are staged and held the same way, for as long as they exist,
+//! and reported under the same `staging` map; the reconciler serves each at its own host.
+//!
 //! An edge that was down during a cutover does nothing special when it comes back: the site
 //! record names the live app, so the ordinary apply stages it (keeping the persisted version
 //! served until then).
@@ -149,13 +152,14 @@ impl Releases {
             .unwrap_or_default()
     }
 
-    /// Stages the deployments new in `desired.staging` and forgets those that left it.
+    /// Stages the deployments new in `desired.staging` or `desired.previews` and forgets those
+    /// that left both.
     pub(crate) async fn apply(&mut self, desired: &Desired, stager: &Stager) -> HeldChange {
         let mut change = HeldChange::default();
         let gone: Vec<String> = self
             .held
             .keys()
-            .filter(|id| !desired.staging.contains_key(*id))
+            .filter(|id| !desired.staging.contains_key(*id) && !desired.previews.contains_key(*id))
             .cloned()
             .collect();
         for id in gone {
@@ -168,7 +172,7 @@ impl Releases {
             self.reports.remove(&id);
         }
         let mut jobs = Vec::new();
-        for (id, d) in &desired.staging {
+        for (id, d) in desired.staging.iter().chain(desired.previews.iter()) {
             if !self.held.contains_key(id) {
                 jobs.push(async move { (id.clone(), stage(desired, stager, d).await) });
             }
@@ -201,6 +205,11 @@ impl Releases {
             self.reports.insert(id, report);
         }
         change
+    }
+
+    /// The bundle held for deployment `id` (a preview), if it staged.
+    pub(crate) fn held_bundle(&self, id: &str) -> Option<&Arc<StagedBundle>> {
+        self.held.get(id).and_then(|held| held.bundle.as_ref())
     }
 
     /// How staging went, for the node record.

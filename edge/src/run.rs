@@ -334,7 +334,7 @@ pub async fn run(
 }
 
 /// Leadership: the election (`None` on the file store, where this edge always leads), and the
-/// leader-only jobs (certificates, deployment cutovers), which run for as long as each term lasts.
+/// leader-only jobs (certificates, deployment cutovers, expired previews), which run for as long as each term lasts.
 fn spawn_leadership(
     tasks: &TaskTracker,
     election: Option<Election>,
@@ -365,9 +365,14 @@ fn spawn_leadership(
                 .filter(|lead| !lead.token.is_cancelled());
             let _ = leading_tx.send(lead.is_some());
             if let Some(lead) = lead {
+                let previews = crate::previews::Collector {
+                    store: cutover.store.clone(),
+                    keys: cutover.keys.clone(),
+                };
                 tokio::join!(
                     jobs.clone().run(lead.clone(), desired.clone()),
-                    cutover.clone().run(lead, desired.clone()),
+                    cutover.clone().run(lead.clone(), desired.clone()),
+                    previews.run(lead, desired.clone()),
                 );
                 continue;
             }

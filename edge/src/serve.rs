@@ -1,8 +1,8 @@
 //! The edge's HTTP and HTTPS servers: the accept loops (`accept`), per-client and per-site
 //! limits (`limits`), the PROXY protocol (`proxy`), the SNI certificate resolver and rustls
-//! configuration (`tls`), the request handler (`handler`), safe path resolution and HTTP
-//! semantics as pure functions (`files`), response bodies and built-in pages (`response`), and
-//! HTTP/3 over QUIC on the same handler (`http3`).
+//! configuration (`tls`), the request handler (`handler`), preview hosts (`preview`: noindex,
+//! basic auth), safe path resolution and HTTP semantics as pure functions (`files`), response
+//! bodies and built-in pages (`response`), and HTTP/3 over QUIC on the same handler (`http3`).
 //!
 //! Wiring, in `main`:
 //!
@@ -19,6 +19,7 @@ pub mod files;
 pub mod handler;
 pub mod http3;
 pub mod limits;
+pub mod preview;
 pub mod proxy;
 pub mod response;
 mod site;

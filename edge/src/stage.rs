@@ -53,7 +53,7 @@ use std::sync::{Arc, Mutex};
 
 use statiko_common::archive::ArchiveError;
 use statiko_common::config::LimitsConfig;
-use statiko_common::crypto::{decode_signature, hex, parse_digest, verify_bundle_signature};
+use statiko_common::crypto::{Digest, decode_signature, verify_bundle_signature};
 pub use statiko_common::manifest::MANIFEST_FILE;
 use statiko_common::manifest::{MAX_MANIFEST_LEN, Manifest};
 use statiko_common::model::AppRecord;
@@ -185,9 +185,11 @@ impl Stager {
     /// as soon as it can be served; it is made durable in the background.
     #[tracing::instrument(name = "stage", skip_all, fields(app = %app.app_ref(), digest = %app.digest))]
     pub async fn stage(&self, app: &AppRecord) -> Result<Arc<StagedBundle>, StageError> {
-        let digest = parse_digest(&app.digest)
+        let digest: Digest = app
+            .digest
+            .parse()
             .map_err(|_| StageError::InvalidDigest(app.digest.chars().take(80).collect()))?;
-        let hex_digest = hex(&digest);
+        let hex_digest = digest.hex();
         self.check_signature(app, &digest)?;
         if let Some(bundle) = self.cached(&hex_digest) {
             return Ok(bundle);
@@ -208,7 +210,7 @@ impl Stager {
         Ok(bundle)
     }
 
-    fn check_signature(&self, app: &AppRecord, digest: &[u8; 32]) -> Result<(), StageError> {
+    fn check_signature(&self, app: &AppRecord, digest: &Digest) -> Result<(), StageError> {
         let required = self.inner.codesign_required;
         let Some(key) = &self.inner.codesign_key else {
             if required {
@@ -229,7 +231,7 @@ impl Stager {
         };
         let signature = decode_signature(signature)
             .ok_or_else(|| StageError::Signature("the signature is not valid base64".into()))?;
-        verify_bundle_signature(key, digest, &signature).map_err(|_| {
+        verify_bundle_signature(key, digest.bytes(), &signature).map_err(|_| {
             StageError::Signature("the signature does not match the configured public key".into())
         })
     }

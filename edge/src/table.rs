@@ -18,6 +18,24 @@ pub enum Route {
     Site(Arc<SiteRoute>),
     /// An alias: redirect (301) to the primary domain.
     Alias { primary: String },
+    /// A preview of a site, at its own host.
+    Preview(Arc<PreviewRoute>),
+}
+
+/// One preview as served (see `serve/preview.rs`).
+#[derive(Debug)]
+pub struct PreviewRoute {
+    /// Its host (what SNI and `Host` name).
+    pub host: String,
+    /// The primary domain of its site (its requests count for that site).
+    pub site: String,
+    /// The staged bundle; `None` when it failed to stage on this edge (503).
+    pub bundle: Option<Arc<StagedBundle>>,
+    /// Unix ms from which it is no longer served.
+    pub expires_at: i64,
+    /// Basic auth, when it has a password.
+    pub password: Option<Arc<crate::serve::preview::PasswordCheck>>,
+    pub counters: Arc<SiteCounters>,
 }
 
 /// One site as served.

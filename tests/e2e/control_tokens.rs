@@ -3,6 +3,7 @@
 //! `www.team-a.test` and is refused (PERMISSION_DENIED naming the scope) everywhere else;
 //! revocation reaches both replicas within a second; an expired token is refused; bad input names
 //! the field; the secret never appears in etcd, in either control's log, or in `stk token list`.
+//! The same lifecycle (create, use, revoke) on a single node with the file store.
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,29 @@ async fn stk_create(control: &Control, args: &[&str]) -> Result<Value> {
     let output = control.stk(&full).await?;
     output.assert_success();
     serde_json::from_slice(&output.stdout).context("stk token create --output json")
+}
+
+/// Creates `www.team-a.test` and `team-b.test`, and a deployer token `ci-team-a` scoped to
+/// `*.team-a.test` with `stk token create`; returns its secret.
+async fn team_sites_and_deployer(control: &Control) -> Result<String> {
+    let admin = control.admin().await?;
+    admin
+        .sites()
+        .create_site(site("www.team-a.test", &[]))
+        .await?;
+    admin.sites().create_site(site("team-b.test", &[])).await?;
+    let created = stk_create(
+        control,
+        &[
+            "ci-team-a",
+            "--role",
+            "deployer",
+            "--scope",
+            "*.team-a.test",
+        ],
+    )
+    .await?;
+    Ok(created["secret"].as_str().context("secret")?.to_owned())
 }
 
 /// Asserts PERMISSION_DENIED naming the deployer's scope and each of `needles`.
@@ -436,24 +460,7 @@ async fn ci_pipeline_with_a_deployer_token_file() -> Result<()> {
             .config(json!({"edge": {"leaseTtl": 10}})),
     )
     .await?;
-    let admin = control.admin().await?;
-    admin
-        .sites()
-        .create_site(site("www.team-a.test", &[]))
-        .await?;
-    admin.sites().create_site(site("team-b.test", &[])).await?;
-    let created = stk_create(
-        &control,
-        &[
-            "ci-team-a",
-            "--role",
-            "deployer",
-            "--scope",
-            "*.team-a.test",
-        ],
-    )
-    .await?;
-    let secret = created["secret"].as_str().context("secret")?.to_owned();
+    let secret = team_sites_and_deployer(&control).await?;
 
     // What the CI runner has: a checkout with a build output, and the secret as a file.
     let work = tempfile::tempdir()?;
@@ -555,5 +562,59 @@ async fn ci_pipeline_with_a_deployer_token_file() -> Result<()> {
         "{}",
         late.stderr_text()
     );
+    Ok(())
+}
+
+/// Stored tokens on a single node (`state.store: file`, no etcd): `stk token create`, the token
+/// uploads and deploys in its scope and is refused outside it, `stk token revoke` stops it
+/// within a second (the file store's watch), it is gone from `stk token list`, and its secret
+/// is nowhere in `state.json`.
+#[tokio::test]
+async fn stored_tokens_on_the_file_store() -> Result<()> {
+    statiko_tests::init();
+    let control = Control::start(ControlOptions::default()).await?;
+    let secret = team_sites_and_deployer(&control).await?;
+
+    // Use: upload and deploy in scope; refused (naming the scope) outside it.
+    let deployer = control.api(&secret).await?;
+    Upload::new("web", "1.0.0", site_bundle("single 1.0.0"))
+        .send(&deployer)
+        .await?;
+    deploy(&deployer, "www.team-a.test", "web", "1.0.0", false, secs(1)).await?;
+    let outside = deploy(&deployer, "team-b.test", "web", "1.0.0", false, secs(1))
+        .await
+        .expect_err("a deploy outside the scope");
+    let outside = format!("{outside:#}");
+    ensure!(
+        outside.contains("scope *.team-a.test) may not deploy to team-b.test"),
+        "{outside}"
+    );
+
+    // Revoke: refused within a second, and no longer listed.
+    let revoked_at = Instant::now();
+    control
+        .stk(["token", "revoke", "ci-team-a"])
+        .await?
+        .assert_success();
+    wait_until(Duration::from_secs(1), async || refused(&deployer).await)
+        .await
+        .context("the revoked token still works")?;
+    let took = revoked_at.elapsed();
+    ensure!(
+        took <= patience(Duration::from_secs(1)) + Duration::from_millis(500),
+        "revocation took {took:?}"
+    );
+    let listed = control.stk(["--output", "json", "token", "list"]).await?;
+    listed.assert_success();
+    ensure!(
+        !String::from_utf8_lossy(&listed.stdout).contains("ci-team-a"),
+        "still listed: {}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
+    let state = std::fs::read_to_string(control.state_dir().join("state.json"))
+        .context("read state.json")?;
+    ensure!(!state.contains(&secret), "the secret is in state.json");
+    let log = std::fs::read_to_string(control.log_path()).context("read the control log")?;
+    ensure!(!log.contains(&secret), "the secret is in the log");
     Ok(())
 }

@@ -8,65 +8,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::{Context, Result, ensure};
-use statiko_proto::v1::DeployResponse;
+use statiko_tests::cluster::Cluster;
 use statiko_tests::fixtures::{self, digest_of, site, site_bundle};
-use statiko_tests::{
-    Control, ControlOptions, Edge, EdgeOptions, Etcd, OutputExt, StateStore, require_tool, secs,
-    wait_until,
-};
+use statiko_tests::{Control, Edge, Etcd, OutputExt, require_tool, secs, wait_until};
 
-/// etcd, a control and `n` edges sharing the store and the bundle repository.
-pub(crate) struct Cluster {
-    pub(crate) etcd: Etcd,
-    pub(crate) control: Control,
-    pub(crate) edges: Vec<Edge>,
-}
-
+/// etcd, a control and `n` edges (the shared [`Cluster`]), every edge registered.
 pub(crate) async fn cluster(n: usize) -> Result<Cluster> {
-    statiko_tests::init();
-    let etcd = Etcd::start().await?;
-    let control = Control::start(ControlOptions::default().store(StateStore::etcd(&etcd))).await?;
-    let mut edges = Vec::new();
-    for i in 0..n {
-        let options = EdgeOptions::new(
-            &format!("edge-{i}"),
-            StateStore::etcd(&etcd),
-            &control.repo_dir(),
-        );
-        edges.push(Edge::start(options).await?);
-    }
-    // An edge's ready file is written once it listens; its node record follows its first
-    // snapshot. Deploys with --wait wait for the registered edges, so wait for every one.
-    let api = control.admin().await?;
-    wait_until(secs(20), async || {
-        let nodes = api
-            .cluster()
-            .list_nodes(statiko_proto::v1::ListNodesRequest {})
-            .await?
-            .into_inner()
-            .nodes;
-        anyhow::Ok(nodes.len() == n)
-    })
-    .await
-    .context("every edge registers its node record")?;
-    Ok(Cluster {
-        etcd,
-        control,
-        edges,
-    })
-}
-
-impl Cluster {
-    pub(crate) async fn deploy(
-        &self,
-        domain: &str,
-        name: &str,
-        version: &str,
-        wait: bool,
-    ) -> Result<DeployResponse> {
-        let api = self.control.admin().await?;
-        fixtures::deploy(&api, domain, name, version, wait, secs(30)).await
-    }
+    let cluster = Cluster::start(n).await?;
+    cluster.wait_registered().await?;
+    Ok(cluster)
 }
 
 /// The page `site_bundle(tag)` serves at `/`.

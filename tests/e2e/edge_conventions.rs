@@ -6,9 +6,7 @@
 use anyhow::{Result, ensure};
 use statiko_tests::fixtures::{self, Upload, assert_status, site};
 use statiko_tests::net::HttpResponse;
-use statiko_tests::{
-    Control, ControlOptions, Edge, EdgeOptions, Etcd, StateStore, require_tool, secs,
-};
+use statiko_tests::{Control, ControlOptions, Edge, Etcd, StateStore, require_tool, secs};
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
@@ -258,15 +256,8 @@ async fn generator_bundles_are_served_with_their_conventions() -> Result<()> {
     if !require_tool("etcd") {
         return Ok(());
     }
-    statiko_tests::init();
-    let etcd = Etcd::start().await?;
-    let control = Control::start(ControlOptions::default().store(StateStore::etcd(&etcd))).await?;
-    let edge = Edge::start(EdgeOptions::new(
-        "edge-0",
-        StateStore::etcd(&etcd),
-        &control.repo_dir(),
-    ))
-    .await?;
+    let cluster = statiko_tests::cluster::Cluster::start(1).await?;
+    let (control, edge) = (&cluster.control, &cluster.edges[0]);
     let api = control.admin().await?;
     for (domain, name, bundle) in [
         ("spa.test", "spa", spa_bundle()?),
@@ -277,9 +268,9 @@ async fn generator_bundles_are_served_with_their_conventions() -> Result<()> {
         Upload::new(name, "1", bundle).send(&api).await?;
         fixtures::deploy(&api, domain, name, "1", true, secs(30)).await?;
     }
-    check_spa(&edge).await?;
-    check_docs(&edge).await?;
-    check_blog(&edge).await?;
+    check_spa(edge).await?;
+    check_docs(edge).await?;
+    check_blog(edge).await?;
     Ok(())
 }
 

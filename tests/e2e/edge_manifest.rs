@@ -6,9 +6,7 @@
 
 use anyhow::{Context, Result, ensure};
 use statiko_tests::fixtures::{self, Upload, site};
-use statiko_tests::{
-    Control, ControlOptions, Edge, EdgeOptions, Etcd, StateStore, require_tool, secs, wait_until,
-};
+use statiko_tests::{Control, Edge, require_tool, secs, wait_until};
 
 use crate::edge_cluster::plant;
 
@@ -110,20 +108,13 @@ async fn manifest_rules_are_served_and_a_broken_manifest_is_refused() -> Result<
     if !require_tool("etcd") {
         return Ok(());
     }
-    statiko_tests::init();
-    let etcd = Etcd::start().await?;
-    let control = Control::start(ControlOptions::default().store(StateStore::etcd(&etcd))).await?;
-    let edge = Edge::start(EdgeOptions::new(
-        "edge-0",
-        StateStore::etcd(&etcd),
-        &control.repo_dir(),
-    ))
-    .await?;
+    let cluster = statiko_tests::cluster::Cluster::start(1).await?;
+    let (control, edge) = (&cluster.control, &cluster.edges[0]);
     let api = control.admin().await?;
     api.sites().create_site(site("docs.test", &[])).await?;
     api.sites().create_site(site("other.test", &[])).await?;
     fixtures::upload_app(&api, "other", "1").await?;
-    deploy(&control, "other.test", "other", "1", true).await?;
+    deploy(control, "other.test", "other", "1", true).await?;
 
     let v1 = fixtures::tar_gz(&[
         ("index.html", b"<h1>v1</h1>"),
@@ -135,8 +126,8 @@ async fn manifest_rules_are_served_and_a_broken_manifest_is_refused() -> Result<
         ("_statiko.yaml", MANIFEST_V1.as_bytes()),
     ])?;
     Upload::new("docs", "1", v1).send(&api).await?;
-    deploy(&control, "docs.test", "docs", "1", true).await?;
-    check_v1(&edge).await?;
+    deploy(control, "docs.test", "docs", "1", true).await?;
+    check_v1(edge).await?;
 
     let v2 = fixtures::tar_gz(&[
         ("index.html", b"<h1>v2</h1>"),
@@ -151,8 +142,8 @@ async fn manifest_rules_are_served_and_a_broken_manifest_is_refused() -> Result<
     );
     // ...and v2 reaches the edge only past control (a compromised repository, an older control).
     let digest = fixtures::digest_of(&v2);
-    plant(&etcd, &control, "docs", "2", "tar-gz", &v2, &digest).await?;
-    deploy(&control, "docs.test", "docs", "2", false).await?;
+    plant(&cluster.etcd, control, "docs", "2", "tar-gz", &v2, &digest).await?;
+    deploy(control, "docs.test", "docs", "2", false).await?;
     let (app, error) = wait_until(secs(20), async || {
         let served = edge.served("docs.test").await?;
         anyhow::Ok(served.filter(|(_, error)| error.contains("docs@2")))
@@ -165,7 +156,7 @@ async fn manifest_rules_are_served_and_a_broken_manifest_is_refused() -> Result<
         "{error}"
     );
     // The previous version keeps serving, with its rules; the other site is unaffected.
-    check_v1(&edge).await?;
+    check_v1(edge).await?;
     let other = edge.https_get("other.test", "/").await?;
     assert_eq!(other.status, 200);
     assert!(other.text().contains("other@1"), "{}", other.text());

@@ -14,7 +14,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, ensure};
-use statiko_proto::v1::{DeployResponse, ListAppsRequest, ListNodesRequest, UploadAppRequest};
+use statiko_proto::v1::{ListAppsRequest, UploadAppRequest};
 use statiko_tests::cluster::{Cluster, Converged, assert_converged_at};
 use statiko_tests::fixtures::{self, site};
 use statiko_tests::{Edge, require_tool, secs, wait_until};
@@ -22,17 +22,6 @@ use statiko_tests::{Edge, require_tool, secs, wait_until};
 /// The page `fixtures::site_bundle("name@version")` serves at `/`.
 fn page(name: &str, version: &str) -> String {
     format!("<!doctype html><title>{name}@{version}</title><h1>{name}@{version}</h1>\n")
-}
-
-async fn deploy(
-    cluster: &Cluster,
-    domain: &str,
-    name: &str,
-    version: &str,
-    wait: bool,
-) -> Result<DeployResponse> {
-    let api = cluster.control.admin().await?;
-    fixtures::deploy(&api, domain, name, version, wait, secs(20)).await
 }
 
 /// Converges and checks the agreed state: at least `revision`, and `expected` pages per site.
@@ -52,18 +41,6 @@ async fn converged(
     Ok(agreed)
 }
 
-/// The names of the nodes control lists (live node records).
-async fn listed_nodes(cluster: &Cluster) -> Result<BTreeSet<String>> {
-    let api = cluster.control.admin().await?;
-    let nodes = api
-        .cluster()
-        .list_nodes(ListNodesRequest {})
-        .await?
-        .into_inner()
-        .nodes;
-    Ok(nodes.into_iter().map(|node| node.name).collect())
-}
-
 fn names(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|name| (*name).to_owned()).collect()
 }
@@ -73,13 +50,15 @@ async fn three_edges_serving() -> Result<(Cluster, i64)> {
     let cluster = Cluster::start(3).await?;
     // Every edge has registered, so a deploy --wait waits for all three.
     wait_until(secs(20), async || {
-        anyhow::Ok(listed_nodes(&cluster).await? == names(&["edge-0", "edge-1", "edge-2"]))
+        anyhow::Ok(cluster.listed_nodes().await? == names(&["edge-0", "edge-1", "edge-2"]))
     })
     .await?;
     let api = cluster.control.admin().await?;
     api.sites().create_site(site("a.test", &[])).await?;
     fixtures::upload_app(&api, "web", "1").await?;
-    let deployed = deploy(&cluster, "a.test", "web", "1", true).await?;
+    let deployed = cluster
+        .deploy_within("a.test", "web", "1", true, secs(20))
+        .await?;
     assert_eq!(deployed.ready_nodes.len(), 3, "{:?}", deployed.ready_nodes);
     converged(
         &cluster,
@@ -108,7 +87,9 @@ async fn etcd_stopped_and_restarted() -> Result<()> {
         &[("a.test", page("web", "1"))],
     )
     .await?;
-    let refused = deploy(&cluster, "a.test", "web", "2", false).await;
+    let refused = cluster
+        .deploy_within("a.test", "web", "2", false, secs(20))
+        .await;
     let status = refused
         .expect_err("a deploy without etcd must fail")
         .downcast::<tonic::Status>()
@@ -117,7 +98,10 @@ async fn etcd_stopped_and_restarted() -> Result<()> {
 
     cluster.etcd.restart().await?;
     let deployed = wait_until(secs(30), async || {
-        deploy(&cluster, "a.test", "web", "2", true).await.map(Some)
+        cluster
+            .deploy_within("a.test", "web", "2", true, secs(20))
+            .await
+            .map(Some)
     })
     .await?;
     let after = converged(
@@ -167,7 +151,10 @@ async fn leader_killed_another_edge_leads() -> Result<()> {
     // expired, --wait waits for the two live edges only).
     fixtures::upload_app(&cluster.control.admin().await?, "web", "2").await?;
     let deployed = wait_until(secs(30), async || {
-        deploy(&cluster, "a.test", "web", "2", true).await.map(Some)
+        cluster
+            .deploy_within("a.test", "web", "2", true, secs(20))
+            .await
+            .map(Some)
     })
     .await?;
     converged(
@@ -188,7 +175,7 @@ async fn leader_killed_another_edge_leads() -> Result<()> {
     )
     .await?;
     wait_until(secs(20), async || {
-        anyhow::Ok(listed_nodes(&cluster).await? == names(&["edge-0", "edge-1", "edge-2"]))
+        anyhow::Ok(cluster.listed_nodes().await? == names(&["edge-0", "edge-1", "edge-2"]))
     })
     .await?;
     let leaders = cluster.leaders().await;
@@ -205,7 +192,9 @@ async fn edge_partitioned_from_etcd_and_healed() -> Result<()> {
     fixtures::upload_app(&cluster.control.admin().await?, "web", "2").await?;
 
     cluster.proxies[2].cut();
-    let deployed = deploy(&cluster, "a.test", "web", "2", false).await?;
+    let deployed = cluster
+        .deploy_within("a.test", "web", "2", false, secs(20))
+        .await?;
     let majority = [&cluster.edges[0], &cluster.edges[1]];
     converged(
         &cluster,
@@ -218,7 +207,7 @@ async fn edge_partitioned_from_etcd_and_healed() -> Result<()> {
     let before = cluster.edges[2].status().await?["node"]["appliedRevision"].clone();
     // The partitioned edge's node record expires with its lease...
     wait_until(secs(20), async || {
-        anyhow::Ok(listed_nodes(&cluster).await? == names(&["edge-0", "edge-1"]))
+        anyhow::Ok(cluster.listed_nodes().await? == names(&["edge-0", "edge-1"]))
     })
     .await
     .context("edge-2's node record should expire while it is partitioned")?;
@@ -240,7 +229,7 @@ async fn edge_partitioned_from_etcd_and_healed() -> Result<()> {
     )
     .await?;
     wait_until(secs(20), async || {
-        anyhow::Ok(listed_nodes(&cluster).await? == names(&["edge-0", "edge-1", "edge-2"]))
+        anyhow::Ok(cluster.listed_nodes().await? == names(&["edge-0", "edge-1", "edge-2"]))
     })
     .await
     .context("edge-2 should register again once healed")?;
@@ -320,14 +309,18 @@ async fn control_killed_mid_upload_leaves_no_partial_bundle() -> Result<()> {
         );
     }
     api.sites().create_site(site("big.test", &[])).await?;
-    let refused = deploy(&cluster, "big.test", "big", "1", false).await;
+    let refused = cluster
+        .deploy_within("big.test", "big", "1", false, secs(20))
+        .await;
     assert!(refused.is_err(), "deployed an app that was never uploaded");
 
     // The same upload, whole this time, works and reaches every edge.
     let mut retry = fixtures::Upload::new("big", "1", bundle);
     retry.digest = fixtures::digest_of(&retry.bytes);
     retry.send(&api).await.context("upload big@1 again")?;
-    let deployed = deploy(&cluster, "big.test", "big", "1", true).await?;
+    let deployed = cluster
+        .deploy_within("big.test", "big", "1", true, secs(20))
+        .await?;
     converged(
         &cluster,
         &cluster.edge_refs(),
@@ -353,10 +346,16 @@ async fn etcd_compacted_while_an_edge_is_partitioned() -> Result<()> {
     fixtures::upload_app(&api, "docs", "1").await?;
 
     cluster.proxies[1].cut();
-    deploy(&cluster, "a.test", "web", "2", false).await?;
+    cluster
+        .deploy_within("a.test", "web", "2", false, secs(20))
+        .await?;
     api.sites().create_site(site("b.test", &[])).await?;
-    deploy(&cluster, "b.test", "docs", "1", false).await?;
-    let last = deploy(&cluster, "a.test", "web", "3", false).await?;
+    cluster
+        .deploy_within("b.test", "docs", "1", false, secs(20))
+        .await?;
+    let last = cluster
+        .deploy_within("a.test", "web", "3", false, secs(20))
+        .await?;
     // Compact away every revision the partitioned edge has not seen.
     let mut etcd = cluster.etcd.client().await?;
     let head = etcd

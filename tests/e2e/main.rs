@@ -3,6 +3,7 @@
 
 mod archive_bombs;
 mod config_examples;
+mod console;
 mod control_apps;
 mod control_auth;
 mod control_certs;
@@ -25,6 +26,7 @@ mod fleet;
 mod hardening;
 mod harness_smoke;
 mod observability;
+mod previews;
 mod releases;
 mod releases_skew;
 mod safe_defaults;

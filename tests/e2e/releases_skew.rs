@@ -4,7 +4,8 @@
 //!   deployment that was live before, with a `Statiko-Deployment` header naming it, on every
 //!   edge; HTML (a page, a navigation) always comes from the live version;
 //! - it 404s once the site's window has passed, when the window is turned off, and once the
-//!   deployment is no longer retained (`edge.retainDeployments`);
+//!   deployment is no longer retained (`edge.retainDeployments`, or over
+//!   `edge.bundleDiskBudget`, which drops the bundle retired first);
 //! - a window that is not a duration is refused naming the field, by stk and by the API;
 //! - edges restarted (killed, and stopped cleanly) after a cutover still hold the retained
 //!   bundles: a rollback is served by every edge with the old bundle gone from the repository.
@@ -19,7 +20,7 @@ use statiko_tests::fixtures::{self, Upload, assert_status};
 use statiko_tests::{Edge, OutputExt, https_get_unverified, require_tool, secs, wait_until};
 use tonic::Code;
 
-use crate::releases::{all_serve, deploy_atomic, digest_of, serving_v1, settled};
+use crate::releases::{all_serve, deploy_atomic, digest_of, serving_v1};
 
 const SITE: &str = "skew.test";
 const HEADER: &str = "statiko-deployment";
@@ -29,22 +30,36 @@ fn asset(version: &str) -> String {
     format!("/assets/app-{version}a2b3c4d.js")
 }
 
-/// `web@version`: a page loading its hashed script, the script, and a page only it has.
+/// The files of `web@version`: a page loading its hashed script, the script, and a page only
+/// it has.
+fn files(version: &str) -> Vec<(String, String)> {
+    vec![
+        (
+            "index.html".to_owned(),
+            format!(
+                "<!doctype html><script src=\"{}\"></script><h1>web@{version}</h1>\n",
+                asset(version)
+            ),
+        ),
+        (
+            asset(version)[1..].to_owned(),
+            format!("console.log('web@{version}');\n"),
+        ),
+        (
+            format!("only-{version}.html"),
+            format!("<!doctype html><h1>only in web@{version}</h1>\n"),
+        ),
+    ]
+}
+
+/// `web@version` as a `.tar.gz`.
 fn bundle(version: &str) -> Vec<u8> {
-    let index = format!(
-        "<!doctype html><script src=\"{}\"></script><h1>web@{version}</h1>\n",
-        asset(version)
-    );
-    let script = format!("console.log('web@{version}');\n");
-    let only = format!("<!doctype html><h1>only in web@{version}</h1>\n");
-    let script_path = asset(version);
-    let only_path = format!("only-{version}.html");
-    fixtures::tar_gz(&[
-        ("index.html", index.as_bytes()),
-        (&script_path[1..], script.as_bytes()),
-        (&only_path, only.as_bytes()),
-    ])
-    .expect("an in-memory tar.gz")
+    let files = files(version);
+    let entries: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(path, body)| (path.as_str(), body.as_bytes()))
+        .collect();
+    fixtures::tar_gz(&entries).expect("an in-memory tar.gz")
 }
 
 /// What one edge answers for `path`: status, body and the `Statiko-Deployment` header.
@@ -131,7 +146,7 @@ async fn skew_protection_serves_old_assets_within_the_window() -> Result<()> {
         options.config(json!({"edge": {"retainDeployments": 2}}))
     })
     .await?;
-    settled(&cluster).await?;
+    cluster.settled().await?;
     let api = cluster.control.admin().await?;
     let created = api
         .sites()
@@ -316,7 +331,7 @@ async fn restarted_edges_keep_retained_bundles_for_rollback() -> Result<()> {
         return Ok(());
     }
     let mut cluster = Cluster::start(3).await?;
-    let leader = settled(&cluster).await?;
+    let leader = cluster.settled().await?;
     serving_v1(&cluster, "restart.test").await?;
     deploy_atomic(&cluster, "restart.test", "2", true).await?;
     all_serve(&cluster.edge_refs(), "restart.test", "2").await?;
@@ -329,7 +344,7 @@ async fn restarted_edges_keep_retained_bundles_for_rollback() -> Result<()> {
     cluster.edges[followers[0]].restart().await?;
     cluster.edges[followers[1]].terminate().await?;
     cluster.edges[followers[1]].restart().await?;
-    settled(&cluster).await?;
+    cluster.settled().await?;
     all_serve(&cluster.edge_refs(), "restart.test", "2").await?;
 
     // An eviction pass on every edge (a bundle loses its last user) removes every staged bundle
@@ -389,4 +404,42 @@ async fn restarted_edges_keep_retained_bundles_for_rollback() -> Result<()> {
         cli.stdout_text()
     );
     all_serve(&cluster.edge_refs(), "restart.test", "1").await
+}
+
+#[tokio::test]
+async fn the_disk_budget_bounds_retained_bundles() -> Result<()> {
+    if !require_tool("etcd") {
+        return Ok(());
+    }
+    // Room for one retained bundle (its files' bytes: too small to be precompressed), not two.
+    let one: usize = files("1").iter().map(|(_, body)| body.len()).sum();
+    let cluster = Cluster::start_with(1, |options| {
+        options.config(json!({"edge": {"retainDeployments": 3, "bundleDiskBudget": one}}))
+    })
+    .await?;
+    cluster.settled().await?;
+    let api = cluster.control.admin().await?;
+    api.sites().create_site(fixtures::site(SITE, &[])).await?;
+    for version in ["1", "2", "3"] {
+        Upload::new("web", version, bundle(version))
+            .send(&api)
+            .await?;
+    }
+    let d1 = deploy(&cluster, "1").await?;
+    deploy(&cluster, "2").await?;
+    all_serve_retired(&cluster, "1", &d1).await?;
+    deploy(&cluster, "3").await?;
+    // web@2 fits; web@1, retired first, is dropped over the budget (live web@3 never counts).
+    all_404(&cluster, &asset("1")).await?;
+    let bundles = cluster.edges[0].dir().join("data/bundles");
+    let v1 = digest_of(&cluster, "1").await?;
+    wait_until(secs(15), async || {
+        anyhow::Ok((!bundles.join(v1.trim_start_matches("sha256:")).exists()).then_some(()))
+    })
+    .await
+    .context("web@1's bundle should leave the disk")?;
+    let v2 = digest_of(&cluster, "2").await?;
+    ensure!(bundles.join(v2.trim_start_matches("sha256:")).exists());
+    ensure!(get(&cluster.edges[0], &asset("2"), &[]).await?.0 == 200);
+    all_serve_page(&cluster, "3").await
 }

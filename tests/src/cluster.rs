@@ -2,11 +2,12 @@
 //! through its own [`TcpProxy`] so any edge can be partitioned from etcd and healed; and the
 //! convergence check [`assert_converged`] that every fault scenario ends with.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use anyhow::{Context, Result, anyhow};
 use serde_json::Value;
+use statiko_proto::v1::{DeployResponse, ListNodesRequest};
 
 use crate::control::{Control, ControlOptions, EtcdStore, StateStore};
 use crate::edge::{Edge, EdgeOptions};
@@ -42,13 +43,25 @@ impl Cluster {
     /// Like [`Cluster::start`], with a hook to adjust each edge's options.
     pub async fn start_with(
         edges: usize,
+        edge_options: impl FnMut(EdgeOptions) -> EdgeOptions,
+    ) -> Result<Self> {
+        Self::start_with_control(edges, |options| options, edge_options).await
+    }
+
+    /// Like [`Cluster::start_with`], with a hook to adjust the control's options too (its store
+    /// is set to the cluster's etcd before the hook runs).
+    pub async fn start_with_control(
+        edges: usize,
+        control_options: impl FnOnce(ControlOptions) -> ControlOptions,
         mut edge_options: impl FnMut(EdgeOptions) -> EdgeOptions,
     ) -> Result<Self> {
         crate::init();
         let etcd = Etcd::start().await?;
-        let control = Control::start(ControlOptions::default().store(StateStore::etcd(&etcd)))
-            .await
-            .context("start control")?;
+        let control = Control::start(control_options(
+            ControlOptions::default().store(StateStore::etcd(&etcd)),
+        ))
+        .await
+        .context("start control")?;
         let mut cluster = Self {
             edges: Vec::new(),
             proxies: Vec::new(),
@@ -81,6 +94,56 @@ impl Cluster {
         self.edges.iter().collect()
     }
 
+    /// The names of the nodes control lists (live node records).
+    pub async fn listed_nodes(&self) -> Result<BTreeSet<String>> {
+        let api = self.control.admin().await?;
+        let nodes = api
+            .cluster()
+            .list_nodes(ListNodesRequest {})
+            .await?
+            .into_inner()
+            .nodes;
+        Ok(nodes.into_iter().map(|node| node.name).collect())
+    }
+
+    /// Waits until every edge has registered its node record (an edge's ready file is written
+    /// once it listens, its record after its first snapshot; deploys with `wait` wait for the
+    /// registered edges).
+    pub async fn wait_registered(&self) -> Result<()> {
+        let want = self.edges.len();
+        wait_until(secs(20), async || {
+            anyhow::Ok(self.listed_nodes().await?.len() == want)
+        })
+        .await
+        .with_context(|| format!("every edge registers its node record\n{}", self.logs()))
+    }
+
+    /// Deploys `name@version` to `domain` as admin (see [`crate::fixtures::deploy`]), a `wait`
+    /// bounded at 30 s.
+    pub async fn deploy(
+        &self,
+        domain: &str,
+        name: &str,
+        version: &str,
+        wait: bool,
+    ) -> Result<DeployResponse> {
+        self.deploy_within(domain, name, version, wait, secs(30))
+            .await
+    }
+
+    /// [`Cluster::deploy`] with the server-side wait bounded at `wait_timeout`.
+    pub async fn deploy_within(
+        &self,
+        domain: &str,
+        name: &str,
+        version: &str,
+        wait: bool,
+        wait_timeout: std::time::Duration,
+    ) -> Result<DeployResponse> {
+        let api = self.control.admin().await?;
+        crate::fixtures::deploy(&api, domain, name, version, wait, wait_timeout).await
+    }
+
     /// The names of the edges whose `/status` says `leader: true` (unreachable edges are
     /// skipped).
     pub async fn leaders(&self) -> Vec<String> {
@@ -93,6 +156,25 @@ impl Cluster {
             }
         }
         leaders
+    }
+
+    /// Waits (up to 30 s) until control lists every edge and exactly one of them leads (what an
+    /// atomic deploy or a rollback needs); returns the leader's name.
+    pub async fn settled(&self) -> Result<String> {
+        let api = self.control.admin().await?;
+        let want = self.edges.len();
+        wait_until(secs(30), async || {
+            let nodes = api
+                .cluster()
+                .list_nodes(statiko_proto::v1::ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes;
+            let leaders = self.leaders().await;
+            anyhow::Ok((nodes.len() == want && leaders.len() == 1).then(|| leaders[0].clone()))
+        })
+        .await
+        .with_context(|| self.logs())
     }
 
     /// The tails of every process log, for a failure message.

@@ -243,6 +243,7 @@ pub struct Control {
     options: ControlOptions,
     config: Value,
     grpc_addr: SocketAddr,
+    console_addr: Option<SocketAddr>,
 }
 
 impl Control {
@@ -263,6 +264,7 @@ impl Control {
             config,
             process: None,
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            console_addr: None,
         };
         control.spawn_and_wait().await?;
         Ok(control)
@@ -271,6 +273,19 @@ impl Control {
     /// The gRPC address from the ready file.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// The web console's address from the ready file, when `control.console.listen` is set.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console_addr
+    }
+
+    /// `https://127.0.0.1:PORT` of the web console.
+    pub fn console_url(&self) -> Result<String> {
+        let addr = self
+            .console_addr
+            .context("the console is off (set control.console.listen)")?;
+        Ok(format!("https://{addr}"))
     }
 
     /// `https://127.0.0.1:PORT` (or `http://` when the config disables TLS).
@@ -515,17 +530,20 @@ impl Control {
                     .map(|dir| Path::new(dir).join("cert.pem"))
             })
             .flatten();
-        self.grpc_addr = process
+        let ready = process
             .wait_ready(READY_TIMEOUT, async || {
-                let addr = ReadyFile::read(&ready_path)?.address("grpc")?;
+                let ready = ReadyFile::read(&ready_path)?;
+                ready.address("grpc")?;
                 if let Some(cert_path) = &cert_path
                     && !cert_path.exists()
                 {
                     bail!("ready, but {} does not exist", cert_path.display());
                 }
-                Ok(addr)
+                Ok(ready)
             })
             .await?;
+        self.grpc_addr = ready.address("grpc")?;
+        self.console_addr = ready.address("console").ok();
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 //! # Layout
 //!
 //! - [`bins`]: where the workspace binaries and external tools are, and skipping without them.
+//! - [`browser`]: headless Chromium over the DevTools protocol, for the web console.
 //! - [`process`]: a child process with its output in a log file, SIGTERM, readiness polling.
 //! - [`wait`]: [`wait_until`] and the `STATIKO_TEST_PATIENCE_MS` scale for every deadline.
 //! - [`certs`]: a throwaway PKI ([`Pki`]) written as PEM files.
@@ -24,6 +25,7 @@
 //! Every test calls [`init`] first.
 
 pub mod bins;
+pub mod browser;
 pub mod certs;
 pub mod client;
 pub mod cluster;

@@ -542,6 +542,41 @@ fn validate_control_tls_pair() {
 }
 
 #[test]
+fn validate_control_console() {
+    let config = load_yaml("", &[]).unwrap();
+    assert_eq!(config.control.console.listen, None, "off by default");
+    assert_eq!(
+        config.control.console.session_lifetime,
+        Duration::from_secs(43_200)
+    );
+    check_invalid(
+        "control: {console: {listen: 'nowhere'}}\n",
+        "control.console.listen",
+    );
+    check_invalid(
+        "control: {tls: {enabled: false}, console: {listen: '127.0.0.1:2268'}}\n",
+        "control.console.listen",
+    );
+    check_invalid(
+        "control: {console: {sessionLifetime: 0}}\n",
+        "control.console.sessionLifetime",
+    );
+    check_invalid(
+        "control: {console: {sessionLifetime: 2592001}}\n",
+        "control.console.sessionLifetime",
+    );
+    let config = load_yaml(
+        "control: {console: {listen: '127.0.0.1:2268', sessionLifetime: 60}}\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        config.control.console.session_lifetime,
+        Duration::from_secs(60)
+    );
+}
+
+#[test]
 fn validate_log_level() {
     check_invalid("log: {level: 'info,[[='}\n", "log.level");
 }
@@ -649,6 +684,30 @@ fn cluster_example_documents_every_key() {
             "{key} is not in cluster-node.yaml"
         );
     }
+}
+
+#[test]
+fn previews_keys_are_validated() {
+    let config = load_yaml(
+        "previews:\n  domain: Preview.Example.com\n  certificate: wildcard\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(config.previews.domain, "Preview.Example.com");
+    assert!(load_yaml("previews:\n  domain: \"\"\n", &[]).is_ok());
+    check_invalid("previews:\n  domain: \"not a domain\"\n", "previews.domain");
+    check_invalid(
+        &format!("previews:\n  domain: {}.test\n", "a.".repeat(95)),
+        "previews.domain",
+    );
+    check_invalid(
+        "previews:\n  certificate: wildcard\n",
+        "previews.certificate",
+    );
+    check_invalid(
+        "previews:\n  domain: p.example.com\n  certificate: \"bad/name\"\n",
+        "previews.certificate",
+    );
 }
 
 #[test]

@@ -62,6 +62,20 @@ impl Config {
             }
         }
 
+        let console = &self.control.console;
+        if console.listen.is_some() && !tls.enabled {
+            return bad(
+                "control.console.listen",
+                "needs control.tls.enabled: the console is HTTPS only (its session cookie is Secure)",
+            );
+        }
+        if !CONSOLE_SESSION_LIFETIME_RANGE.contains(&console.session_lifetime) {
+            return bad(
+                "control.console.sessionLifetime",
+                "must be between 1 and 2592000 seconds (30 days)",
+            );
+        }
+
         // auth
         let mut names = std::collections::HashSet::new();
         for (i, token) in self.auth.tokens.iter().enumerate() {
@@ -191,6 +205,32 @@ impl Config {
         }
         if self.deploy.stage_timeout.is_zero() {
             return bad("deploy.stageTimeout", "must be greater than 0");
+        }
+
+        // previews
+        if !self.previews.domain.is_empty() {
+            match crate::ids::domain("previews.domain", &self.previews.domain) {
+                // A preview label (up to 63 characters and a dot) must still fit in a name.
+                Ok(domain) if domain.len() > 253 - 64 => {
+                    return bad(
+                        "previews.domain",
+                        "too long: at most 189 characters, so a preview host fits in 253",
+                    );
+                }
+                Ok(_) => {}
+                Err(err) => return Err(ConfigError::invalid("previews.domain", err.reason)),
+            }
+        }
+        if !self.previews.certificate.is_empty() {
+            if self.previews.domain.is_empty() {
+                return bad(
+                    "previews.certificate",
+                    "set previews.domain too (previews are off without it)",
+                );
+            }
+            if let Err(err) = crate::ids::name("previews.certificate", &self.previews.certificate) {
+                return Err(ConfigError::invalid("previews.certificate", err.reason));
+            }
         }
 
         // log

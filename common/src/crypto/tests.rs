@@ -248,11 +248,15 @@ fn digest_format_round_trip() {
     let s = format_digest(&d);
     assert!(s.starts_with("sha256:"));
     assert_eq!(s.len(), 7 + 64);
-    assert_eq!(parse_digest(&s).unwrap(), d);
+    assert_eq!(s.parse::<Digest>().unwrap(), Digest::from(d));
     assert_eq!(
-        parse_digest(&s.to_uppercase().replace("SHA256", "sha256")).unwrap(),
-        d
+        s.to_uppercase()
+            .replace("SHA256", "sha256")
+            .parse::<Digest>()
+            .unwrap(),
+        Digest::from(d)
     );
+    assert_eq!(Digest::from(d).to_string(), s);
     for bad in [
         "",
         "sha256:",
@@ -266,7 +270,7 @@ fn digest_format_round_trip() {
             continue;
         }
         assert!(
-            matches!(parse_digest(bad), Err(CryptoError::InvalidDigest(_))),
+            matches!(bad.parse::<Digest>(), Err(CryptoError::InvalidDigest(_))),
             "{bad}"
         );
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use statiko_common::archive::{self, ArchiveLimits};
-use statiko_common::crypto::{self, Sha256Hasher};
+use statiko_common::crypto::{self, Digest, Sha256Hasher};
 use statiko_common::ids;
 use statiko_common::model::{self, AppRecord, BundleFormat, now_ms};
 use statiko_common::redirects;
@@ -25,7 +25,7 @@ use crate::state::{MAX_ATTEMPTS, sites_using};
 struct Spooled {
     file: tempfile::TempPath,
     size: u64,
-    digest: [u8; 32],
+    digest: Digest,
     head: Vec<u8>,
 }
 
@@ -126,7 +126,7 @@ impl Api {
         Ok(Spooled {
             file: temp,
             size,
-            digest: hasher.finish(),
+            digest: Digest::from(hasher.finish()),
             head,
         })
     }
@@ -149,7 +149,8 @@ impl Api {
             None
         } else {
             Some(
-                crypto::parse_digest(&meta.digest)
+                meta.digest
+                    .parse::<Digest>()
                     .map_err(|err| invalid!("metadata.digest: {err}"))?,
             )
         };
@@ -194,19 +195,18 @@ impl Api {
         // `_redirects` and `_headers` are checked as staging will (their line in the message).
         redirects::check_routing_files(&routing_files)
             .map_err(|err| invalid!("bundle refused: {err}"))?;
-        let digest = crypto::format_digest(&spooled.digest);
+        let digest = spooled.digest.to_string();
         if let Some(declared) = declared_digest
             && declared != spooled.digest
         {
             return Err(invalid!(
-                "metadata.digest: declared {} but received {digest}; the upload was corrupted",
-                crypto::format_digest(&declared)
+                "metadata.digest: declared {declared} but received {digest}; the upload was corrupted"
             ));
         }
         let signed = if meta.signature.is_empty() {
             false
         } else if let Some(key) = &self.ctx.codesign_key {
-            crypto::verify_bundle_signature(key, &spooled.digest, &meta.signature)
+            crypto::verify_bundle_signature(key, spooled.digest.bytes(), &meta.signature)
                 .map_err(|err| invalid!("metadata.signature: {err}"))?;
             true
         } else {
@@ -214,7 +214,7 @@ impl Api {
             false
         };
 
-        let digest_hex = crypto::hex(&spooled.digest);
+        let digest_hex = spooled.digest.hex();
         self.ctx
             .repo
             .put_file(&digest_hex, &spooled.file)

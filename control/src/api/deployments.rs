@@ -11,6 +11,7 @@ use statiko_common::store::{Compare, Store, TxnOp};
 use statiko_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
+mod previews;
 mod progress;
 
 use super::Api;
@@ -31,6 +32,16 @@ struct Created {
     deployment: DeploymentRecord,
     /// The revision of the write.
     revision: i64,
+}
+
+/// Where a new deployment comes from, besides a plain deploy.
+#[derive(Debug, Clone)]
+enum Origin {
+    Deploy,
+    /// A rollback to this deployment.
+    Rollback(String),
+    /// The promotion of this preview.
+    Promoted(String),
 }
 
 /// The name of the token a request was authenticated with.
@@ -57,7 +68,7 @@ impl Api {
         let wait = wait_timeout("wait_timeout", req.wait_timeout.as_ref())?;
         let strategy = strategy_from_proto(req.strategy)?;
         let created = self
-            .create_deployment(&lookup, &app, strategy, author, None)
+            .create_deployment(&lookup, &app, strategy, author, Origin::Deploy)
             .await?;
         if !req.wait {
             return Ok(pb::DeployResponse {
@@ -92,8 +103,13 @@ impl Api {
         app: &AppRef,
         strategy: Option<DeployStrategy>,
         author: String,
-        rollback_of: Option<String>,
+        origin: Origin,
     ) -> Result<Created> {
+        let (rollback_of, promoted_from) = match origin {
+            Origin::Deploy => (None, None),
+            Origin::Rollback(id) => (Some(id), None),
+            Origin::Promoted(id) => (None, Some(id)),
+        };
         let state = &self.ctx.state;
         let strategy = match strategy {
             // Unset: the per-edge switch that clients predating the field asked for.
@@ -120,6 +136,7 @@ impl Api {
             deployment.digest = app_record.record.digest.clone();
             deployment.author = author.clone();
             deployment.rollback_of = rollback_of.clone();
+            deployment.promoted_from = promoted_from.clone();
             let mut site = current.record.clone();
             let mut ops = Vec::new();
             let mut changed: Vec<DeploymentRecord> = Vec::new();
@@ -242,25 +259,33 @@ impl Api {
                 &target.app,
                 Some(DeployStrategy::Atomic),
                 author,
-                Some(target.id.clone()),
+                Origin::Rollback(target.id.clone()),
             )
             .await?;
-        if !req.wait {
-            return Ok(pb::RollbackResponse {
-                deployment: Some(deployment_to_proto(&created.deployment)),
-                ready_nodes: Vec::new(),
-            });
-        }
+        let (deployment, ready_nodes) = self.settle(created, req.wait.then_some(wait)).await?;
+        Ok(pb::RollbackResponse {
+            deployment: Some(deployment),
+            ready_nodes,
+        })
+    }
+
+    /// A deployment just made by a rollback or a promotion, as the response reports it: with
+    /// `wait`, once every live edge serves it (with those edges), else as written.
+    async fn settle(
+        &self,
+        created: Created,
+        wait: Option<Duration>,
+    ) -> Result<(pb::Deployment, Vec<String>)> {
+        let Some(wait) = wait else {
+            return Ok((deployment_to_proto(&created.deployment), Vec::new()));
+        };
         let (_, ready_nodes) = self
             .wait_for_deployment(&created.deployment, created.revision, wait)
             .await?;
         let (deployment, _) = self
-            .read_deployment(&site.domain, &created.deployment.id)
+            .read_deployment(&created.deployment.site, &created.deployment.id)
             .await?;
-        Ok(pb::RollbackResponse {
-            deployment: Some(deployment_to_proto(&deployment)),
-            ready_nodes,
-        })
+        Ok((deployment_to_proto(&deployment), ready_nodes))
     }
 
     /// Whether an edge can drive an atomic cutover: an elected leader (etcd), or a live edge on
@@ -344,6 +369,44 @@ impl pb::deployment_service_server::DeploymentService for Api {
         ))
     }
 
+    async fn deploy_preview(
+        &self,
+        request: Request<pb::DeployPreviewRequest>,
+    ) -> Result<Response<pb::DeployPreviewResponse>, Status> {
+        let author = author(&request);
+        Ok(Response::new(
+            Api::deploy_preview(self, request.into_inner(), author).await?,
+        ))
+    }
+
+    async fn list_previews(
+        &self,
+        request: Request<pb::ListPreviewsRequest>,
+    ) -> Result<Response<pb::ListPreviewsResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
+        Ok(Response::new(
+            Api::list_previews(self, request.into_inner(), caller.as_ref()).await?,
+        ))
+    }
+
+    async fn delete_preview(
+        &self,
+        request: Request<pb::DeletePreviewRequest>,
+    ) -> Result<Response<pb::DeletePreviewResponse>, Status> {
+        Api::delete_preview(self, request.into_inner()).await?;
+        Ok(Response::new(pb::DeletePreviewResponse {}))
+    }
+
+    async fn promote_preview(
+        &self,
+        request: Request<pb::PromotePreviewRequest>,
+    ) -> Result<Response<pb::PromotePreviewResponse>, Status> {
+        let author = author(&request);
+        Ok(Response::new(
+            Api::promote_preview(self, request.into_inner(), author).await?,
+        ))
+    }
+
     async fn list_deployments(
         &self,
         request: Request<pb::ListDeploymentsRequest>,
@@ -375,22 +438,28 @@ fn next_id(history: &[Versioned<DeploymentRecord>], now: i64) -> String {
 }
 
 /// The ids (oldest first in `history`) to delete so that, with the new deployment, at most `keep`
-/// records remain; live and staging ones (after `changed`) are never deleted.
+/// records remain; live and staging ones (after `changed`) are never deleted. Previews neither
+/// count nor go: their TTL bounds them (the leader edge deletes them once expired).
 fn expired<'a>(
     history: &'a [Versioned<DeploymentRecord>],
     changed: &'a [DeploymentRecord],
     keep: usize,
 ) -> impl Iterator<Item = &'a str> {
-    let excess = (history.len() + 1).saturating_sub(keep.max(1));
-    history
-        .iter()
+    let releases = history.iter().filter(|d| d.record.preview.is_none());
+    let excess = (releases.clone().count() + 1).saturating_sub(keep.max(1));
+    releases
         .map(move |d| {
             changed
                 .iter()
                 .find(|c| c.id == d.record.id)
                 .unwrap_or(&d.record)
         })
-        .filter(|d| !matches!(d.state, DeploymentState::Live | DeploymentState::Staging))
+        .filter(|d| {
+            !matches!(
+                d.state,
+                DeploymentState::Live | DeploymentState::Staging | DeploymentState::Preview
+            )
+        })
         .take(excess)
         .map(|d| d.id.as_str())
 }

@@ -39,6 +39,27 @@ fn validate_aliases(field: &str, primary: &str, aliases: &[String]) -> Result<Ve
     Ok(out)
 }
 
+/// Names under `previews.domain` belong to previews: a site there could take a preview's host.
+fn outside_previews<'a>(
+    previews_domain: &str,
+    domains: impl Iterator<Item = (String, &'a str)>,
+) -> Result<()> {
+    if previews_domain.is_empty() {
+        return Ok(());
+    }
+    for (field, domain) in domains {
+        let under = domain
+            .strip_suffix(previews_domain)
+            .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'));
+        if under {
+            return Err(invalid!(
+                "{field}: {domain} is under previews.domain ({previews_domain}), which is reserved for preview hosts"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn imported_name(tls: &TlsChoice) -> Option<&str> {
     match tls {
         TlsChoice::Imported { certificate } => Some(certificate),
@@ -51,6 +72,15 @@ impl Api {
         let state = &self.ctx.state;
         let domain = ids::domain("domain", &req.domain)?;
         let aliases = validate_aliases("aliases", &domain, &req.aliases)?;
+        outside_previews(
+            &self.ctx.previews.domain,
+            std::iter::once(("domain".to_owned(), domain.as_str())).chain(
+                aliases
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (format!("aliases[{i}]"), a.as_str())),
+            ),
+        )?;
         let tls = tls_from_proto("tls", req.tls.as_ref())?;
         let skew_protection_ms =
             skew_protection_from_proto("skew_protection", req.skew_protection.as_ref())?;
@@ -114,6 +144,13 @@ impl Api {
             let mut site = current.record.clone();
             if let Some(list) = &req.aliases {
                 site.aliases = validate_aliases("aliases.aliases", &site.domain, &list.aliases)?;
+                outside_previews(
+                    &self.ctx.previews.domain,
+                    site.aliases
+                        .iter()
+                        .enumerate()
+                        .map(|(i, a)| (format!("aliases.aliases[{i}]"), a.as_str())),
+                )?;
             }
             for (i, raw) in req.add_aliases.iter().enumerate() {
                 let alias = ids::domain(&format!("add_aliases[{i}]"), raw)?;
@@ -198,14 +235,25 @@ impl Api {
                 site.all_domains()
                     .map(|d| TxnOp::delete(state.keys.domain(d))),
             );
-            // The site's deployment history goes with it.
+            // The site's deployment history goes with it, previews included (and their index
+            // entries: guarded by "no deployment of the site changed since they were read").
+            let (history_revision, history) = state.list_deployments(&site.domain).await?;
             ops.push(TxnOp::DeletePrefix {
                 prefix: state.keys.deployments(&site.domain),
             });
-            let compares = vec![Compare::unchanged_since(
-                state.keys.site(&site.domain),
-                current.mod_revision,
-            )];
+            ops.extend(
+                history
+                    .iter()
+                    .filter(|d| d.record.preview.is_some())
+                    .map(|d| TxnOp::delete(state.keys.preview(&d.record.id))),
+            );
+            let compares = vec![
+                Compare::unchanged_since(state.keys.site(&site.domain), current.mod_revision),
+                Compare::prefix_unchanged_since(
+                    &state.keys.deployments(&site.domain),
+                    history_revision,
+                ),
+            ];
             let result = state.txn(compares, ops).await?;
             if result.succeeded {
                 tracing::info!(site = %site.domain, revision = result.revision, "site deleted");

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-use statiko_common::crypto;
+use statiko_common::crypto::Digest;
 use statiko_common::ids;
 use statiko_common::keys::Key;
 use statiko_common::model::{
@@ -115,7 +115,9 @@ impl Api {
         for (i, app) in document.apps.iter().enumerate() {
             ids::name(&format!("apps[{i}].name"), &app.name)?;
             ids::version(&format!("apps[{i}].version"), &app.version)?;
-            let digest = crypto::parse_digest(&app.digest)
+            let digest = app
+                .digest
+                .parse::<Digest>()
                 .map_err(|err| invalid!("apps[{i}].digest: {err}"))?;
             if !apps.insert(app.app_ref()) {
                 return Err(invalid!("apps[{i}]: {} is listed twice", app.app_ref()));
@@ -123,7 +125,7 @@ impl Api {
             let present = self
                 .ctx
                 .repo
-                .exists(&crypto::hex(&digest))
+                .exists(&digest.hex())
                 .await
                 .map_err(ControlError::Repo)?;
             if !present {

@@ -23,6 +23,9 @@ pub(crate) enum Access {
     ListSites,
     /// Act on the site the request names, which must be in scope; the verb is for messages.
     Site(&'static str),
+    /// Like `Site` when the request names a site; a request with an empty domain covers every
+    /// site and the handler keeps the ones in scope (as for `ListSites`).
+    SiteOrAll(&'static str),
 }
 
 /// The only methods a deployer may call.
@@ -50,6 +53,22 @@ const DEPLOYER_METHODS: &[(&str, Access)] = &[
     (
         "/statiko.v1.DeploymentService/WatchDeployment",
         Access::Site("watch the deployments of"),
+    ),
+    (
+        "/statiko.v1.DeploymentService/DeployPreview",
+        Access::Site("deploy a preview to"),
+    ),
+    (
+        "/statiko.v1.DeploymentService/ListPreviews",
+        Access::SiteOrAll("read the previews of"),
+    ),
+    (
+        "/statiko.v1.DeploymentService/DeletePreview",
+        Access::Site("delete a preview of"),
+    ),
+    (
+        "/statiko.v1.DeploymentService/PromotePreview",
+        Access::Site("promote a preview of"),
     ),
 ];
 
@@ -130,6 +149,8 @@ struct DomainField {
 pub(crate) struct ScopeCheck {
     caller: Caller,
     verb: &'static str,
+    /// An empty domain means every site (the handler filters).
+    all_allowed: bool,
 }
 
 /// The scope check a call needs: deployer tokens calling a site-scoped method.
@@ -138,6 +159,12 @@ pub(crate) fn site_scoped(caller: &Caller, path: &str) -> Option<ScopeCheck> {
         (TokenRole::Deployer, Some(Access::Site(verb))) => Some(ScopeCheck {
             caller: caller.clone(),
             verb,
+            all_allowed: false,
+        }),
+        (TokenRole::Deployer, Some(Access::SiteOrAll(verb))) => Some(ScopeCheck {
+            caller: caller.clone(),
+            verb,
+            all_allowed: true,
         }),
         _ => None,
     }
@@ -158,7 +185,9 @@ impl ScopeCheck {
             .map_err(|err| Status::invalid_argument(format!("cannot read the request: {err}")))?
             .to_bytes();
         let domain = domain_of(&bytes)?;
-        self.check(&domain, state).await?;
+        if !(self.all_allowed && domain.trim().is_empty()) {
+            self.check(&domain, state).await?;
+        }
         Ok(http::Request::from_parts(
             parts,
             Body::new(Full::new(bytes)),
@@ -281,9 +310,25 @@ mod tests {
             "/statiko.v1.DeploymentService/Deploy",
             "/statiko.v1.SiteService/ListSites",
             "/statiko.v1.SiteService/GetSite",
+            "/statiko.v1.DeploymentService/DeployPreview",
+            "/statiko.v1.DeploymentService/ListPreviews",
+            "/statiko.v1.DeploymentService/DeletePreview",
+            "/statiko.v1.DeploymentService/PromotePreview",
         ] {
             assert!(check_method(&deployer, allowed).is_ok(), "{allowed}");
         }
+        // Preview calls are scoped like deploys; listing every site's previews is filtered.
+        for scoped in ["DeployPreview", "DeletePreview", "PromotePreview"] {
+            let check = site_scoped(
+                &deployer,
+                &format!("/statiko.v1.DeploymentService/{scoped}"),
+            )
+            .expect(scoped);
+            assert!(!check.all_allowed, "{scoped}");
+        }
+        let list = site_scoped(&deployer, "/statiko.v1.DeploymentService/ListPreviews")
+            .expect("ListPreviews is scoped");
+        assert!(list.all_allowed);
         for refused in [
             "/statiko.v1.SiteService/CreateSite",
             "/statiko.v1.SiteService/DeleteSite",

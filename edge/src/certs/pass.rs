@@ -34,6 +34,12 @@ pub(super) fn changed_sites(
                 Some(record) => sites.extend(record.site.clone()),
                 None => return None,
             },
+            // A preview's certificate is named by its host; a preview gone is found in a full
+            // pass (its certificate is garbage then).
+            Changed::Preview(id) => {
+                let host = desired.previews.get(&id)?.preview.as_ref()?.host.clone();
+                sites.insert(host);
+            }
             Changed::App(_) | Changed::Challenge(_) => {}
         }
     }
@@ -74,9 +80,15 @@ impl CertJobs {
         // Forget finished tasks before reading, so one finishing meanwhile is not started again.
         tasks.retain(|_, t| !t.handle.is_finished());
         let now = model::now_ms();
+        // Previews get certificates for their hosts as sites do for their domains.
+        let previews = crate::previews::preview_sites(desired, now);
+        let preview = |host: &str| previews.iter().find(|p| p.domain == host);
         let sites: Vec<&SiteRecord> = match scope {
-            None => desired.sites.values().collect(),
-            Some(scope) => scope.iter().filter_map(|d| desired.sites.get(d)).collect(),
+            None => desired.sites.values().chain(previews.iter()).collect(),
+            Some(scope) => scope
+                .iter()
+                .filter_map(|d| desired.sites.get(d).or_else(|| preview(d)))
+                .collect(),
         };
         let cert = |name: &str| {
             let record = desired.certificates.get(name)?;
@@ -165,6 +177,7 @@ impl CertJobs {
                 let acme = desired
                     .sites
                     .get(domain)
+                    .or_else(|| preview(domain))
                     .is_some_and(|s| s.tls == TlsChoice::Acme);
                 if !acme && let Some(task) = tasks.remove(domain) {
                     task.token.cancel();

@@ -23,6 +23,7 @@ use http::{Method, Request, Response, StatusCode};
 use statiko_common::telemetry::ACCESS_LOG_TARGET;
 
 use super::limits::{ClientAddr, ClientLimits};
+use super::preview;
 use super::response::{self, ResponseBody};
 use crate::metrics::{EdgeMetrics, SiteCounters};
 use crate::table::{Route, RoutingTable, SharedTable};
@@ -146,6 +147,9 @@ impl Handler {
         scheme: Scheme,
         site: &mut Option<Arc<SiteCounters>>,
     ) -> Response<ResponseBody> {
+        if scheme == Scheme::Https || !self.redirect_http {
+            self.check_preview_password(req).await;
+        }
         match self.answer(req, scheme, site) {
             Answer::Ready(response) => response,
             Answer::Disk {
@@ -160,6 +164,23 @@ impl Handler {
                     response::error_page(StatusCode::INTERNAL_SERVER_ERROR, false)
                 }
             },
+        }
+    }
+
+    /// A password-protected preview's credentials not seen before are checked here, off the
+    /// async workers; `answer` then finds the verdict in the preview's cache.
+    async fn check_preview_password<B>(&self, req: &Request<B>) {
+        let check = {
+            let table = self.table.load();
+            match request_host(req).and_then(|host| table.route(host)) {
+                Some(Route::Preview(p)) => p.password.clone(),
+                _ => None,
+            }
+        };
+        if let Some(check) = check
+            && let preview::Gate::Check { key, password } = check.gate(req.headers())
+        {
+            check.check(key, password).await;
         }
     }
 
@@ -188,6 +209,7 @@ impl Handler {
         *site = match route {
             Some(Route::Site(site)) => Some(site.counters.clone()),
             Some(Route::Alias { primary }) => Some(self.metrics.site(primary)),
+            Some(Route::Preview(preview)) => Some(preview.counters.clone()),
             None => None,
         };
         if scheme == Scheme::Http && req.uri().path().starts_with(ACME_CHALLENGE_PREFIX) {
@@ -196,6 +218,7 @@ impl Handler {
         let site_domain = match route {
             Some(Route::Site(site)) => Some(site.domain.as_str()),
             Some(Route::Alias { primary }) => Some(primary.as_str()),
+            Some(Route::Preview(preview)) => Some(preview.site.as_str()),
             None => None,
         };
         if let (Some(limits), Some(domain)) = (limits, site_domain)
@@ -207,6 +230,7 @@ impl Handler {
             Scheme::Http if self.redirect_http => match route {
                 Some(Route::Site(site)) => self.to_https(&site.domain, req, head),
                 Some(Route::Alias { primary }) => self.to_https(primary, req, head),
+                Some(Route::Preview(p)) => noindex(self.to_https(&p.host, req, head)),
                 None => ready_error(StatusCode::NOT_FOUND, head),
             },
             Scheme::Http | Scheme::Https => match route {
@@ -222,6 +246,10 @@ impl Handler {
                         answer => answer,
                     },
                 },
+                Some(Route::Preview(p)) => noindex(match preview::admit(p, req.headers()) {
+                    Ok(bundle) => rules::serve_path(bundle, req, head),
+                    Err(status) => Answer::Ready(preview::refusal(status, head)),
+                }),
             },
         }
     }
@@ -295,6 +323,16 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
 }
 
 /// A built-in error page, ready to send.
+/// Adds `X-Robots-Tag: noindex` (every response of a preview host).
+fn noindex(mut answer: Answer) -> Answer {
+    match &mut answer {
+        Answer::Ready(response) | Answer::Disk { response, .. } => {
+            preview::noindex(response.headers_mut());
+        }
+    }
+    answer
+}
+
 fn ready_error(status: StatusCode, head: bool) -> Answer {
     Answer::Ready(response::error_page(status, head))
 }

@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
+use statiko_common::crypto::hex;
 use statiko_common::model::BundleFormat;
 
 use super::content_type::is_compressible;

@@ -71,12 +71,16 @@ fn finished(p: &pb::WatchDeploymentResponse) -> bool {
         Some(pb::DeploymentState::Failed | pb::DeploymentState::Superseded) | None => true,
         // Served by every live edge (or there is none to wait for).
         Some(pb::DeploymentState::Live) => p.serving_nodes.len() == p.nodes.len(),
+        // A preview never goes live: done once every live edge staged it, or one failed.
+        Some(pb::DeploymentState::Preview) => {
+            !p.errors.is_empty() || p.staged_nodes.len() == p.nodes.len()
+        }
         _ => false,
     }
 }
 
 impl Api {
-    async fn live_nodes(&self) -> Result<Vec<NodeStatusRecord>> {
+    pub(super) async fn live_nodes(&self) -> Result<Vec<NodeStatusRecord>> {
         let state = &self.ctx.state;
         let snapshot = state.store.snapshot(&state.keys.nodes()).await?;
         Ok(snapshot
@@ -126,6 +130,11 @@ impl Api {
                     )));
                 }
                 DeploymentState::Staging => {}
+                DeploymentState::Preview => {
+                    return Err(ControlError::Refused(format!(
+                        "deployment {id} of {domain} is a preview; it never goes live (promote it)"
+                    )));
+                }
             }
             if Instant::now() >= deadline {
                 let nodes = self.live_nodes().await?;

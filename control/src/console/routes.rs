@@ -1,0 +1,560 @@
+//! The console's HTTP side: routing, the session cookie, forms and their CSRF check, and the
+//! mapping of the API's gRPC status to an HTTP answer. Every page and action gets its data from
+//! [`super::pages`], which only calls the API.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /sign-in`, `POST /sign-in` | the token form; a session on success |
+//! | `POST /sign-out` | ends the session |
+//! | `GET /` | cluster: edges, leader, revisions |
+//! | `GET /sites`, `GET /sites/{domain}` | sites; one site with its edges and deployments |
+//! | `GET /sites/{domain}/rollback[?to=id]` | the confirmation page |
+//! | `POST /sites/{domain}/rollback` | `Rollback` (form: `csrf`, `to`) |
+//! | `GET /certificates`, `GET /apps` | certificates by expiry; apps and versions |
+//! | `GET /static/console.css`, `GET /static/console.js` | the stylesheet and the refresh script |
+
+use std::collections::HashMap;
+
+use askama::Template;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
+use tonic::{Code, Status};
+
+use super::Console;
+use super::pages::{self, ErrorPage, Layout, SignIn};
+use super::session::{self, Session};
+
+const STYLESHEET: &str = include_str!("static/console.css");
+const SCRIPT: &str = include_str!("static/console.js");
+/// Largest form body read (a token or a CSRF token and a deployment id).
+const MAX_FORM_BYTES: usize = 16 * 1024;
+/// Scripts and styles from this origin only, no inline code, no framing, forms post here only.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+type Answer = Response<Full<Bytes>>;
+
+/// Answers one request.
+pub(crate) async fn handle<B>(console: &Console, request: Request<B>) -> Answer
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().map(parse_form).unwrap_or_default();
+    match (&parts.method, path.as_str()) {
+        (&Method::GET | &Method::HEAD, "/static/console.css") => {
+            asset(STYLESHEET, "text/css; charset=utf-8")
+        }
+        (&Method::GET | &Method::HEAD, "/static/console.js") => {
+            asset(SCRIPT, "text/javascript; charset=utf-8")
+        }
+        (&Method::GET | &Method::HEAD, "/sign-in") => match current(console, &parts.headers) {
+            Some(_) => redirect("/"),
+            None => html(
+                StatusCode::OK,
+                &SignIn {
+                    layout: Layout::new("Sign in", "", ""),
+                    error: None,
+                },
+            ),
+        },
+        (&Method::POST, "/sign-in") => {
+            if !same_origin(&parts) {
+                return cross_site();
+            }
+            match read_form(body).await {
+                Some(form) => sign_in(console, form.get("token").map_or("", String::as_str)).await,
+                None => too_large(),
+            }
+        }
+        _ => {
+            let Some((id, session)) = current(console, &parts.headers) else {
+                // No session, or it expired: sign in first.
+                return signed_out();
+            };
+            if parts.method == Method::POST {
+                if !same_origin(&parts) {
+                    return cross_site();
+                }
+                let Some(form) = read_form(body).await else {
+                    return too_large();
+                };
+                if !form.get("csrf").is_some_and(|c| session.csrf_matches(c)) {
+                    return error_page(
+                        StatusCode::FORBIDDEN,
+                        &session,
+                        "Refused",
+                        "The form's CSRF token is missing or does not belong to this session. Open the page again and resend the form.",
+                        "/",
+                    );
+                }
+                post(console, &id, &session, &path, &form).await
+            } else if parts.method == Method::GET || parts.method == Method::HEAD {
+                get(console, &id, &session, &path, &query).await
+            } else {
+                let mut answer = error_page(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &session,
+                    "Method not allowed",
+                    "The console answers GET and POST only.",
+                    "/",
+                );
+                answer
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
+                answer
+            }
+        }
+    }
+}
+
+async fn get(
+    console: &Console,
+    id: &str,
+    session: &Session,
+    path: &str,
+    query: &HashMap<String, String>,
+) -> Answer {
+    let calls = console.grpc.as_token(&session.token);
+    let csrf = session.csrf.as_str();
+    let rendered = match path {
+        "/" => pages::cluster(&calls, csrf).await.map(|p| render(&p)),
+        "/sites" => pages::sites(&calls, csrf).await.map(|p| render(&p)),
+        "/certificates" => pages::certificates(&calls, csrf).await.map(|p| render(&p)),
+        "/apps" => pages::apps(&calls, csrf).await.map(|p| render(&p)),
+        _ => match site_route(path) {
+            Some((domain, false)) => {
+                let flash = query.get("rollback").map(|deployment| {
+                    format!(
+                        "Rollback started: deployment {deployment}. The live version changes once every edge has staged it."
+                    )
+                });
+                pages::site(&calls, csrf, &domain, flash)
+                    .await
+                    .map(|p| render(&p))
+            }
+            Some((domain, true)) => {
+                let to = query.get("to").map_or("", String::as_str);
+                pages::confirm(&calls, csrf, &domain, to)
+                    .await
+                    .map(|p| render(&p))
+            }
+            None => {
+                return error_page(
+                    StatusCode::NOT_FOUND,
+                    session,
+                    "Not found",
+                    "The console has no such page.",
+                    "/",
+                );
+            }
+        },
+    };
+    match rendered {
+        Ok(answer) => answer,
+        Err(status) => api_error(console, id, session, &status, path),
+    }
+}
+
+async fn post(
+    console: &Console,
+    id: &str,
+    session: &Session,
+    path: &str,
+    form: &HashMap<String, String>,
+) -> Answer {
+    if path == "/sign-out" {
+        console.sessions.remove(id);
+        let mut answer = redirect("/sign-in");
+        set_cookie(&mut answer, &session::clear_cookie());
+        return answer;
+    }
+    let Some((domain, true)) = site_route(path) else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            session,
+            "Not found",
+            "The console has no such action.",
+            "/",
+        );
+    };
+    let calls = console.grpc.as_token(&session.token);
+    let to = form.get("to").map_or("", String::as_str);
+    match pages::rollback(&calls, &domain, to).await {
+        Ok(deployment) => {
+            tracing::info!(site = %domain, deployment = %deployment.id, "rollback from the console");
+            redirect(&format!(
+                "/sites/{}?rollback={}",
+                encode(&domain),
+                encode(&deployment.id)
+            ))
+        }
+        Err(status) => api_error(
+            console,
+            id,
+            session,
+            &status,
+            &format!("/sites/{}", encode(&domain)),
+        ),
+    }
+}
+
+async fn sign_in(console: &Console, token: &str) -> Answer {
+    let token = token.trim();
+    let refuse = |status: StatusCode, message: String| {
+        html(
+            status,
+            &SignIn {
+                layout: Layout::new("Sign in", "", ""),
+                error: Some(message),
+            },
+        )
+    };
+    if token.is_empty() {
+        return refuse(StatusCode::BAD_REQUEST, "token: required".into());
+    }
+    // The API decides whether the token is one: `ListSites` is open to every role, so only a
+    // token the auth layer does not know (or a store it cannot ask) is refused here.
+    let calls = console.grpc.as_token(token);
+    let checked = calls
+        .sites()
+        .list_sites(calls.request(statiko_proto::v1::ListSitesRequest {}))
+        .await;
+    match checked {
+        Err(status) if status.code() == Code::Unauthenticated => refuse(
+            StatusCode::UNAUTHORIZED,
+            format!("The API refused this token: {}", status.message()),
+        ),
+        Err(status) if status.code() != Code::PermissionDenied => refuse(
+            http_status(status.code()),
+            format!("The API could not check this token: {}", status.message()),
+        ),
+        _ => match console.sessions.create(token.to_owned()) {
+            Ok((id, _)) => {
+                let mut answer = redirect("/");
+                set_cookie(
+                    &mut answer,
+                    &session::set_cookie(&id, console.sessions.lifetime()),
+                );
+                answer
+            }
+            Err(session::Full) => refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Too many console sessions on this control replica; try again later.".into(),
+            ),
+        },
+    }
+}
+
+/// The session the request's cookie names, if it is live.
+fn current(console: &Console, headers: &http::HeaderMap) -> Option<(String, Session)> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find_map(session::id_from_cookies)
+        .and_then(|id| console.sessions.get(id).map(|s| (id.to_owned(), s)))
+}
+
+/// `/sites/{domain}` → `(domain, false)`, `/sites/{domain}/rollback` → `(domain, true)`.
+fn site_route(path: &str) -> Option<(String, bool)> {
+    let rest = path.strip_prefix("/sites/")?;
+    let (domain, rollback) = match rest.split_once('/') {
+        None => (rest, false),
+        Some((domain, "rollback")) => (domain, true),
+        Some(_) => return None,
+    };
+    let domain = decode(domain);
+    (!domain.is_empty()).then_some((domain, rollback))
+}
+
+/// Whether a form post comes from the console's own pages as far as the browser says
+/// (`Sec-Fetch-Site`, `Origin`): a cross-site post is refused before the CSRF token is even
+/// looked at; sign-in has no session to bind a token to, so this is its check.
+fn same_origin(parts: &http::request::Parts) -> bool {
+    let fetch_site = parts
+        .headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok());
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| parts.uri.authority().map(http::uri::Authority::as_str));
+    let origin = parts
+        .headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    // Browsers that send `Sec-Fetch-Site` say it directly; for the others, `Origin` (absent
+    // from non-browser clients, which carry no ambient cookie to abuse) must be this console.
+    match (fetch_site, origin) {
+        (Some(site), _) => site == "same-origin" || site == "none",
+        (None, None) => true,
+        (None, Some(origin)) => host.is_some_and(|host| origin == format!("https://{host}")),
+    }
+}
+
+fn cross_site() -> Answer {
+    html(
+        StatusCode::FORBIDDEN,
+        &ErrorPage {
+            layout: Layout::new("Refused", "", ""),
+            heading: "Refused".into(),
+            message: "A form posted from another site is refused.".into(),
+            back: "/".into(),
+        },
+    )
+}
+
+fn too_large() -> Answer {
+    html(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &ErrorPage {
+            layout: Layout::new("Refused", "", ""),
+            heading: "Refused".into(),
+            message: format!("A form body may hold at most {MAX_FORM_BYTES} bytes."),
+            back: "/".into(),
+        },
+    )
+}
+
+/// The form in a request body; `None` when it is larger than [`MAX_FORM_BYTES`] (or unreadable).
+async fn read_form<B>(body: B) -> Option<HashMap<String, String>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let collected = Limited::new(body, MAX_FORM_BYTES).collect().await.ok()?;
+    Some(parse_form(&String::from_utf8_lossy(&collected.to_bytes())))
+}
+
+/// `application/x-www-form-urlencoded` (also a query string); the first value of a key wins.
+fn parse_form(text: &str) -> HashMap<String, String> {
+    let mut form = HashMap::new();
+    for pair in text.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        form.entry(decode(key)).or_insert_with(|| decode(value));
+    }
+    form
+}
+
+fn decode(text: &str) -> String {
+    let text = text.replace('+', " ");
+    percent_encoding::percent_decode_str(&text)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// An API refusal as a page: an unknown token (revoked, expired) ends the session; anything
+/// else shows the API's own message with the matching HTTP status.
+fn api_error(
+    console: &Console,
+    id: &str,
+    session: &Session,
+    status: &Status,
+    back: &str,
+) -> Answer {
+    if status.code() == Code::Unauthenticated {
+        console.sessions.remove(id);
+        return signed_out();
+    }
+    let heading = match status.code() {
+        Code::PermissionDenied => "Not allowed",
+        Code::NotFound => "Not found",
+        Code::InvalidArgument | Code::FailedPrecondition => "Refused",
+        _ => "The API could not answer",
+    };
+    error_page(
+        http_status(status.code()),
+        session,
+        heading,
+        &format!(
+            "{}: {}",
+            statiko_common::grpc::code_name(status.code()),
+            status.message()
+        ),
+        back,
+    )
+}
+
+fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => StatusCode::CONFLICT,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error_page(
+    status: StatusCode,
+    session: &Session,
+    heading: &str,
+    message: &str,
+    back: &str,
+) -> Answer {
+    html(
+        status,
+        &ErrorPage {
+            layout: Layout::new(heading, "", &session.csrf),
+            heading: heading.to_owned(),
+            message: message.to_owned(),
+            back: back.to_owned(),
+        },
+    )
+}
+
+/// To the sign-in page, removing the cookie.
+fn signed_out() -> Answer {
+    let mut answer = redirect("/sign-in");
+    set_cookie(&mut answer, &session::clear_cookie());
+    answer
+}
+
+fn render<T: Template>(page: &T) -> Answer {
+    html(StatusCode::OK, page)
+}
+
+fn html<T: Template>(status: StatusCode, page: &T) -> Answer {
+    let (status, body) = match page.render() {
+        Ok(body) => (status, body),
+        Err(err) => {
+            tracing::error!(error = %err, "console template failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error".to_owned(),
+            )
+        }
+    };
+    let mut answer = Response::new(Full::new(Bytes::from(body)));
+    *answer.status_mut() = status;
+    let headers = answer.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    secure_headers(headers);
+    answer
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Answer {
+    let mut answer = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let headers = answer.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    secure_headers(headers);
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    answer
+}
+
+fn redirect(location: &str) -> Answer {
+    let mut answer = Response::new(Full::new(Bytes::new()));
+    *answer.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(value) = HeaderValue::from_str(location) {
+        answer.headers_mut().insert(header::LOCATION, value);
+    }
+    secure_headers(answer.headers_mut());
+    answer
+}
+
+fn set_cookie(answer: &mut Answer, cookie: &str) {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        answer.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+fn secure_headers(headers: &mut http::HeaderMap) {
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        // Not `no-referrer`: that makes browsers send `Origin: null` on form posts, which the
+        // same-origin check would refuse.
+        HeaderValue::from_static("same-origin"),
+    );
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_forms() {
+        assert_eq!(site_route("/sites/a.test"), Some(("a.test".into(), false)));
+        assert_eq!(
+            site_route("/sites/a.test/rollback"),
+            Some(("a.test".into(), true))
+        );
+        assert_eq!(site_route("/sites/a.test/other"), None);
+        assert_eq!(site_route("/sites/"), None);
+        let form = parse_form("csrf=ab%2Bc&to=&token=a+b&csrf=second");
+        assert_eq!(form["csrf"], "ab+c", "the first value wins");
+        assert_eq!(form["to"], "");
+        assert_eq!(form["token"], "a b");
+        assert_eq!(encode("a.test"), "a%2Etest");
+        assert_eq!(decode("a%2Etest"), "a.test");
+    }
+
+    #[test]
+    fn cross_site_posts() {
+        let parts = |headers: &[(&str, &str)]| {
+            let mut builder = Request::builder()
+                .method(Method::POST)
+                .uri("/sign-in")
+                .header("host", "127.0.0.1:2268");
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
+            builder.body(()).unwrap().into_parts().0
+        };
+        assert!(same_origin(&parts(&[])));
+        assert!(same_origin(&parts(&[("origin", "https://127.0.0.1:2268")])));
+        assert!(same_origin(&parts(&[("sec-fetch-site", "same-origin")])));
+        assert!(!same_origin(&parts(&[("origin", "https://evil.test")])));
+        assert!(!same_origin(&parts(&[("origin", "http://127.0.0.1:2268")])));
+        assert!(!same_origin(&parts(&[("sec-fetch-site", "cross-site")])));
+        assert!(!same_origin(&parts(&[("sec-fetch-site", "same-site")])));
+        assert!(!same_origin(&parts(&[("origin", "null")])));
+        assert!(same_origin(&parts(&[
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "https://127.0.0.1:2268")
+        ])));
+        assert_eq!(cross_site().status(), StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn status_mapping() {
+        assert_eq!(http_status(Code::PermissionDenied), StatusCode::FORBIDDEN);
+        assert_eq!(http_status(Code::NotFound), StatusCode::NOT_FOUND);
+        assert_eq!(http_status(Code::FailedPrecondition), StatusCode::CONFLICT);
+        assert_eq!(
+            http_status(Code::Unavailable),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}

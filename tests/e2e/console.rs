@@ -1,0 +1,498 @@
+//! The web console (`control.console`) end to end.
+//!
+//! - `console_in_a_browser`: on a real cluster (etcd, control, three edges), headless Chromium
+//!   signs in with the admin token, sees the three edges and the leader, opens a site, rolls a
+//!   deployment back through the confirmation page and watches the page show the new live
+//!   version, sees a deploy made through the API appear on the open page without a reload (the
+//!   live refresh), and signs out. Every page is saved to
+//!   `docs/console/*.png` (the README shows them). Then, over plain HTTPS: a forged form without
+//!   (or with a wrong) CSRF token and a cross-site post are refused with 403, and a read-only
+//!   session's rollback is refused with the API's own PERMISSION_DENIED message; nothing moved.
+//! - `console_sessions_follow_the_api`: on a single node, a session expires after
+//!   `sessionLifetime` (back to sign-in), a revoked stored token ends its session, a
+//!   deployer's session sees only its scope and gets the API's refusals, a wrong token is
+//!   refused at sign-in, and the console is off unless configured.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, ensure};
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde_json::json;
+use statiko_proto::v1::{
+    CreateTokenRequest, DeploymentState, ListDeploymentsRequest, RevokeTokenRequest, TokenRole,
+};
+use statiko_tests::browser::Browser;
+use statiko_tests::cluster::Cluster;
+use statiko_tests::fixtures::{self, site};
+use statiko_tests::{
+    ADMIN_TOKEN, Control, ControlOptions, HttpResponse, READONLY_TOKEN, TlsTarget, http_request,
+    require_tool, secs, wait_until,
+};
+
+/// `control.console` for a test control: any free port.
+fn console_on(options: ControlOptions) -> ControlOptions {
+    options.config(json!({"control": {"console": {"listen": "127.0.0.1:0"}}}))
+}
+
+/// Where the screenshots go: `docs/console/` of the repository (or `STATIKO_CONSOLE_SHOTS`).
+fn screenshot_dir() -> PathBuf {
+    std::env::var_os("STATIKO_CONSOLE_SHOTS").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/console"),
+        PathBuf::from,
+    )
+}
+
+/// A plain HTTPS client for the console, trusting the control's own certificate.
+struct ConsoleHttp {
+    addr: SocketAddr,
+    ca_pem: String,
+}
+
+impl ConsoleHttp {
+    fn new(control: &Control) -> Result<Self> {
+        Ok(Self {
+            addr: control.console_addr().context("console address")?,
+            ca_pem: std::fs::read_to_string(control.ca_path()).context("control certificate")?,
+        })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        cookie: Option<&str>,
+        headers: &[(&str, &str)],
+        form: &[(&str, &str)],
+    ) -> Result<HttpResponse> {
+        let host = self.addr.to_string();
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        let cookie = cookie.map(|c| format!("__Host-statiko-console={c}"));
+        if let Some(cookie) = &cookie {
+            all.push(("cookie", cookie));
+        }
+        let body: String = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        if method == Method::POST {
+            all.push(("content-type", "application/x-www-form-urlencoded"));
+        }
+        http_request(
+            self.addr,
+            Some(TlsTarget {
+                server_name: "localhost",
+                ca_pem: &self.ca_pem,
+            }),
+            method,
+            &host,
+            path,
+            &all,
+            Bytes::from(body),
+        )
+        .await
+    }
+
+    async fn get(&self, path: &str, cookie: &str) -> Result<HttpResponse> {
+        self.send(Method::GET, path, Some(cookie), &[], &[]).await
+    }
+
+    async fn post(&self, path: &str, cookie: &str, form: &[(&str, &str)]) -> Result<HttpResponse> {
+        self.send(Method::POST, path, Some(cookie), &[], form).await
+    }
+
+    /// Signs in with `token`; returns the session id from the cookie.
+    async fn sign_in(&self, token: &str) -> Result<String> {
+        let response = self
+            .send(Method::POST, "/sign-in", None, &[], &[("token", token)])
+            .await?;
+        ensure!(
+            response.status == StatusCode::SEE_OTHER && response.header("location") == Some("/"),
+            "sign-in: {} {}",
+            response.status,
+            response.text()
+        );
+        let cookie = response.header("set-cookie").context("no session cookie")?;
+        for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+            ensure!(
+                cookie.contains(attribute),
+                "cookie without {attribute}: {cookie}"
+            );
+        }
+        let id = cookie
+            .strip_prefix("__Host-statiko-console=")
+            .and_then(|rest| rest.split(';').next())
+            .context("session id")?;
+        Ok(id.to_owned())
+    }
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The CSRF token in a page's forms.
+fn csrf_of(html: &str) -> Result<String> {
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .context("no CSRF field in the page")?;
+    let rest = &html[at + "name=\"csrf\" value=\"".len()..];
+    Ok(rest[..rest.find('"').context("CSRF value")?].to_owned())
+}
+
+#[track_caller]
+fn assert_sign_in_redirect(response: &HttpResponse) {
+    assert_eq!(
+        response.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        response.text()
+    );
+    assert_eq!(response.header("location"), Some("/sign-in"));
+}
+
+/// The site's deployments by id: (state, app version).
+async fn deployments(cluster: &Cluster, domain: &str) -> Result<HashMap<String, (i32, String)>> {
+    let api = cluster.control.admin().await?;
+    let listed = api
+        .deployments()
+        .list_deployments(ListDeploymentsRequest {
+            domain: domain.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .deployments;
+    Ok(listed
+        .into_iter()
+        .map(|d| {
+            let version = d.app.map(|a| a.version).unwrap_or_default();
+            (d.id, (d.state, version))
+        })
+        .collect())
+}
+
+#[tokio::test]
+async fn console_in_a_browser() -> Result<()> {
+    statiko_tests::init();
+    // Under CI both are required: the test fails instead of skipping.
+    if !require_tool("etcd") || !require_tool("chromium") {
+        return Ok(());
+    }
+    let cluster = Cluster::start_with_control(3, console_on, |edge| edge).await?;
+    let control = &cluster.control;
+    let api = control.admin().await?;
+    let domain = "www.team-a.test";
+    api.sites()
+        .create_site(site(domain, &["team-a.test"]))
+        .await?;
+    api.sites()
+        .create_site(site("docs.team-b.test", &[]))
+        .await?;
+    for version in ["1", "2"] {
+        fixtures::upload_app(&api, "web", version).await?;
+    }
+    fixtures::upload_app(&api, "docs", "2026.12.1").await?;
+    // Every edge listed and one leading before deploying (atomic rollbacks need a leader).
+    let leader = cluster.settled().await?;
+    fixtures::deploy(&api, domain, "web", "1", true, secs(30)).await?;
+    fixtures::deploy(&api, domain, "web", "2", true, secs(30)).await?;
+    fixtures::deploy(
+        &api,
+        "docs.team-b.test",
+        "docs",
+        "2026.12.1",
+        true,
+        secs(30),
+    )
+    .await?;
+    let base = control.console_url()?;
+    let shots = screenshot_dir();
+
+    let browser = Browser::launch().await?;
+    let page = browser.open(&format!("{base}/")).await?;
+    // Signed out: the console sends the browser to sign in.
+    page.wait_path("/sign-in", secs(10)).await?;
+    page.screenshot(&shots.join("sign-in.png")).await?;
+    page.fill("#token", ADMIN_TOKEN).await?;
+    page.click("form[action='/sign-in'] button").await?;
+    page.wait_path("/", secs(10)).await?;
+
+    // Cluster: three edges, and the leader the edges report.
+    page.wait_text("#edge-count", secs(10), |t| t == "3")
+        .await?;
+    let shown_leader = page.text("#leader").await?.unwrap_or_default();
+    assert_eq!(shown_leader, leader, "the leader on the cluster page");
+    let edges = page.texts("#edges tbody tr td:first-child").await?;
+    assert_eq!(edges, ["edge-0", "edge-1", "edge-2"]);
+    page.screenshot(&shots.join("cluster.png")).await?;
+
+    // Sites, then the site: live web@2 on every edge.
+    page.click("nav a[href='/sites']").await?;
+    page.wait_path("/sites", secs(10)).await?;
+    page.wait_text(
+        &format!("tr[data-site='{domain}'] td.live"),
+        secs(10),
+        |t| t == "web@2",
+    )
+    .await?;
+    page.screenshot(&shots.join("sites.png")).await?;
+    page.click(&format!("tr[data-site='{domain}'] a")).await?;
+    page.wait_path(&format!("/sites/{domain}"), secs(10))
+        .await?;
+    page.wait_text("#live-version", secs(10), |t| t == "web@2")
+        .await?;
+    let states = page.texts("#site-edges tbody tr td:last-child").await?;
+    assert_eq!(states.len(), 3, "three edges report the site: {states:?}");
+    page.screenshot(&shots.join("site.png")).await?;
+
+    // Roll back through the confirmation page.
+    let before = deployments(&cluster, domain).await?;
+    page.click("a.button[href$='/rollback']").await?;
+    page.wait_text("h1", secs(10), |t| t.starts_with("Roll back"))
+        .await?;
+    let target = page.text("form.confirm").await?;
+    page.screenshot(&shots.join("rollback-confirm.png")).await?;
+    page.click("#confirm").await?;
+    // The site page again, which shows the new live version once the leader's cutover is done,
+    // without a reload: its script refreshes it.
+    page.wait_text(".flash", secs(10), |t| t.starts_with("Rollback started"))
+        .await?;
+    page.wait_text("#live-version", secs(60), |t| t == "web@1")
+        .await
+        .with_context(|| format!("confirmation said {target:?}\n{}", cluster.logs()))?;
+    page.wait_text(
+        "#deployments tbody tr:first-child td:nth-child(3)",
+        secs(30),
+        |t| t == "live",
+    )
+    .await?;
+    page.screenshot(&shots.join("site-rolled-back.png")).await?;
+    let after = deployments(&cluster, domain).await?;
+    assert_eq!(
+        after.len(),
+        before.len() + 1,
+        "one new deployment: {after:?}"
+    );
+    let live: Vec<_> = after
+        .values()
+        .filter(|(state, _)| *state == DeploymentState::Live as i32)
+        .collect();
+    assert_eq!(live, [&(DeploymentState::Live as i32, "1".to_owned())]);
+
+    // Certificates by expiry, apps and versions.
+    page.click("nav a[href='/certificates']").await?;
+    page.wait_path("/certificates", secs(10)).await?;
+    page.wait_text("#certificates tbody tr td:nth-child(2)", secs(30), |t| {
+        t == "self-signed"
+    })
+    .await?;
+    page.screenshot(&shots.join("certificates.png")).await?;
+    page.click("nav a[href='/apps']").await?;
+    page.wait_path("/apps", secs(10)).await?;
+    let versions = page.texts("#apps tbody tr td:nth-child(2)").await?;
+    assert_eq!(
+        versions,
+        ["2026.12.1", "2", "1"],
+        "docs, then web newest first"
+    );
+    page.screenshot(&shots.join("apps.png")).await?;
+
+    // Live refresh: a change made elsewhere (a deploy through the API) appears on the open
+    // site page without a reload (the marker set in the page survives: the script swapped
+    // the content, nothing navigated).
+    page.click("nav a[href='/sites']").await?;
+    page.wait_path("/sites", secs(10)).await?;
+    page.click(&format!("tr[data-site='{domain}'] a")).await?;
+    page.wait_path(&format!("/sites/{domain}"), secs(10))
+        .await?;
+    page.wait_text("#live-version", secs(10), |t| t == "web@1")
+        .await?;
+    page.eval("window.statikoMarker = 42").await?;
+    fixtures::deploy(&api, domain, "web", "2", true, secs(30)).await?;
+    page.wait_text("#live-version", secs(30), |t| t == "web@2")
+        .await?;
+    assert_eq!(
+        page.eval("window.statikoMarker").await?,
+        json!(42),
+        "no reload"
+    );
+
+    // Sign out: back to sign-in, and the old pages ask to sign in again.
+    page.click("form.sign-out button").await?;
+    page.wait_path("/sign-in", secs(10)).await?;
+    page.goto(&format!("{base}/sites")).await?;
+    page.wait_path("/sign-in", secs(10)).await?;
+    browser.close().await?;
+
+    // Refusals, over plain HTTPS.
+    let http = ConsoleHttp::new(control)?;
+    let site_path = format!("/sites/{domain}");
+    let rollback_path = format!("/sites/{domain}/rollback");
+    let admin = http.sign_in(ADMIN_TOKEN).await?;
+    let confirm = http.get(&rollback_path, &admin).await?;
+    assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.text());
+    let csrf = csrf_of(&confirm.text())?;
+    let unchanged = deployments(&cluster, domain).await?;
+    // A forged form: no CSRF token, a wrong one, one from another session, a cross-site post.
+    let other_session = http.sign_in(ADMIN_TOKEN).await?;
+    let other_csrf = csrf_of(&http.get("/", &other_session).await?.text())?;
+    for form in [
+        vec![("to", "")],
+        vec![("csrf", "0000"), ("to", "")],
+        vec![("csrf", other_csrf.as_str()), ("to", "")],
+    ] {
+        let forged = http.post(&rollback_path, &admin, &form).await?;
+        assert_eq!(
+            forged.status,
+            StatusCode::FORBIDDEN,
+            "{form:?}: {}",
+            forged.text()
+        );
+        assert!(forged.text().contains("CSRF token"), "{}", forged.text());
+    }
+    let cross_site = http
+        .send(
+            Method::POST,
+            &rollback_path,
+            Some(&admin),
+            &[("origin", "https://attacker.test")],
+            &[("csrf", &csrf), ("to", "")],
+        )
+        .await?;
+    assert_eq!(cross_site.status, StatusCode::FORBIDDEN);
+    // A read-only token: the confirmation renders (reads are allowed), the rollback is refused
+    // with the API's message.
+    let reader = http.sign_in(READONLY_TOKEN).await?;
+    let page_html = http.get(&site_path, &reader).await?;
+    assert_eq!(page_html.status, StatusCode::OK);
+    assert!(page_html.text().contains("web@2"), "{}", page_html.text());
+    let reader_csrf = csrf_of(&http.get(&rollback_path, &reader).await?.text())?;
+    let refused = http
+        .post(
+            &rollback_path,
+            &reader,
+            &[("csrf", &reader_csrf), ("to", "")],
+        )
+        .await?;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text());
+    let text = refused.text();
+    assert!(
+        text.contains(
+            "PERMISSION_DENIED: token &#34;readonly&#34; is read-only and cannot call /statiko.v1.DeploymentService/Rollback"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        deployments(&cluster, domain).await?,
+        unchanged,
+        "no refused form changed anything"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn console_sessions_follow_the_api() -> Result<()> {
+    statiko_tests::init();
+    // Off unless configured: the harness control has no console address.
+    let plain = Control::start(ControlOptions::default()).await?;
+    assert_eq!(plain.console_addr(), None);
+    drop(plain);
+
+    let control = Control::start(
+        console_on(ControlOptions::default())
+            .config(json!({"control": {"console": {"sessionLifetime": 2}}})),
+    )
+    .await?;
+    let http = ConsoleHttp::new(&control)?;
+    let api = control.admin().await?;
+    for domain in ["www.a.test", "www.b.test"] {
+        api.sites().create_site(site(domain, &[])).await?;
+    }
+
+    // A wrong token is refused at sign-in with the API's reason.
+    let wrong = http
+        .send(Method::POST, "/sign-in", None, &[], &[("token", "nope")])
+        .await?;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        wrong.text().contains("invalid bearer token"),
+        "{}",
+        wrong.text()
+    );
+    assert!(wrong.header("set-cookie").is_none());
+
+    // Expiry: fine at first, sent back to sign-in after sessionLifetime.
+    let session = http.sign_in(ADMIN_TOKEN).await?;
+    assert_eq!(http.get("/sites", &session).await?.status, StatusCode::OK);
+    wait_until(secs(10), async || {
+        let response = http.get("/sites", &session).await?;
+        anyhow::Ok(response.status == StatusCode::SEE_OTHER)
+    })
+    .await?;
+    assert_sign_in_redirect(&http.get("/", &session).await?);
+
+    // A deployer scoped to *.a.test: its sites only, and the API's refusals elsewhere.
+    let created = api
+        .tokens()
+        .create_token(CreateTokenRequest {
+            name: "ci-a".into(),
+            role: TokenRole::Deployer as i32,
+            scope: vec!["*.a.test".into()],
+            expires_in: None,
+        })
+        .await?
+        .into_inner();
+    let deployer = http.sign_in(&created.secret).await?;
+    let sites = http.get("/sites", &deployer).await?;
+    assert_eq!(sites.status, StatusCode::OK);
+    assert!(sites.text().contains("www.a.test"), "{}", sites.text());
+    assert!(!sites.text().contains("www.b.test"), "{}", sites.text());
+    let other = http.get("/sites/www.b.test", &deployer).await?;
+    assert_eq!(other.status, StatusCode::FORBIDDEN, "{}", other.text());
+    assert!(
+        other
+            .text()
+            .contains("token &#34;ci-a&#34; (deployer, scope *.a.test) may not read www.b.test"),
+        "{}",
+        other.text()
+    );
+    let cluster = http.get("/", &deployer).await?;
+    assert_eq!(cluster.status, StatusCode::FORBIDDEN, "{}", cluster.text());
+    assert!(
+        cluster.text().contains("may not call ListNodes"),
+        "{}",
+        cluster.text()
+    );
+
+    // Revoking the token ends its session at the next page.
+    api.tokens()
+        .revoke_token(RevokeTokenRequest {
+            name: "ci-a".into(),
+        })
+        .await?;
+    assert_sign_in_redirect(&http.get("/sites", &deployer).await?);
+
+    // Sign-out ends the session (its cookie no longer opens anything).
+    let session = http.sign_in(ADMIN_TOKEN).await?;
+    let csrf = csrf_of(&http.get("/apps", &session).await?.text())?;
+    let out = http.post("/sign-out", &session, &[("csrf", &csrf)]).await?;
+    assert_sign_in_redirect(&out);
+    assert!(
+        out.header("set-cookie")
+            .is_some_and(|c| c.contains("Max-Age=0")),
+        "the cookie is cleared"
+    );
+    assert_sign_in_redirect(&http.get("/apps", &session).await?);
+    Ok(())
+}
