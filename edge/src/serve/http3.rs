@@ -451,6 +451,20 @@ async fn request(
     true
 }
 
+/// Copies `body` onto `stream`, then finishes it.
+async fn send_body(
+    body: &mut ResponseBody,
+    stream: &mut h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+) -> anyhow::Result<()> {
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            stream.send_data(data).await?;
+        }
+    }
+    stream.finish().await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,18 +493,4 @@ mod tests {
         let endpoint = endpoint(socket, resolver, &ServerOptions::default()).unwrap();
         assert_eq!(endpoint.local_addr().unwrap(), address);
     }
-}
-
-/// Copies `body` onto `stream`, then finishes it.
-async fn send_body(
-    body: &mut ResponseBody,
-    stream: &mut h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
-) -> anyhow::Result<()> {
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            stream.send_data(data).await?;
-        }
-    }
-    stream.finish().await?;
-    Ok(())
 }
