@@ -12,6 +12,13 @@
 //!   `sessionLifetime` (back to sign-in), a revoked stored token ends its session, a
 //!   deployer's session sees only its scope and gets the API's refusals, a wrong token is
 //!   refused at sign-in, and the console is off unless configured.
+//! - `console_promotes_previews`: on a real cluster (etcd, control with `previews.domain`, two
+//!   edges), a preview made through the API is listed on its site's page with its URL, its
+//!   expiry and a Promote link; the confirmation page names what serves now and the preview;
+//!   a form without the CSRF token is 403 and a read-only session gets the API's
+//!   PERMISSION_DENIED message, both changing nothing; the admin's form starts
+//!   `PromotePreview`, and the site's live deployment becomes the promoted one on every edge;
+//!   an expired preview has no Promote link and its form gets the API's FAILED_PRECONDITION.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,7 +29,8 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::json;
 use statiko_proto::v1::{
-    CreateTokenRequest, DeploymentState, ListDeploymentsRequest, RevokeTokenRequest, TokenRole,
+    CreateTokenRequest, DeployPreviewRequest, Deployment, DeploymentState, ListDeploymentsRequest,
+    RevokeTokenRequest, TokenRole,
 };
 use statiko_tests::browser::Browser;
 use statiko_tests::cluster::Cluster;
@@ -162,18 +170,23 @@ fn assert_sign_in_redirect(response: &HttpResponse) {
     assert_eq!(response.header("location"), Some("/sign-in"));
 }
 
-/// The site's deployments by id: (state, app version).
-async fn deployments(cluster: &Cluster, domain: &str) -> Result<HashMap<String, (i32, String)>> {
+/// The site's deployments, as the API lists them.
+async fn listed(cluster: &Cluster, domain: &str) -> Result<Vec<Deployment>> {
     let api = cluster.control.admin().await?;
-    let listed = api
+    Ok(api
         .deployments()
         .list_deployments(ListDeploymentsRequest {
             domain: domain.to_owned(),
         })
         .await?
         .into_inner()
-        .deployments;
-    Ok(listed
+        .deployments)
+}
+
+/// The site's deployments by id: (state, app version).
+async fn deployments(cluster: &Cluster, domain: &str) -> Result<HashMap<String, (i32, String)>> {
+    Ok(listed(cluster, domain)
+        .await?
         .into_iter()
         .map(|d| {
             let version = d.app.map(|a| a.version).unwrap_or_default();
@@ -494,5 +507,220 @@ async fn console_sessions_follow_the_api() -> Result<()> {
         "the cookie is cleared"
     );
     assert_sign_in_redirect(&http.get("/apps", &session).await?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn console_promotes_previews() -> Result<()> {
+    statiko_tests::init();
+    if !require_tool("etcd") {
+        return Ok(());
+    }
+    let with_previews = |options: ControlOptions| {
+        console_on(options).config(json!({"previews": {"domain": "preview.statiko.test"}}))
+    };
+    let cluster = Cluster::start_with_control(2, with_previews, |edge| edge).await?;
+    let api = cluster.control.admin().await?;
+    let domain = "shop.statiko.test";
+    api.sites().create_site(site(domain, &[])).await?;
+    for version in ["1", "2"] {
+        fixtures::upload_app(&api, "web", version).await?;
+    }
+    cluster.settled().await?;
+    fixtures::deploy(&api, domain, "web", "1", true, secs(30)).await?;
+    let preview = api
+        .deployments()
+        .deploy_preview(DeployPreviewRequest {
+            domain: domain.to_owned(),
+            app: Some(fixtures::app_ref("web", "2")),
+            wait: true,
+            wait_timeout: Some(prost_types::Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
+            ..DeployPreviewRequest::default()
+        })
+        .await?
+        .into_inner()
+        .deployment
+        .context("the preview")?;
+    let url = preview
+        .preview
+        .as_ref()
+        .context("preview details")?
+        .url
+        .clone();
+
+    // The site page lists the preview with its URL, its expiry and a Promote link.
+    let http = ConsoleHttp::new(&cluster.control)?;
+    let admin = http.sign_in(ADMIN_TOKEN).await?;
+    let site_path = format!("/sites/{domain}");
+    let page = http.get(&site_path, &admin).await?;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text());
+    let text = page.text();
+    assert!(text.contains(&format!("href=\"{url}\"")), "{text}");
+    // The default TTL, 72 h.
+    assert!(text.contains("expires in 2 days"), "{text}");
+    let promote_path = format!("/sites/{domain}/promote");
+    let link = format!("{promote_path}?id={}", preview.id);
+    assert!(text.contains(&link), "{text}");
+
+    // The confirmation: what serves now, what promotion brings live.
+    let confirm = http.get(&link, &admin).await?;
+    assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.text());
+    let text = confirm.text();
+    assert!(text.contains("serves <strong>web@1</strong> now"), "{text}");
+    assert!(
+        text.contains(&format!("web@2 (preview {}, served at {url}", preview.id)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("name=\"id\" value=\"{}\"", preview.id)),
+        "{text}"
+    );
+    let csrf = csrf_of(&text)?;
+
+    // Refused: no CSRF token (403 before any call); a read-only session (the API's message).
+    let unchanged = deployments(&cluster, domain).await?;
+    let forged = http
+        .post(&promote_path, &admin, &[("id", &preview.id)])
+        .await?;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN, "{}", forged.text());
+    assert!(forged.text().contains("CSRF token"), "{}", forged.text());
+    let reader = http.sign_in(READONLY_TOKEN).await?;
+    let reader_csrf = csrf_of(&http.get(&link, &reader).await?.text())?;
+    let refused = http
+        .post(
+            &promote_path,
+            &reader,
+            &[("csrf", &reader_csrf), ("id", &preview.id)],
+        )
+        .await?;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text());
+    assert!(
+        refused.text().contains(
+            "PERMISSION_DENIED: token &#34;readonly&#34; is read-only and cannot call /statiko.v1.DeploymentService/PromotePreview"
+        ),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(
+        deployments(&cluster, domain).await?,
+        unchanged,
+        "no refused form changed anything"
+    );
+
+    // Promoted through the form: back to the site page with a flash, then live everywhere.
+    let promoted = http
+        .post(
+            &promote_path,
+            &admin,
+            &[("csrf", &csrf), ("id", &preview.id)],
+        )
+        .await?;
+    assert_eq!(
+        promoted.status,
+        StatusCode::SEE_OTHER,
+        "{}",
+        promoted.text()
+    );
+    let location = promoted.header("location").context("redirect")?.to_owned();
+    let new_id = location
+        .strip_prefix(&format!("/sites/{}?promote=", encode(domain)))
+        .with_context(|| format!("redirect to {location}"))?
+        .to_owned();
+    let flash = http.get(&location, &admin).await?;
+    assert!(
+        flash
+            .text()
+            .contains(&format!("Promotion started: deployment {new_id}")),
+        "{}",
+        flash.text()
+    );
+    let live = wait_until(secs(30), async || {
+        anyhow::Ok(
+            listed(&cluster, domain)
+                .await?
+                .into_iter()
+                .find(|d| d.state == DeploymentState::Live as i32 && d.id == new_id),
+        )
+    })
+    .await
+    .with_context(|| cluster.logs())?;
+    assert_eq!(live.promoted_from, preview.id);
+    assert_eq!(live.app.map(|a| a.version).as_deref(), Some("2"));
+    let served = fixtures::site_bundle_index("web@2");
+    for edge in &cluster.edges {
+        wait_until(secs(20), async || {
+            let response = edge.https_get(domain, "/").await?;
+            anyhow::Ok(response.body.as_ref() == served.as_slice())
+        })
+        .await
+        .with_context(|| format!("{} serves the promoted version", edge.name()))?;
+    }
+    let page = http.get(&site_path, &admin).await?;
+    assert!(
+        page.text()
+            .contains(&format!("promoted from preview {}", preview.id)),
+        "{}",
+        page.text()
+    );
+    drop(cluster);
+
+    // An expired preview: the page shows it expired without a Promote link, and the form gets
+    // the API's FAILED_PRECONDITION. No edge, so no leader collects it before the form is sent.
+    let cluster = Cluster::start_with_control(0, with_previews, |edge| edge).await?;
+    let api = cluster.control.admin().await?;
+    api.sites().create_site(site(domain, &[])).await?;
+    fixtures::upload_app(&api, "web", "1").await?;
+    let short = api
+        .deployments()
+        .deploy_preview(DeployPreviewRequest {
+            domain: domain.to_owned(),
+            app: Some(fixtures::app_ref("web", "1")),
+            ttl: Some(prost_types::Duration {
+                seconds: 5,
+                nanos: 0,
+            }),
+            ..DeployPreviewRequest::default()
+        })
+        .await?
+        .into_inner()
+        .deployment
+        .context("the short preview")?;
+    let http = ConsoleHttp::new(&cluster.control)?;
+    let admin = http.sign_in(ADMIN_TOKEN).await?;
+    let csrf = csrf_of(
+        &http
+            .get(&format!("{promote_path}?id={}", short.id), &admin)
+            .await?
+            .text(),
+    )?;
+    tokio::time::sleep(secs(6)).await;
+    let text = http.get(&site_path, &admin).await?.text();
+    assert!(
+        text.contains("class=\"preview-expires\">expired "),
+        "{text}"
+    );
+    assert!(!text.contains(&format!("?id={}", short.id)), "{text}");
+    let expired = http
+        .post(&promote_path, &admin, &[("csrf", &csrf), ("id", &short.id)])
+        .await?;
+    assert_eq!(expired.status, StatusCode::CONFLICT, "{}", expired.text());
+    assert!(
+        expired.text().contains(&format!(
+            "FAILED_PRECONDITION: id: preview {} of {domain} expired",
+            short.id
+        )),
+        "{}",
+        expired.text()
+    );
+    assert!(
+        listed(&cluster, domain)
+            .await?
+            .iter()
+            .all(|d| d.state != DeploymentState::Live as i32),
+        "nothing went live"
+    );
     Ok(())
 }

@@ -144,6 +144,12 @@ pub(crate) struct DeploymentRow {
     notes: String,
     /// Superseded: a rollback may return to it.
     can_return: bool,
+    /// A preview: where it is served and when it expires ("expires in 3 days", "expired 5 s
+    /// ago"); empty otherwise.
+    preview_url: String,
+    preview_expires: String,
+    /// A preview not yet expired: it may be promoted.
+    can_promote: bool,
 }
 
 #[derive(Template)]
@@ -158,15 +164,71 @@ pub(crate) struct Site {
     notes: Vec<String>,
 }
 
+/// A confirmation page (rollback or promotion): what serves now, what the action would bring
+/// live, and the form that POSTs it with the session's CSRF token.
 #[derive(Template)]
 #[template(path = "console/confirm.html")]
 pub(crate) struct Confirm {
     layout: Layout,
+    kind: &'static ConfirmKind,
     domain: String,
-    /// The deployment id to return to; empty for the previous live one.
-    to: String,
     current: String,
     target: String,
+    /// The deployment id the form sends in `kind.field`.
+    value: String,
+}
+
+/// What differs between the confirmation pages.
+#[derive(Debug)]
+pub(crate) struct ConfirmKind {
+    /// Before the domain in the title: "Roll back".
+    title: &'static str,
+    /// What the action does, after "serves X now.": "A rollback deploys".
+    verb: &'static str,
+    /// After the target: " again".
+    after: &'static str,
+    /// The path segment the form posts to.
+    action: &'static str,
+    /// The form's field naming the deployment.
+    field: &'static str,
+    button: &'static str,
+}
+
+const ROLLBACK: ConfirmKind = ConfirmKind {
+    title: "Roll back",
+    verb: "A rollback deploys",
+    after: " again",
+    action: "rollback",
+    field: "to",
+    button: "Roll back",
+};
+
+const PROMOTE: ConfirmKind = ConfirmKind {
+    title: "Promote a preview of",
+    verb: "Promoting deploys",
+    after: " as the live version",
+    action: "promote",
+    field: "id",
+    button: "Promote",
+};
+
+impl Confirm {
+    fn new(
+        kind: &'static ConfirmKind,
+        csrf: &str,
+        site: pb::Site,
+        target: String,
+        value: &str,
+    ) -> Self {
+        Self {
+            layout: Layout::new(format!("{} {}", kind.title, site.domain), "Sites", csrf),
+            kind,
+            current: app_ref(site.app.as_ref()),
+            domain: site.domain,
+            target,
+            value: value.to_owned(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -337,15 +399,7 @@ pub(crate) async fn site(
     domain: &str,
     flash: Option<String>,
 ) -> Result<Site, Status> {
-    let site = get_site(calls, domain).await?;
-    let deployments = calls
-        .deployments()
-        .list_deployments(calls.request(pb::ListDeploymentsRequest {
-            domain: site.domain.clone(),
-        }))
-        .await?
-        .into_inner()
-        .deployments;
+    let (site, deployments) = site_deployments(calls, domain).await?;
     let context = context(calls).await?;
     let now = SystemTime::now();
     let mut rows: Vec<DeploymentRow> = deployments.iter().map(|d| deployment_row(d, now)).collect();
@@ -372,15 +426,7 @@ pub(crate) async fn confirm(
     domain: &str,
     to: &str,
 ) -> Result<Confirm, Status> {
-    let site = get_site(calls, domain).await?;
-    let deployments = calls
-        .deployments()
-        .list_deployments(calls.request(pb::ListDeploymentsRequest {
-            domain: site.domain.clone(),
-        }))
-        .await?
-        .into_inner()
-        .deployments;
+    let (site, deployments) = site_deployments(calls, domain).await?;
     let superseded = |d: &&pb::Deployment| d.state == pb::DeploymentState::Superseded as i32;
     let target = if to.is_empty() {
         deployments.iter().filter(superseded).max_by(|a, b| {
@@ -395,34 +441,80 @@ pub(crate) async fn confirm(
         || "the previous live version".to_owned(),
         |d| format!("{} (deployment {})", app_ref(d.app.as_ref()), d.id),
     );
-    Ok(Confirm {
-        layout: Layout::new(format!("Roll back {}", site.domain), "Sites", csrf),
-        current: app_ref(site.app.as_ref()),
-        domain: site.domain,
-        to: to.to_owned(),
-        target,
-    })
+    Ok(Confirm::new(&ROLLBACK, csrf, site, target, to))
 }
 
-/// Starts the rollback (`Rollback`, not waiting: the site page shows it progress).
-pub(crate) async fn rollback(
+/// The promotion confirmation: what serves now and the preview that would go live.
+pub(crate) async fn confirm_promote(
+    calls: &Calls<'_>,
+    csrf: &str,
+    domain: &str,
+    id: &str,
+) -> Result<Confirm, Status> {
+    let (site, deployments) = site_deployments(calls, domain).await?;
+    let now = SystemTime::now();
+    // Not a preview (or unknown): let the API say why when the form is sent.
+    let target = deployments.iter().find(|d| d.id == id).map_or_else(
+        || format!("deployment {id}"),
+        |d| {
+            let row = deployment_row(d, now);
+            if row.preview_url.is_empty() {
+                format!("{} (deployment {})", row.app, row.id)
+            } else {
+                format!(
+                    "{} (preview {}, served at {}, {})",
+                    row.app, row.id, row.preview_url, row.preview_expires
+                )
+            }
+        },
+    );
+    Ok(Confirm::new(&PROMOTE, csrf, site, target, id))
+}
+
+/// A deployment a confirmed form starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Start<'a> {
+    /// `Rollback` to this deployment id (empty: the previous live one).
+    Rollback(&'a str),
+    /// `PromotePreview` of this preview id.
+    Promote(&'a str),
+}
+
+/// Starts a rollback or a promotion, not waiting (the site page shows its progress): the new
+/// deployment.
+pub(crate) async fn start(
     calls: &Calls<'_>,
     domain: &str,
-    to: &str,
+    start: Start<'_>,
 ) -> Result<pb::Deployment, Status> {
-    let response = calls
-        .deployments()
-        .rollback(calls.request(pb::RollbackRequest {
-            domain: domain.to_owned(),
-            to: to.to_owned(),
-            wait: false,
-            wait_timeout: None,
-        }))
-        .await?
-        .into_inner();
-    response
-        .deployment
-        .ok_or_else(|| Status::internal("rollback answered without a deployment"))
+    let mut client = calls.deployments();
+    let domain = domain.to_owned();
+    let deployment = match start {
+        Start::Rollback(to) => {
+            let request = pb::RollbackRequest {
+                domain,
+                to: to.to_owned(),
+                wait: false,
+                wait_timeout: None,
+            };
+            client
+                .rollback(calls.request(request))
+                .await?
+                .into_inner()
+                .deployment
+        }
+        Start::Promote(id) => {
+            let request = pb::PromotePreviewRequest {
+                domain,
+                id: id.to_owned(),
+                wait: false,
+                wait_timeout: None,
+            };
+            let response = client.promote_preview(calls.request(request)).await?;
+            response.into_inner().deployment
+        }
+    };
+    deployment.ok_or_else(|| Status::internal("the API answered without a deployment"))
 }
 
 /// The certificates page: `ListCertificates`, soonest expiry first.
@@ -499,6 +591,23 @@ pub(crate) async fn apps(calls: &Calls<'_>, csrf: &str) -> Result<Apps, Status> 
         layout: Layout::new("Apps", "Apps", csrf).live(),
         apps,
     })
+}
+
+/// `GetSite`, then the site's `ListDeployments`.
+async fn site_deployments(
+    calls: &Calls<'_>,
+    domain: &str,
+) -> Result<(pb::Site, Vec<pb::Deployment>), Status> {
+    let site = get_site(calls, domain).await?;
+    let deployments = calls
+        .deployments()
+        .list_deployments(calls.request(pb::ListDeploymentsRequest {
+            domain: site.domain.clone(),
+        }))
+        .await?
+        .into_inner()
+        .deployments;
+    Ok((site, deployments))
 }
 
 async fn get_site(calls: &Calls<'_>, domain: &str) -> Result<pb::Site, Status> {
@@ -601,10 +710,19 @@ fn deployment_row(d: &pb::Deployment, now: SystemTime) -> DeploymentRow {
     if !d.reason.is_empty() {
         notes.push(d.reason.clone());
     }
+    if !d.promoted_from.is_empty() {
+        notes.push(format!("promoted from preview {}", d.promoted_from));
+    }
     if !d.failed_nodes.is_empty() {
         notes.push(format!("failed on {}", d.failed_nodes.join(", ")));
     }
     let created = to_time(d.created_at.as_ref());
+    let preview = d
+        .preview
+        .as_ref()
+        .filter(|_| state == pb::DeploymentState::Preview);
+    let expires = preview.and_then(|p| to_time(p.expires_at.as_ref()));
+    let expired = expires.is_some_and(|t| t <= now);
     DeploymentRow {
         id: d.id.clone(),
         app: app_ref(d.app.as_ref()),
@@ -615,6 +733,13 @@ fn deployment_row(d: &pb::Deployment, now: SystemTime) -> DeploymentRow {
         created_ago: created.map_or_else(String::new, |t| relative(t, now)),
         notes: notes.join("; "),
         can_return: state == pb::DeploymentState::Superseded,
+        preview_url: preview.map(|p| p.url.clone()).unwrap_or_default(),
+        preview_expires: match expires {
+            Some(t) if expired => format!("expired {}", relative(t, now)),
+            Some(t) => format!("expires {}", relative(t, now)),
+            None => String::new(),
+        },
+        can_promote: preview.is_some() && !expired,
     }
 }
 
@@ -649,5 +774,28 @@ mod tests {
         let html = page.render().unwrap();
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("&#60;script&#62;"), "{html}");
+    }
+
+    #[test]
+    fn confirmations_post_their_action() {
+        let site = pb::Site {
+            domain: "a.test".into(),
+            app: Some(pb::AppRef {
+                name: "web".into(),
+                version: "1".into(),
+            }),
+            ..pb::Site::default()
+        };
+        let page = Confirm::new(&PROMOTE, "tok", site.clone(), "web@2".into(), "d1");
+        let html = page.render().unwrap();
+        assert!(html.contains("action=\"/sites/a.test/promote\""), "{html}");
+        assert!(html.contains("name=\"id\" value=\"d1\""), "{html}");
+        assert!(html.contains("name=\"csrf\" value=\"tok\""), "{html}");
+        assert!(html.contains("serves <strong>web@1</strong> now"), "{html}");
+        let page = Confirm::new(&ROLLBACK, "tok", site, "web@0".into(), "");
+        let html = page.render().unwrap();
+        assert!(html.contains("action=\"/sites/a.test/rollback\""), "{html}");
+        assert!(html.contains("name=\"to\" value=\"\""), "{html}");
+        assert!(html.contains("<strong>web@0</strong> again"), "{html}");
     }
 }

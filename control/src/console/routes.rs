@@ -10,6 +10,8 @@
 //! | `GET /sites`, `GET /sites/{domain}` | sites; one site with its edges and deployments |
 //! | `GET /sites/{domain}/rollback[?to=id]` | the confirmation page |
 //! | `POST /sites/{domain}/rollback` | `Rollback` (form: `csrf`, `to`) |
+//! | `GET /sites/{domain}/promote?id=id` | the promotion confirmation page |
+//! | `POST /sites/{domain}/promote` | `PromotePreview` (form: `csrf`, `id`) |
 //! | `GET /certificates`, `GET /apps` | certificates by expiry; apps and versions |
 //! | `GET /static/console.css`, `GET /static/console.js` | the stylesheet and the refresh script |
 
@@ -127,19 +129,23 @@ async fn get(
         "/certificates" => pages::certificates(&calls, csrf).await.map(|p| render(&p)),
         "/apps" => pages::apps(&calls, csrf).await.map(|p| render(&p)),
         _ => match site_route(path) {
-            Some((domain, false)) => {
-                let flash = query.get("rollback").map(|deployment| {
-                    format!(
-                        "Rollback started: deployment {deployment}. The live version changes once every edge has staged it."
-                    )
-                });
+            Some((domain, None)) => {
+                let flash = Action::ALL
+                    .iter()
+                    .find_map(|action| query.get(action.segment()).map(|d| action.flash(d)));
                 pages::site(&calls, csrf, &domain, flash)
                     .await
                     .map(|p| render(&p))
             }
-            Some((domain, true)) => {
+            Some((domain, Some(Action::Rollback))) => {
                 let to = query.get("to").map_or("", String::as_str);
                 pages::confirm(&calls, csrf, &domain, to)
+                    .await
+                    .map(|p| render(&p))
+            }
+            Some((domain, Some(Action::Promote))) => {
+                let id = query.get("id").map_or("", String::as_str);
+                pages::confirm_promote(&calls, csrf, &domain, id)
                     .await
                     .map(|p| render(&p))
             }
@@ -173,7 +179,7 @@ async fn post(
         set_cookie(&mut answer, &session::clear_cookie());
         return answer;
     }
-    let Some((domain, true)) = site_route(path) else {
+    let Some((domain, Some(action))) = site_route(path) else {
         return error_page(
             StatusCode::NOT_FOUND,
             session,
@@ -183,13 +189,18 @@ async fn post(
         );
     };
     let calls = console.grpc.as_token(&session.token);
-    let to = form.get("to").map_or("", String::as_str);
-    match pages::rollback(&calls, &domain, to).await {
+    let field = |name: &str| form.get(name).map_or("", String::as_str);
+    let start = match action {
+        Action::Rollback => pages::Start::Rollback(field("to")),
+        Action::Promote => pages::Start::Promote(field("id")),
+    };
+    match pages::start(&calls, &domain, start).await {
         Ok(deployment) => {
-            tracing::info!(site = %domain, deployment = %deployment.id, "rollback from the console");
+            tracing::info!(site = %domain, deployment = %deployment.id, action = action.segment(), "action from the console");
             redirect(&format!(
-                "/sites/{}?rollback={}",
+                "/sites/{}?{}={}",
                 encode(&domain),
+                action.segment(),
                 encode(&deployment.id)
             ))
         }
@@ -200,6 +211,36 @@ async fn post(
             &status,
             &format!("/sites/{}", encode(&domain)),
         ),
+    }
+}
+
+/// A state change on a site, behind a confirmation page (`GET /sites/{domain}/{segment}`)
+/// and its form (`POST` to the same path), answered by a redirect to the site page with
+/// `?{segment}={new deployment id}`, which shows it as a flash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Rollback,
+    Promote,
+}
+
+impl Action {
+    const ALL: [Action; 2] = [Action::Rollback, Action::Promote];
+
+    fn segment(self) -> &'static str {
+        match self {
+            Action::Rollback => "rollback",
+            Action::Promote => "promote",
+        }
+    }
+
+    fn flash(self, deployment: &str) -> String {
+        let started = match self {
+            Action::Rollback => "Rollback started",
+            Action::Promote => "Promotion started",
+        };
+        format!(
+            "{started}: deployment {deployment}. The live version changes once every edge has staged it."
+        )
     }
 }
 
@@ -260,16 +301,19 @@ fn current(console: &Console, headers: &http::HeaderMap) -> Option<(String, Sess
         .and_then(|id| console.sessions.get(id).map(|s| (id.to_owned(), s)))
 }
 
-/// `/sites/{domain}` → `(domain, false)`, `/sites/{domain}/rollback` → `(domain, true)`.
-fn site_route(path: &str) -> Option<(String, bool)> {
+/// `/sites/{domain}` → `(domain, None)`, `/sites/{domain}/rollback` → `(domain,
+/// Some(Rollback))`, `/sites/{domain}/promote` → `(domain, Some(Promote))`.
+fn site_route(path: &str) -> Option<(String, Option<Action>)> {
     let rest = path.strip_prefix("/sites/")?;
-    let (domain, rollback) = match rest.split_once('/') {
-        None => (rest, false),
-        Some((domain, "rollback")) => (domain, true),
-        Some(_) => return None,
+    let (domain, action) = match rest.split_once('/') {
+        None => (rest, None),
+        Some((domain, segment)) => (
+            domain,
+            Some(Action::ALL.into_iter().find(|a| a.segment() == segment)?),
+        ),
     };
     let domain = decode(domain);
-    (!domain.is_empty()).then_some((domain, rollback))
+    (!domain.is_empty()).then_some((domain, action))
 }
 
 /// Whether a form post comes from the console's own pages as far as the browser says
@@ -505,10 +549,19 @@ mod tests {
 
     #[test]
     fn routes_and_forms() {
-        assert_eq!(site_route("/sites/a.test"), Some(("a.test".into(), false)));
+        assert_eq!(site_route("/sites/a.test"), Some(("a.test".into(), None)));
         assert_eq!(
             site_route("/sites/a.test/rollback"),
-            Some(("a.test".into(), true))
+            Some(("a.test".into(), Some(Action::Rollback)))
+        );
+        assert_eq!(
+            site_route("/sites/a.test/promote"),
+            Some(("a.test".into(), Some(Action::Promote)))
+        );
+        assert!(
+            Action::Promote
+                .flash("d1")
+                .starts_with("Promotion started: deployment d1")
         );
         assert_eq!(site_route("/sites/a.test/other"), None);
         assert_eq!(site_route("/sites/"), None);
