@@ -760,42 +760,4 @@ fn certificate_kind(kind: i32) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn templates_escape_html() {
-        let page = ErrorPage {
-            layout: Layout::new("x", "Cluster", "csrf"),
-            heading: "<b>".into(),
-            message: "<script>alert(1)</script>".into(),
-            back: String::new(),
-        };
-        let html = page.render().unwrap();
-        assert!(!html.contains("<script>alert"), "{html}");
-        assert!(html.contains("&#60;script&#62;"), "{html}");
-    }
-
-    #[test]
-    fn confirmations_post_their_action() {
-        let site = pb::Site {
-            domain: "a.test".into(),
-            app: Some(pb::AppRef {
-                name: "web".into(),
-                version: "1".into(),
-            }),
-            ..pb::Site::default()
-        };
-        let page = Confirm::new(&PROMOTE, "tok", site.clone(), "web@2".into(), "d1");
-        let html = page.render().unwrap();
-        assert!(html.contains("action=\"/sites/a.test/promote\""), "{html}");
-        assert!(html.contains("name=\"id\" value=\"d1\""), "{html}");
-        assert!(html.contains("name=\"csrf\" value=\"tok\""), "{html}");
-        assert!(html.contains("serves <strong>web@1</strong> now"), "{html}");
-        let page = Confirm::new(&ROLLBACK, "tok", site, "web@0".into(), "");
-        let html = page.render().unwrap();
-        assert!(html.contains("action=\"/sites/a.test/rollback\""), "{html}");
-        assert!(html.contains("name=\"to\" value=\"\""), "{html}");
-        assert!(html.contains("<strong>web@0</strong> again"), "{html}");
-    }
-}
+mod tests;
