@@ -184,25 +184,38 @@ async fn rollback(
     let mut client = api.deployments();
     let call = client.rollback(api.request(request));
     let response: RollbackResponse = send_and_follow(api, &domain, &wait, call).await?;
-    let deployment = response
-        .deployment
+    print_started(printer, response, &wait, |deployment| {
+        format!(
+            "rolled {domain} back to {} ({}) as deployment {}, {}\n",
+            output::app_ref(deployment.app.as_ref()),
+            deployment.rollback_of,
+            deployment.id,
+            output::deployment_state(deployment.state())
+        )
+    })
+}
+
+/// Prints the deployment a rollback or a promotion started: as JSON with the edges serving it,
+/// or as `headline` followed, after `--wait`, by the edges that serve it.
+pub(crate) fn print_started<T: Followed>(
+    printer: Printer,
+    mut response: T,
+    wait: &WaitArgs,
+    headline: impl FnOnce(&Deployment) -> String,
+) -> anyhow::Result<()> {
+    let (deployment, ready_nodes) = response.parts();
+    let deployment = deployment
         .as_ref()
         .context("the server returned no deployment in its response")?;
     printer.print(
         &json!({
             "deployment": output::deployment_json(deployment),
-            "ready_nodes": response.ready_nodes,
+            "ready_nodes": ready_nodes,
         }),
         || {
-            let mut text = format!(
-                "rolled {domain} back to {} ({}) as deployment {}, {}\n",
-                output::app_ref(deployment.app.as_ref()),
-                deployment.rollback_of,
-                deployment.id,
-                output::deployment_state(deployment.state())
-            );
+            let mut text = headline(deployment);
             if wait.wait {
-                text.push_str(&served_by(&response.ready_nodes));
+                text.push_str(&served_by(ready_nodes));
             }
             text
         },

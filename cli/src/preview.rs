@@ -196,26 +196,12 @@ pub(crate) async fn promote(
     }));
     let response: PromotePreviewResponse =
         crate::deploy::send_and_follow(api, &domain, &wait, call).await?;
-    let deployment = response
-        .deployment
-        .as_ref()
-        .context("the server returned no deployment in its response")?;
-    printer.print(
-        &json!({
-            "deployment": output::deployment_json(deployment),
-            "ready_nodes": response.ready_nodes,
-        }),
-        || {
-            let mut text = format!(
-                "promoted preview {id} ({}) to {domain} as deployment {}, {}\n",
-                output::app_ref(deployment.app.as_ref()),
-                deployment.id,
-                output::deployment_state(deployment.state())
-            );
-            if wait.wait {
-                text.push_str(&crate::deploy::served_by(&response.ready_nodes));
-            }
-            text
-        },
-    )
+    crate::deploy::print_started(printer, response, &wait, |deployment| {
+        format!(
+            "promoted preview {id} ({}) to {domain} as deployment {}, {}\n",
+            output::app_ref(deployment.app.as_ref()),
+            deployment.id,
+            output::deployment_state(deployment.state())
+        )
+    })
 }
