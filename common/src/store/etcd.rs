@@ -1,9 +1,12 @@
 //! The etcd backend of the store: a lazily connecting `etcd-client` with every call bounded by
 //! the configured timeout.
 //!
-//! Plaintext endpoints use etcd-client's own balanced tonic channel. TLS endpoints use a
-//! rustls connector of our own (so `tlsSkipVerify` can turn off certificate verification):
-//! one lazy tonic channel per endpoint behind a small sticky-failover service.
+//! Every endpoint gets one lazy tonic channel of its own (TLS through a rustls connector of
+//! ours, so `tlsSkipVerify` can turn off certificate verification), behind a small
+//! sticky-failover service: calls go to one member until it fails, as etcd's own Go client pins
+//! one endpoint. etcd-client's balanced channel is not used: its power-of-two-choices balancer
+//! keeps a dead member in rotation (tonic reports a channel that fails to reconnect as ready and
+//! fails the call), so with one member down a share of every call failed until it came back.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -50,9 +53,8 @@ struct Inner {
     /// `endpoints` joined with `,`, for error messages.
     endpoints_text: String,
     options: ConnectOptions,
-    /// For TLS endpoints: our rustls-backed channel, handed to `Client::from_channel`. `None`
-    /// for plaintext, where etcd-client builds its own channel.
-    tls_channel: Option<etcd_client::Channel>,
+    /// The failover channel over every endpoint, handed to `Client::from_channel`.
+    channel: etcd_client::Channel,
     timeout: Duration,
     /// Connected on first use, so the store can be created while etcd is down.
     client: Mutex<Option<Client>>,
@@ -84,13 +86,13 @@ impl EtcdStore {
             .with_keep_alive(KEEP_ALIVE_INTERVAL, keep_alive_timeout(timeout))
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
-        let tls_channel = tls_channel(config, &endpoints, timeout).await?;
+        let channel = failover_channel(config, &endpoints, timeout).await?;
         let store = Self {
             inner: Arc::new(Inner {
                 endpoints_text: endpoints.join(","),
                 endpoints,
                 options,
-                tls_channel,
+                channel,
                 timeout,
                 client: Mutex::new(None),
             }),
@@ -243,12 +245,10 @@ impl EtcdStore {
             return Ok(client.clone());
         }
         let options = Some(self.inner.options.clone());
-        let client = match &self.inner.tls_channel {
-            // Building a client on the lazy channel does not talk to etcd.
-            Some(channel) => Client::from_channel(channel.clone(), options).await,
-            None => Client::connect(&self.inner.endpoints, options).await,
-        }
-        .map_err(|e| self.map_err("connect", e))?;
+        // Building a client on the lazy channel does not talk to etcd.
+        let client = Client::from_channel(self.inner.channel.clone(), options)
+            .await
+            .map_err(|e| self.map_err("connect", e))?;
         *guard = Some(client.clone());
         Ok(client)
     }
@@ -379,40 +379,42 @@ fn keep_alive_timeout(timeout: Duration) -> Duration {
     timeout.max(Duration::from_secs(1))
 }
 
-/// The channel for TLS endpoints, or `None` for plaintext. Nothing is dialled here: every
+/// The failover channel over `endpoints`: TLS (every endpoint `https://`) when the config has TLS
+/// material or an `https://` endpoint, plaintext otherwise. Nothing is dialled here: every
 /// per-endpoint channel connects on first use.
-async fn tls_channel(
+async fn failover_channel(
     config: &EtcdConfig,
     endpoints: &[String],
     timeout: Duration,
-) -> Result<Option<etcd_client::Channel>, StoreError> {
+) -> Result<etcd_client::Channel, StoreError> {
     let tls = &config.tls_configuration;
     let has_material =
         !tls.ca.is_empty() || !tls.client_certificate.is_empty() || !tls.client_key.is_empty();
     let any_https = endpoints.iter().any(|e| e.starts_with("https://"));
-    if !has_material && !any_https {
-        return Ok(None);
-    }
-    if let Some(plain) = endpoints.iter().find(|e| e.starts_with("http://")) {
-        return Err(StoreError::Rejected(format!(
-            "etcd TLS is configured but endpoint {plain} is http://; use https:// for every endpoint"
-        )));
-    }
-    let client_config = Arc::new(tls_client_config(config).await?);
-    if config.tls_skip_verify {
-        tracing::warn!("tlsSkipVerify: etcd server certificates are not verified");
-    }
+    let client_config = if has_material || any_https {
+        if let Some(plain) = endpoints.iter().find(|e| !e.starts_with("https://")) {
+            return Err(StoreError::Rejected(format!(
+                "etcd TLS is configured but endpoint {plain} is not https://; use https:// for every endpoint"
+            )));
+        }
+        if config.tls_skip_verify {
+            tracing::warn!("tlsSkipVerify: etcd server certificates are not verified");
+        }
+        Some(Arc::new(tls_client_config(config).await?))
+    } else {
+        None
+    };
     let channels = endpoints
         .iter()
-        .map(|endpoint| endpoint_channel(endpoint, &client_config, timeout))
+        .map(|endpoint| endpoint_channel(endpoint, client_config.as_ref(), timeout))
         .collect::<Result<Vec<_>, _>>()?;
     let failover = Failover {
         channels: channels.into(),
         current: Arc::new(AtomicUsize::new(0)),
     };
-    Ok(Some(etcd_client::Channel::Custom(
+    Ok(etcd_client::Channel::Custom(
         tower::util::BoxCloneSyncService::new(failover),
-    )))
+    ))
 }
 
 /// The rustls client configuration: ALPN `h2`, the client identity when configured, and either
@@ -512,17 +514,26 @@ async fn client_identity(
     Ok((certs, key))
 }
 
-/// A lazy channel to one `https://host:port` endpoint through our rustls connector.
+/// A lazy channel to one endpoint: `https://host:port` through our rustls connector when
+/// `tls` is set, else `http://host:port` (or a bare `host:port`) in plaintext.
 fn endpoint_channel(
     endpoint: &str,
-    client_config: &Arc<ClientConfig>,
+    tls: Option<&Arc<ClientConfig>>,
     timeout: Duration,
 ) -> Result<tonic::transport::Channel, StoreError> {
     let invalid = |reason: String| {
         StoreError::Rejected(format!("invalid etcd endpoint {endpoint}: {reason}"))
     };
-    let rest = endpoint.strip_prefix("https://").unwrap_or(endpoint);
-    let uri: http::Uri = format!("https://{rest}")
+    let (scheme, default_port) = if tls.is_some() {
+        ("https", 443)
+    } else {
+        ("http", 2379)
+    };
+    let rest = endpoint
+        .strip_prefix("https://")
+        .or_else(|| endpoint.strip_prefix("http://"))
+        .unwrap_or(endpoint);
+    let uri: http::Uri = format!("{scheme}://{rest}")
         .parse()
         .map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
     let host = uri
@@ -531,22 +542,25 @@ fn endpoint_channel(
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    let port = uri.port_u16().unwrap_or(443);
-    let server_name = ServerName::try_from(host.clone())
-        .map_err(|e| invalid(format!("not a valid tls server name: {e}")))?;
+    let port = uri.port_u16().unwrap_or(default_port);
     let authority = uri
         .authority()
         .ok_or_else(|| invalid("no host".to_owned()))?
         .clone();
     // tonic only dials `http://` URIs through a custom connector (it would add its own TLS to
-    // `https://`); the TLS is ours, and requests still carry the `https` origin.
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
+    // `https://`); the TLS is ours, and requests still carry the endpoint's origin.
+    let builder = tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
         .map_err(|e| invalid(e.to_string()))?
         .origin(uri)
         .connect_timeout(timeout)
         .keep_alive_while_idle(true)
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(keep_alive_timeout(timeout));
+    let Some(client_config) = tls else {
+        return Ok(builder.tcp_nodelay(true).connect_lazy());
+    };
+    let server_name = ServerName::try_from(host.clone())
+        .map_err(|e| invalid(format!("not a valid tls server name: {e}")))?;
     let connector = tokio_rustls::TlsConnector::from(client_config.clone());
     let connect = tower::service_fn(move |_: http::Uri| {
         let connector = connector.clone();
@@ -559,7 +573,7 @@ fn endpoint_channel(
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     });
-    Ok(endpoint.connect_with_connector_lazy(connect))
+    Ok(builder.connect_with_connector_lazy(connect))
 }
 
 /// Sends every request to the current endpoint's channel and moves on to the next endpoint when

@@ -8,6 +8,7 @@ use futures::Stream;
 use statiko_common::model::{
     self, AppRef, DeployStrategy, DeploymentRecord, DeploymentState, NodeStatusRecord,
 };
+use statiko_common::store::StoreError;
 use statiko_proto::v1 as pb;
 use tokio::time::Instant;
 use tonic::Status;
@@ -18,6 +19,21 @@ use crate::error::{ControlError, Result};
 
 /// How often the records are read while waiting or watching.
 const POLL: Duration = Duration::from_millis(50);
+
+/// How long `WatchDeployment` rides out a store that does not answer before it ends the stream
+/// with the error (the calls that wait have their own deadline instead).
+const WATCH_PATIENCE: Duration = Duration::from_secs(15);
+
+/// `Ok(None)` for a store failure worth another try before `deadline` (an etcd member went away
+/// and the client moves on to the next one), the result otherwise.
+fn unless_transient<T>(result: Result<T>, deadline: Instant) -> Result<Option<T>> {
+    match result {
+        Err(ControlError::Store(StoreError::Unavailable { .. })) if Instant::now() < deadline => {
+            Ok(None)
+        }
+        other => other.map(Some),
+    }
+}
 
 /// The stream `WatchDeployment` returns.
 pub(crate) type WatchStream =
@@ -119,7 +135,12 @@ impl Api {
         deadline: Instant,
     ) -> Result<i64> {
         loop {
-            let (deployment, revision) = self.read_deployment(domain, id).await?;
+            let Some((deployment, revision)) =
+                unless_transient(self.read_deployment(domain, id).await, deadline)?
+            else {
+                tokio::time::sleep(POLL).await;
+                continue;
+            };
             match deployment.state {
                 DeploymentState::Live | DeploymentState::Superseded => return Ok(revision),
                 DeploymentState::Failed => {
@@ -187,14 +208,22 @@ impl Api {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let mut last: Option<pb::WatchDeploymentResponse> = None;
+            let mut patience = Instant::now() + WATCH_PATIENCE;
             loop {
                 let next = async {
                     let (deployment, revision) = api.read_deployment(&domain, &id).await?;
                     let nodes = api.live_nodes().await?;
                     Ok::<_, ControlError>(progress(&deployment, revision, &nodes))
                 };
-                let p = match next.await {
-                    Ok(p) => p,
+                let p = match unless_transient(next.await, patience) {
+                    Ok(Some(p)) => {
+                        patience = Instant::now() + WATCH_PATIENCE;
+                        p
+                    }
+                    Ok(None) => {
+                        tokio::time::sleep(POLL).await;
+                        continue;
+                    }
                     Err(err) => {
                         let _ = tx.send(Err(Status::from(err))).await;
                         return;
@@ -231,7 +260,12 @@ impl Api {
         let state = &self.ctx.state;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let snapshot = state.store.snapshot(&state.keys.nodes()).await?;
+            let read = state.store.snapshot(&state.keys.nodes()).await;
+            let Some(snapshot) = unless_transient(read.map_err(ControlError::from), deadline)?
+            else {
+                tokio::time::sleep(POLL).await;
+                continue;
+            };
             let nodes: Vec<NodeStatusRecord> = snapshot
                 .kvs
                 .iter()
