@@ -262,8 +262,11 @@ async fn edge_serves_others_while_one_address_holds_idle_connections() -> Result
             .with_context(|| format!("PING-only h2 (request first: {request_first}) still open"))?
             .ok();
         let held = started.elapsed();
+        // The edge's timer starts when it has sent the response, a little before `started` is
+        // taken here (seen: 2.49 s for a 2.5 s idle timeout under load); 150 ms of slack still
+        // tells the idle timeout from the 1.5 s header timeout.
         ensure!(
-            held >= millis(limit),
+            held + millis(150) >= millis(limit),
             "PING-only h2 closed too early: {held:?}"
         );
     }
