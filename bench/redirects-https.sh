@@ -7,27 +7,15 @@
 #
 #   bench/redirects-https.sh                          # release build, 3 x 10 s per case
 #   PROFILE=dev REPS=1 DURATION=5 bench/redirects-https.sh
-set -euo pipefail
-cd "$(dirname "$0")/.."
-ROOT=$PWD
+source "$(dirname "$0")/common.sh"
 
-DURATION=${DURATION:-10}
-REPS=${REPS:-3}
-WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-32}
-THREADS=${THREADS:-2}
-PROFILE=${PROFILE:-release}
 WORK=${BENCH_DIR:-/tmp/statiko-bench-redirects}
-HOST=127.0.0.1
 EDGE_HTTP=8190; EDGE_HTTPS=8593; EDGE_ADMIN=8596; CONTROL=8597
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 command -v wrk >/dev/null || { log "installing wrk"; apt-get install -y -q wrk >/dev/null; }
 
-log "building the $PROFILE binaries"
-cargo build -j2 --profile "$PROFILE" --locked -p statiko-control -p statiko-edge -p statiko-cli >&2
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$TARGET_DIR/$PROFILE; [ "$PROFILE" = dev ] && BIN=$TARGET_DIR/debug
+build_binaries
 
 rm -rf "$WORK"; mkdir -p "$WORK"/{r10,r10k,big,logs,node}
 # Two bundles that differ only in their `_redirects`: the same 2,000 static rules' worth of

@@ -11,15 +11,9 @@
 # The method is the anchor benchmarks' (shared/bench): wrk / h2load / openssl s_time with 64
 # connections, a 2 s warm-up per case, the run waits for an idle machine and is redone when
 # other processes used CPU during it; peak RSS sampled every 0.5 s from /proc.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-ROOT=$PWD
+source "$(dirname "$0")/common.sh"
 
-DURATION=${DURATION:-10}
-REPS=${REPS:-3}
-WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-64}
-THREADS=${THREADS:-2}
 HS_PROCS=${HS_PROCS:-16}
 QUIET_MAX=${QUIET_MAX:-0.15}     # cores busy before a run (else wait, at most QUIET_WAIT s)
 QUIET_WAIT=${QUIET_WAIT:-600}
@@ -40,16 +34,13 @@ WITH_SWS=${WITH_SWS:-0}
 WITH_CADDY=${WITH_CADDY:-0}
 has_mode fixed && WITH_SWS=1
 has_mode h3 && WITH_CADDY=1
-PROFILE=${PROFILE:-release}
 WORK=${BENCH_DIR:-/tmp/statiko-bench}
-HOST=127.0.0.1
 # ports: edge, nginx, sws, caddy (plain / TLS); control and edge admin
 EDGE_HTTP=8090; EDGE_HTTPS=8493; EDGE_ADMIN=8496; CONTROL=8497
 NGINX_HTTP=8080; NGINX_HTTPS=8443
 SWS_HTTP=8082; SWS_HTTPS=8445
 CADDY_HTTP=8081; CADDY_HTTPS=8444
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 # --- tools ---------------------------------------------------------------------------------
 need=()
@@ -76,10 +67,7 @@ if [ "$WITH_SWS" = 1 ] && [ ! -x "$SWS_BIN" ]; then
   cargo install static-web-server --locked
 fi
 
-log "building the $PROFILE binaries"
-cargo build -j2 --profile "$PROFILE" --locked -p statiko-control -p statiko-edge -p statiko-cli >&2
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$TARGET_DIR/$PROFILE; [ "$PROFILE" = dev ] && BIN=$TARGET_DIR/debug
+build_binaries
 
 # --- files, certificate, configs -----------------------------------------------------------
 mkdir -p "$WORK"/{site,tls,run,logs}

@@ -464,6 +464,49 @@ impl std::fmt::Debug for Digest {
     }
 }
 
+/// Stored as its `sha256:<hex>` string (the records' JSON did not change when the field became
+/// typed).
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serde for an `Option<Digest>` stored as a string that is empty when there is none (a
+/// deployment record written before it carried its app's digest).
+pub mod digest_or_empty {
+    use super::Digest;
+
+    /// `""` for `None`.
+    pub fn serialize<S: serde::Serializer>(
+        digest: &Option<Digest>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match digest {
+            Some(digest) => serializer.collect_str(digest),
+            None => serializer.serialize_str(""),
+        }
+    }
+
+    /// `None` for `""`.
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Digest>, D::Error> {
+        let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Formats a SHA-256 value as `sha256:<64 lowercase hex>` (a [`Digest`]'s form; certificate
 /// fingerprints too).
 pub fn format_digest(digest: &[u8; 32]) -> String {

@@ -134,6 +134,26 @@ impl ConnLimiter {
         Ok(admission)
     }
 
+    /// [`ConnLimiter::admit`] for a connection `listener` accepted from `peer`; a refusal is
+    /// logged through `refused_log` (a warning with the count of those it held back) and the
+    /// caller closes the connection.
+    pub fn admit_or_log(
+        &self,
+        peer: std::net::SocketAddr,
+        listener: &'static str,
+        refused_log: &Throttle,
+    ) -> Option<Admission> {
+        match self.admit(peer.ip()) {
+            Ok(admission) => Some(admission),
+            Err(refused) => {
+                if let Some(suppressed) = refused_log.ready() {
+                    tracing::warn!(%peer, ?refused, suppressed, listener, "connection limit reached, closing new connections (logged once per 10 s)");
+                }
+                None
+            }
+        }
+    }
+
     /// A slot under the total cap only (the client is not known yet, e.g. before a PROXY
     /// protocol header); add the client with [`ConnLimiter::admit_client`].
     pub fn admit_total(&self) -> Result<Admission, Refused> {

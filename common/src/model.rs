@@ -121,7 +121,7 @@ pub struct TokenRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scope: Vec<String>,
     /// `sha256:<hex>` of the secret.
-    pub digest: String,
+    pub digest: crate::crypto::Digest,
     #[serde(default)]
     pub created_at: i64,
     #[serde(default)]
@@ -172,7 +172,7 @@ pub struct AppRecord {
     pub name: String,
     pub version: String,
     /// `sha256:<hex>` of the archive; the bundle's object key is derived from it.
-    pub digest: String,
+    pub digest: crate::crypto::Digest,
     pub size: u64,
     pub format: BundleFormat,
     /// Base64 Ed25519 signature over the raw SHA-256 digest, when one was given.
@@ -397,9 +397,10 @@ pub struct DeploymentRecord {
     /// Primary domain of the site.
     pub site: String,
     pub app: AppRef,
-    /// The app's digest, so that edges can stage without another lookup.
-    #[serde(default)]
-    pub digest: String,
+    /// The app's digest, so that edges can stage without another lookup (`""` in records written
+    /// before deployments carried it).
+    #[serde(default, with = "crate::crypto::digest_or_empty")]
+    pub digest: Option<crate::crypto::Digest>,
     /// The name of the token that made the deployment.
     #[serde(default)]
     pub author: String,
@@ -475,7 +476,7 @@ impl DeploymentRecord {
             id,
             site,
             app,
-            digest: String::new(),
+            digest: None,
             author: String::new(),
             created_at,
             state: DeploymentState::Staging,

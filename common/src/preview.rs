@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use argon2::{Algorithm, Argon2, Params, Version};
 
 use crate::ids::InvalidName;
@@ -114,9 +114,8 @@ fn argon2() -> Argon2<'static> {
 pub fn hash_password(password: &str) -> Result<String, HashError> {
     let mut salt = [0u8; 16];
     aws_lc_rs::rand::fill(&mut salt).map_err(|_| HashError("no randomness for a salt".into()))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| HashError(e.to_string()))?;
     argon2()
-        .hash_password(password.as_bytes(), &salt)
+        .hash_password_with_salt(password.as_bytes(), &salt)
         .map(|hash| hash.to_string())
         .map_err(|e| HashError(e.to_string()))
 }
@@ -124,7 +123,7 @@ pub fn hash_password(password: &str) -> Result<String, HashError> {
 /// Whether `password` matches the PHC string `hash` (false for an unreadable hash). The
 /// parameters come from the hash itself. CPU-heavy: call it off the async workers.
 pub fn verify_password(hash: &str, password: &[u8]) -> bool {
-    PasswordHash::new(hash).is_ok_and(|parsed| argon2().verify_password(password, &parsed).is_ok())
+    argon2().verify_password(password, hash).is_ok()
 }
 
 #[cfg(test)]
@@ -187,5 +186,23 @@ mod tests {
         assert!(!verify_password("not a hash", b"hunter2"));
         // A fresh salt each time.
         assert_ne!(hash, hash_password("hunter2").unwrap());
+        // The stored shape: parameters, a 16-byte salt and a 32-byte hash, both unpadded base64.
+        let parts: Vec<&str> = hash.split('$').collect();
+        assert_eq!(
+            parts[..4],
+            ["", "argon2id", "v=19", "m=19456,t=2,p=1"],
+            "{hash}"
+        );
+        assert_eq!((parts[4].len(), parts[5].len()), (22, 43), "{hash}");
+    }
+
+    #[test]
+    fn hashes_stored_before_keep_verifying() {
+        // The RFC 9106 reference vector as a PHC string, as earlier releases (argon2 0.5) stored
+        // them: the parameters in the string win over the ones new hashes are made with.
+        let stored =
+            "$argon2id$v=19$m=256,t=2,p=1$c29tZXNhbHQ$nf65EOgLrQMR/uIPnA4rEsF5h7TKyQwu9U1bMCHGi/4";
+        assert!(verify_password(stored, b"password"));
+        assert!(!verify_password(stored, b"passwore"));
     }
 }

@@ -20,10 +20,12 @@ use crate::state::StateStore;
 // Tokens stored under `tokens/` are checked after the config ones (`tokens`: a watched cache);
 // `policy` decides what each role (`deployer` too) may call and, for deployers, which sites
 // (`scope`).
+mod error;
 mod policy;
 mod scope;
 mod tokens;
 
+pub(crate) use self::error::AuthError;
 pub(crate) use self::policy::site_visible;
 pub(crate) use self::scope::Scope;
 pub(crate) use self::tokens::{StoredTokens, digest_of, generate_secret};
@@ -92,7 +94,7 @@ impl AuthLayer {
 
     /// Finds the caller for a presented token. Every configured token is compared, in constant
     /// time over fixed-size digests, so timing reveals neither which token matched nor how much.
-    fn authenticate(&self, presented: &str) -> Result<Option<Caller>, Status> {
+    fn authenticate(&self, presented: &str) -> Result<Option<Caller>, AuthError> {
         let presented = sha256(presented.as_bytes());
         let mut found = None;
         for token in self.tokens.iter() {
@@ -116,26 +118,20 @@ impl AuthLayer {
         &self,
         path: &str,
         authorization: Option<&[u8]>,
-    ) -> Result<Option<Caller>, Status> {
+    ) -> Result<Option<Caller>, AuthError> {
         if is_public(path) {
             return Ok(None);
         }
-        let header =
-            authorization.ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
-        let header = std::str::from_utf8(header)
-            .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
+        let header = authorization.ok_or(AuthError::MissingToken)?;
+        let header = std::str::from_utf8(header).map_err(|_| AuthError::MalformedHeader)?;
         // The scheme is case-insensitive (RFC 9110 section 11.1): `Bearer`, `bearer`, `BEARER`.
         let token = header
             .split_once(' ')
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token)
-            .ok_or_else(|| {
-                Status::unauthenticated("authorization header must be \"Bearer <token>\"")
-            })?
+            .ok_or(AuthError::NotBearer)?
             .trim();
-        let caller = self
-            .authenticate(token)?
-            .ok_or_else(|| Status::unauthenticated("invalid bearer token"))?;
+        let caller = self.authenticate(token)?.ok_or(AuthError::UnknownToken)?;
         policy::check_method(&caller, path)?;
         Ok(Some(caller))
     }
@@ -219,14 +215,15 @@ where
                         Either::Right(Either::Right(Box::pin(async move {
                             match check.run(request, &state).await {
                                 Ok(request) => inner.call(request).await,
-                                Err(status) => Ok(status.into_http()),
+                                Err(err) => Ok(Status::from(err).into_http()),
                             }
                         })))
                     }
                     _ => Either::Right(Either::Left(self.inner.call(request))),
                 }
             }
-            Err(status) => {
+            Err(err) => {
+                let status = Status::from(err);
                 tracing::info!(path = request.uri().path(), code = ?status.code(), "request refused");
                 Either::Left(ready(Ok(status.into_http())))
             }
@@ -261,7 +258,7 @@ mod tests {
         let got = layer()
             .check(path, header.map(str::as_bytes))
             .map(|c| c.map(|c| c.name))
-            .map_err(|s| s.code());
+            .map_err(|e| e.code());
         assert_eq!(
             got,
             expected.map(|c| c.map(str::to_owned)),

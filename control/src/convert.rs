@@ -193,7 +193,7 @@ pub(crate) fn app_to_proto(app: &AppRecord, used_by: Vec<String>, signed: bool) 
     pb::App {
         name: app.name.clone(),
         version: app.version.clone(),
-        digest: app.digest.clone(),
+        digest: app.digest.to_string(),
         size: app.size,
         format: format_to_proto(app.format) as i32,
         signed,

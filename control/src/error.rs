@@ -77,7 +77,7 @@ fn bounded(mut msg: String) -> String {
 
 impl ControlError {
     /// The gRPC code the caller gets.
-    fn code(&self) -> tonic::Code {
+    pub(crate) fn code(&self) -> tonic::Code {
         use tonic::Code;
         match self {
             Self::Invalid(_) | Self::Name(_) => Code::InvalidArgument,

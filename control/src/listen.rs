@@ -78,14 +78,8 @@ pub(crate) fn incoming(
     tokio::spawn(async move {
         let refused_log = Throttle::new(Duration::from_secs(10));
         while let Some((stream, peer)) = listener::accept(&listener, "control", &shutdown).await {
-            let admission = match limiter.admit(peer.ip()) {
-                Ok(admission) => admission,
-                Err(refused) => {
-                    if let Some(suppressed) = refused_log.ready() {
-                        tracing::warn!(%peer, ?refused, suppressed, "connection limit reached, closing new connections (logged once per 10 s)");
-                    }
-                    continue;
-                }
+            let Some(admission) = limiter.admit_or_log(peer, "control", &refused_log) else {
+                continue;
             };
             let _ = stream.set_nodelay(true);
             let io = Guarded::new(stream, policy, Some(Box::new(admission)));

@@ -225,7 +225,7 @@ impl Reconciler {
                     let same = previous
                         .bundle
                         .as_ref()
-                        .is_some_and(|b| b.digest == record.digest)
+                        .is_some_and(|b| b.digest == record.digest.to_string())
                         && previous.app.as_ref() == Some(&record.app_ref());
                     if same {
                         let deployment = site.deployment.clone().or(previous.deployment.clone());

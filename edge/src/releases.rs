@@ -229,10 +229,12 @@ async fn stage(
         .apps
         .get(&app_key(app))
         .ok_or_else(|| format!("app {app} does not exist"))?;
-    if !deployment.digest.is_empty() && record.digest != deployment.digest {
+    if let Some(expected) = deployment.digest
+        && record.digest != expected
+    {
         return Err(format!(
-            "app {app} has digest {}, the deployment expects {}",
-            record.digest, deployment.digest
+            "app {app} has digest {}, the deployment expects {expected}",
+            record.digest
         ));
     }
     tracing::info!(deployment = %deployment.id, site = %deployment.site, %app, "staging a deployment");

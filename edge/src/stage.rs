@@ -80,8 +80,6 @@ const CHUNK: usize = 64 * 1024;
 /// node status) and name no host path.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
-    #[error("invalid bundle digest {0:?}")]
-    InvalidDigest(String),
     #[error("fetching the bundle: {0}")]
     Fetch(String),
     #[error("bundle is {size} bytes, over the {max}-byte limit")]
@@ -185,10 +183,7 @@ impl Stager {
     /// as soon as it can be served; it is made durable in the background.
     #[tracing::instrument(name = "stage", skip_all, fields(app = %app.app_ref(), digest = %app.digest))]
     pub async fn stage(&self, app: &AppRecord) -> Result<Arc<StagedBundle>, StageError> {
-        let digest: Digest = app
-            .digest
-            .parse()
-            .map_err(|_| StageError::InvalidDigest(app.digest.chars().take(80).collect()))?;
+        let digest = app.digest;
         let hex_digest = digest.hex();
         self.check_signature(app, &digest)?;
         if let Some(bundle) = self.cached(&hex_digest) {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use statiko_common::config::{LimitsConfig, RepoConfig, RepoKind};
-use statiko_common::crypto::{format_digest, hex, sha256};
+use statiko_common::crypto::{Digest, hex, sha256};
 use statiko_common::model::{AppRecord, BundleFormat};
 use statiko_common::repo::BundleRepo;
 use statiko_edge::bundle::StagedBundle;
@@ -61,7 +61,7 @@ impl Env {
         AppRecord {
             name: "app".into(),
             version: version.into(),
-            digest: format_digest(&digest),
+            digest: Digest::from(digest),
             size: bytes.len() as u64,
             format: BundleFormat::TarGz,
             signature: None,
@@ -632,15 +632,11 @@ async fn broken_manifest_is_refused_and_the_previous_version_keeps_serving() {
             assert!(message.contains(part), "{case}: {message:?} lacks {part:?}");
         }
         // Nothing of the refused bundle is kept.
-        assert!(stager.cached(&v2.digest).is_none(), "{case}");
-        let dir = env
-            .tmp
-            .path()
-            .join("data/bundles")
-            .join(v2.digest.trim_start_matches("sha256:"));
+        assert!(stager.cached(&v2.digest.to_string()).is_none(), "{case}");
+        let dir = env.tmp.path().join("data/bundles").join(v2.digest.hex());
         assert!(!dir.exists(), "{case}");
         // The previous version is untouched and keeps serving with its rules.
-        assert!(stager.cached(&v1.digest).is_some(), "{case}");
+        assert!(stager.cached(&v1.digest.to_string()).is_some(), "{case}");
         let reply = get(&handler, "/app.js").await;
         assert_eq!(reply.text(), "js", "{case}");
         assert_cached(&reply, 30 * 86_400);

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use statiko_common::archive::ArchiveError;
 use statiko_common::config::{LimitsConfig, RepoConfig, RepoKind};
 use statiko_common::crypto::{
-    encode_signature, format_digest, generate_ed25519_key, hex, sha256, sign_bundle_digest,
+    Digest, encode_signature, generate_ed25519_key, hex, sha256, sign_bundle_digest,
 };
 use statiko_common::model::{AppRecord, BundleFormat};
 use statiko_common::repo::BundleRepo;
@@ -61,7 +61,7 @@ impl Env {
         AppRecord {
             name: "app".into(),
             version: "1".into(),
-            digest: format_digest(&digest),
+            digest: Digest::from(digest),
             size: bytes.len() as u64,
             format,
             signature: None,
@@ -74,9 +74,7 @@ impl Env {
     }
 
     fn bundle_dir(&self, record: &AppRecord) -> PathBuf {
-        self.data
-            .join("bundles")
-            .join(record.digest.trim_start_matches("sha256:"))
+        self.data.join("bundles").join(record.digest.hex())
     }
 }
 
@@ -228,7 +226,7 @@ async fn stages_files_with_metadata_and_variants() {
     let stager = env.stager();
     let bundle = stager.stage(&record).await.unwrap();
 
-    assert_eq!(bundle.digest, record.digest);
+    assert_eq!(bundle.digest, record.digest.to_string());
     let mut keys: Vec<&str> = bundle.files.keys().map(String::as_str).collect();
     keys.sort_unstable();
     assert_eq!(
@@ -429,8 +427,8 @@ async fn digest_mismatch_is_refused() {
     let StageError::DigestMismatch { expected, actual } = &err else {
         panic!("{err}")
     };
-    assert_eq!(*expected, format_digest(&sha256(&claimed)));
-    assert_eq!(*actual, format_digest(&sha256(&real)));
+    assert_eq!(*expected, Digest::from(sha256(&claimed)).to_string());
+    assert_eq!(*actual, Digest::from(sha256(&real)).to_string());
     assert!(
         err.to_string()
             .starts_with("bundle digest mismatch: expected sha256:")
@@ -445,13 +443,15 @@ async fn missing_bundle_is_a_fetch_error() {
     let mut record = env
         .publish(&tar_gz(&[("a", b"a")]), BundleFormat::TarGz)
         .await;
-    record.digest = format_digest(&sha256(b"nothing"));
+    record.digest = Digest::from(sha256(b"nothing"));
     let err = env.stager().stage(&record).await.unwrap_err();
     assert!(matches!(err, StageError::Fetch(_)), "{err}");
     assert!(err.to_string().contains("not found"), "{err}");
-    record.digest = "sha256:nope".into();
-    let err = env.stager().stage(&record).await.unwrap_err();
-    assert!(matches!(err, StageError::InvalidDigest(_)), "{err}");
+    // A record with a malformed digest never reaches the stager: it does not decode.
+    let mut json = serde_json::to_value(&record).unwrap();
+    json["digest"] = "sha256:nope".into();
+    let err = serde_json::from_value::<AppRecord>(json).unwrap_err();
+    assert!(err.to_string().contains("invalid"), "{err}");
 }
 
 #[tokio::test]
@@ -578,7 +578,10 @@ async fn concurrent_stages_share_one_copy() {
     assert!(Arc::ptr_eq(&a, &c));
     let again = stager.stage(&record).await.unwrap();
     assert!(Arc::ptr_eq(&a, &again));
-    assert!(Arc::ptr_eq(&stager.cached(&record.digest).unwrap(), &a));
+    assert!(Arc::ptr_eq(
+        &stager.cached(&record.digest.to_string()).unwrap(),
+        &a
+    ));
 }
 
 #[tokio::test]
@@ -594,10 +597,7 @@ async fn restart_reuses_the_staged_copy() {
         .await;
     let first = env.stager().stage(&record).await.unwrap();
     // The repository loses the bundle: a restart must not need it.
-    env.repo
-        .delete(record.digest.trim_start_matches("sha256:"))
-        .await
-        .unwrap();
+    env.repo.delete(&record.digest.hex()).await.unwrap();
     let second = env.stager().stage(&record).await.unwrap();
     assert!(!Arc::ptr_eq(&first, &second));
     assert_eq!(first.root, second.root);
@@ -641,12 +641,15 @@ async fn eviction_removes_unused_bundles() {
     stager.stage(&b).await.unwrap();
     assert!(env.bundle_dir(&b).exists());
 
-    let keep: HashSet<String> = [a.digest.clone()].into();
+    let keep: HashSet<String> = [a.digest.to_string()].into();
     assert_eq!(stager.evict_except(&keep).await, 1);
     assert!(env.bundle_dir(&a).exists());
     assert!(!env.bundle_dir(&b).exists());
-    assert!(stager.cached(&b.digest).is_none());
-    assert!(Arc::ptr_eq(&stager.cached(&a.digest).unwrap(), &staged_a));
+    assert!(stager.cached(&b.digest.to_string()).is_none());
+    assert!(Arc::ptr_eq(
+        &stager.cached(&a.digest.to_string()).unwrap(),
+        &staged_a
+    ));
     // Nothing more to evict.
     assert_eq!(stager.evict_except(&keep).await, 0);
 
@@ -654,7 +657,7 @@ async fn eviction_removes_unused_bundles() {
     let again = stager.stage(&b).await.unwrap();
     assert_eq!(body_bytes(&file(&again, "/index.html").body), b"b");
     assert_eq!(stager.evict_except(&HashSet::new()).await, 2);
-    assert!(stager.cached(&a.digest).is_none());
+    assert!(stager.cached(&a.digest.to_string()).is_none());
 }
 
 #[tokio::test]
@@ -782,7 +785,7 @@ async fn bad_routing_files_fail_staging_with_their_line() {
         let err = stager.stage(&record).await.unwrap_err();
         assert!(matches!(err, StageError::SiteFile(_)), "{err}");
         assert!(err.to_string().starts_with(expected), "{err}");
-        assert!(stager.cached(&record.digest).is_none());
+        assert!(stager.cached(&record.digest.to_string()).is_none());
         assert!(!env.bundle_dir(&record).exists());
     }
 }

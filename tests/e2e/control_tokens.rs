@@ -168,12 +168,7 @@ async fn deployer_tokens_across_replicas() -> Result<()> {
         assert_status(tokens.clone().create_token(request).await, code, needles);
     }
     let unknown_role = a.stk(["token", "create", "x", "--role", "owner"]).await?;
-    unknown_role.assert_code(64);
-    ensure!(
-        unknown_role.stderr_text().contains("--role"),
-        "{}",
-        unknown_role.stderr_text()
-    );
+    unknown_role.assert_fails_with(64, &["--role"]);
     let duplicate = a
         .stk([
             "token",
@@ -185,12 +180,7 @@ async fn deployer_tokens_across_replicas() -> Result<()> {
             "x.test",
         ])
         .await?;
-    duplicate.assert_code(1);
-    ensure!(
-        duplicate.stderr_text().contains("ALREADY_EXISTS"),
-        "{}",
-        duplicate.stderr_text()
-    );
+    duplicate.assert_fails_with(1, &["ALREADY_EXISTS"]);
     let listed = tokens
         .clone()
         .list_tokens(ListTokensRequest {})
@@ -312,13 +302,7 @@ async fn deployer_tokens_across_replicas() -> Result<()> {
     let cli_denied = a
         .stk_as(&secret, ["deploy", "team-b.test", "web@1.0.0"])
         .await?;
-    cli_denied.assert_code(4);
-    ensure!(
-        cli_denied.stderr_text().contains("PERMISSION_DENIED")
-            && cli_denied.stderr_text().contains("*.team-a.test"),
-        "{}",
-        cli_denied.stderr_text()
-    );
+    cli_denied.assert_fails_with(4, &["PERMISSION_DENIED", "*.team-a.test"]);
     assert_eq!(
         list_sites(&admin)
             .await?
@@ -403,12 +387,7 @@ async fn deployer_tokens_across_replicas() -> Result<()> {
         "revocation took {took:?}"
     );
     let missing = a.stk(["token", "revoke", "ci-team-a"]).await?;
-    missing.assert_code(1);
-    ensure!(
-        missing.stderr_text().contains("NOT_FOUND"),
-        "{}",
-        missing.stderr_text()
-    );
+    missing.assert_fails_with(1, &["NOT_FOUND"]);
 
     // Only the digest was ever stored; no log line holds a secret.
     let dump = etcd_dump(&etcd).await?;
@@ -556,12 +535,7 @@ async fn ci_pipeline_with_a_deployer_token_file() -> Result<()> {
         "1s",
     ])
     .await?;
-    late.assert_code(3);
-    ensure!(
-        late.stderr_text().contains("DEADLINE_EXCEEDED"),
-        "{}",
-        late.stderr_text()
-    );
+    late.assert_fails_with(3, &["DEADLINE_EXCEEDED"]);
     Ok(())
 }
 

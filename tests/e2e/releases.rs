@@ -363,13 +363,25 @@ async fn rollback_is_served_from_retained_bundles() -> Result<()> {
     deploy_atomic(&cluster, "back.test", "2", true).await?;
     all_serve(&cluster.edge_refs(), "back.test", "2").await?;
 
-    // web@1's bundle leaves the repository: only the edges' retained copies remain.
     let v1 = digest_of(&cluster, "1").await?;
+    let stdout = rollback_without_the_bundle(&cluster, "back.test", &v1).await?;
+    assert!(stdout.contains("web@1"), "{stdout}");
+    Ok(())
+}
+
+/// Removes the bundle `digest` (web@1's) from the repository, so that only the edges' retained
+/// copies remain, then rolls `domain` back (`stk deploy rollback --wait`) and checks that every
+/// edge of the cluster serves web@1 again. Returns the CLI's output.
+pub(crate) async fn rollback_without_the_bundle(
+    cluster: &Cluster,
+    domain: &str,
+    digest: &str,
+) -> Result<String> {
     let stored = cluster
         .control
         .repo_dir()
         .join("bundles/sha256")
-        .join(v1.trim_start_matches("sha256:"));
+        .join(digest.trim_start_matches("sha256:"));
     ensure!(stored.exists(), "no bundle at {}", stored.display());
     std::fs::remove_file(&stored)?;
 
@@ -378,17 +390,19 @@ async fn rollback_is_served_from_retained_bundles() -> Result<()> {
         .stk([
             "deploy",
             "rollback",
-            "back.test",
+            domain,
             "--wait",
             "--wait-timeout",
             "30s",
         ])
         .await?;
     cli.assert_success();
+    let stdout = cli.stdout_text();
+    let edges = cluster.edges.len();
     assert!(
-        cli.stdout_text().contains("web@1") && cli.stdout_text().contains("served by 3 edge(s)"),
-        "{}",
-        cli.stdout_text()
+        stdout.contains(&format!("served by {edges} edge(s)")),
+        "{stdout}"
     );
-    all_serve(&cluster.edge_refs(), "back.test", "1").await
+    all_serve(&cluster.edge_refs(), domain, "1").await?;
+    Ok(stdout)
 }

@@ -17,10 +17,12 @@ use serde_json::json;
 use statiko_proto::v1::{CreateSiteRequest, DeleteSiteRequest, GetSiteRequest, UpdateSiteRequest};
 use statiko_tests::cluster::Cluster;
 use statiko_tests::fixtures::{self, Upload, assert_status};
-use statiko_tests::{Edge, OutputExt, https_get_unverified, require_tool, secs, wait_until};
+use statiko_tests::{Api, Edge, OutputExt, https_get_unverified, require_tool, secs, wait_until};
 use tonic::Code;
 
-use crate::releases::{all_serve, deploy_atomic, digest_of, serving_v1};
+use crate::releases::{
+    all_serve, deploy_atomic, digest_of, rollback_without_the_bundle, serving_v1,
+};
 
 const SITE: &str = "skew.test";
 const HEADER: &str = "statiko-deployment";
@@ -108,6 +110,20 @@ async fn all_404(cluster: &Cluster, path: &str) -> Result<()> {
     Ok(())
 }
 
+/// Uploads web@`versions`, deploys web@1 then web@2, and checks that every edge serves web@1's
+/// asset from the retired web@1; returns web@1's deployment id.
+async fn upload_and_retire_v1(cluster: &Cluster, api: &Api, versions: &[&str]) -> Result<String> {
+    for version in versions {
+        Upload::new("web", version, bundle(version))
+            .send(api)
+            .await?;
+    }
+    let d1 = deploy(cluster, "1").await?;
+    deploy(cluster, "2").await?;
+    all_serve_retired(cluster, "1", &d1).await?;
+    Ok(d1)
+}
+
 /// The id of the deployment `deploy_atomic` made live.
 async fn deploy(cluster: &Cluster, version: &str) -> Result<String> {
     let response = deploy_atomic(cluster, SITE, version, true).await?;
@@ -161,16 +177,8 @@ async fn skew_protection_serves_old_assets_within_the_window() -> Result<()> {
         (86_400, 0),
         "24 h by default"
     );
-    for version in ["1", "2", "3", "4"] {
-        Upload::new("web", version, bundle(version))
-            .send(&api)
-            .await?;
-    }
-
     // Within the (default) window: web@1's script, gone from web@2, is served from web@1.
-    let d1 = deploy(&cluster, "1").await?;
-    deploy(&cluster, "2").await?;
-    all_serve_retired(&cluster, "1", &d1).await?;
+    let d1 = upload_and_retire_v1(&cluster, &api, &["1", "2", "3", "4"]).await?;
     for edge in &cluster.edges {
         // The live version's files carry no header.
         let live = get(edge, &asset("2"), &[]).await?;
@@ -378,32 +386,8 @@ async fn restarted_edges_keep_retained_bundles_for_rollback() -> Result<()> {
     }
 
     // web@1's bundle leaves the repository: only the edges' retained copies remain.
-    let stored = cluster
-        .control
-        .repo_dir()
-        .join("bundles/sha256")
-        .join(v1.trim_start_matches("sha256:"));
-    ensure!(stored.exists(), "no bundle at {}", stored.display());
-    std::fs::remove_file(&stored)?;
-
-    let cli = cluster
-        .control
-        .stk([
-            "deploy",
-            "rollback",
-            "restart.test",
-            "--wait",
-            "--wait-timeout",
-            "30s",
-        ])
-        .await?;
-    cli.assert_success();
-    assert!(
-        cli.stdout_text().contains("served by 3 edge(s)"),
-        "{}",
-        cli.stdout_text()
-    );
-    all_serve(&cluster.edge_refs(), "restart.test", "1").await
+    rollback_without_the_bundle(&cluster, "restart.test", &v1).await?;
+    Ok(())
 }
 
 #[tokio::test]
@@ -420,14 +404,7 @@ async fn the_disk_budget_bounds_retained_bundles() -> Result<()> {
     cluster.settled().await?;
     let api = cluster.control.admin().await?;
     api.sites().create_site(fixtures::site(SITE, &[])).await?;
-    for version in ["1", "2", "3"] {
-        Upload::new("web", version, bundle(version))
-            .send(&api)
-            .await?;
-    }
-    let d1 = deploy(&cluster, "1").await?;
-    deploy(&cluster, "2").await?;
-    all_serve_retired(&cluster, "1", &d1).await?;
+    upload_and_retire_v1(&cluster, &api, &["1", "2", "3"]).await?;
     deploy(&cluster, "3").await?;
     // web@2 fits; web@1, retired first, is dropped over the budget (live web@3 never counts).
     all_404(&cluster, &asset("1")).await?;

@@ -77,6 +77,10 @@ pub trait OutputExt {
     /// Panics, showing stdout and stderr, unless the exit code is `code`.
     #[track_caller]
     fn assert_code(&self, code: i32) -> &Self;
+    /// Panics, showing stdout and stderr, unless the exit code is `code` and stderr contains
+    /// every one of `needles`.
+    #[track_caller]
+    fn assert_fails_with(&self, code: i32, needles: &[&str]) -> &Self;
 }
 
 impl OutputExt for Output {
@@ -103,6 +107,19 @@ impl OutputExt for Output {
             self.stdout_text(),
             self.stderr_text()
         );
+        self
+    }
+
+    #[track_caller]
+    fn assert_fails_with(&self, code: i32, needles: &[&str]) -> &Self {
+        self.assert_code(code);
+        let stderr = self.stderr_text();
+        for needle in needles {
+            assert!(
+                stderr.contains(needle),
+                "stderr lacks {needle:?}:\n{stderr}"
+            );
+        }
         self
     }
 }

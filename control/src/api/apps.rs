@@ -195,9 +195,9 @@ impl Api {
         // `_redirects` and `_headers` are checked as staging will (their line in the message).
         redirects::check_routing_files(&routing_files)
             .map_err(|err| invalid!("bundle refused: {err}"))?;
-        let digest = spooled.digest.to_string();
+        let digest = spooled.digest;
         if let Some(declared) = declared_digest
-            && declared != spooled.digest
+            && declared != digest
         {
             return Err(invalid!(
                 "metadata.digest: declared {declared} but received {digest}; the upload was corrupted"
@@ -285,7 +285,7 @@ impl Api {
                 continue;
             }
             tracing::info!(app = %app_ref, revision = result.revision, "app deleted");
-            self.collect_bundle(&app.record.digest).await;
+            self.collect_bundle(app.record.digest).await;
             return Ok(());
         }
         Err(ControlError::Conflict(
@@ -294,7 +294,7 @@ impl Api {
     }
 
     /// Removes a bundle object once no app version refers to its digest any more.
-    async fn collect_bundle(&self, digest: &str) {
+    async fn collect_bundle(&self, digest: Digest) {
         let still_used = match self.ctx.state.list_apps(None).await {
             Ok((_, apps)) => apps.iter().any(|a| a.record.digest == digest),
             Err(_) => true,
@@ -302,10 +302,7 @@ impl Api {
         if still_used {
             return;
         }
-        let Some(hex) = digest.strip_prefix("sha256:") else {
-            return;
-        };
-        if let Err(err) = self.ctx.repo.delete(hex).await {
+        if let Err(err) = self.ctx.repo.delete(&digest.hex()).await {
             tracing::warn!(%digest, error = %err, "could not delete unused bundle; it stays in the repository");
         }
     }

@@ -133,7 +133,7 @@ impl Api {
             let id = next_id(&history, now);
             let mut deployment =
                 DeploymentRecord::new(id.clone(), domain.clone(), app.clone(), strategy, now);
-            deployment.digest = app_record.record.digest.clone();
+            deployment.digest = Some(app_record.record.digest);
             deployment.author = author.clone();
             deployment.rollback_of = rollback_of.clone();
             deployment.promoted_from = promoted_from.clone();

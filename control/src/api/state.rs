@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-use statiko_common::crypto::Digest;
 use statiko_common::ids;
 use statiko_common::keys::Key;
 use statiko_common::model::{
@@ -115,10 +114,7 @@ impl Api {
         for (i, app) in document.apps.iter().enumerate() {
             ids::name(&format!("apps[{i}].name"), &app.name)?;
             ids::version(&format!("apps[{i}].version"), &app.version)?;
-            let digest = app
-                .digest
-                .parse::<Digest>()
-                .map_err(|err| invalid!("apps[{i}].digest: {err}"))?;
+            let digest = app.digest;
             if !apps.insert(app.app_ref()) {
                 return Err(invalid!("apps[{i}]: {} is listed twice", app.app_ref()));
             }

@@ -49,8 +49,7 @@ impl Api {
                 "name: a token named {name:?} is defined in the config (auth.tokens)"
             )));
         }
-        let secret =
-            generate_secret().map_err(|s| ControlError::Internal(anyhow::anyhow!("{s}")))?;
+        let secret = generate_secret()?;
         let record = TokenRecord {
             name: name.clone(),
             role,

@@ -6,10 +6,9 @@
 
 use http_body_util::{BodyExt as _, Full, Limited};
 use statiko_common::model::TokenRole;
-use tonic::Status;
 use tonic::body::Body;
 
-use super::Caller;
+use super::{AuthError, Caller};
 use crate::state::StateStore;
 
 /// What a deployer needs for a method.
@@ -98,26 +97,24 @@ pub(crate) fn describe(caller: &Caller) -> String {
 }
 
 /// Decides whether `caller` may call the method at `path` at all (the scope comes later).
-pub(crate) fn check_method(caller: &Caller, path: &str) -> Result<(), Status> {
+pub(crate) fn check_method(caller: &Caller, path: &str) -> Result<(), AuthError> {
     let admin_only = ADMIN_ONLY_SERVICES.iter().any(|s| path.starts_with(s));
     match caller.role {
         TokenRole::Admin => Ok(()),
-        TokenRole::Readonly if admin_only => Err(Status::permission_denied(format!(
-            "{} may not call {}: token management is for admin tokens only",
-            describe(caller),
-            method(path)
-        ))),
+        TokenRole::Readonly if admin_only => Err(AuthError::AdminOnly {
+            caller: describe(caller),
+            method: method(path).to_owned(),
+        }),
         TokenRole::Readonly if super::is_read_only(path) => Ok(()),
-        TokenRole::Readonly => Err(Status::permission_denied(format!(
-            "token {:?} is read-only and cannot call {path}",
-            caller.name
-        ))),
+        TokenRole::Readonly => Err(AuthError::ReadOnly {
+            name: caller.name.clone(),
+            path: path.to_owned(),
+        }),
         TokenRole::Deployer if deployer_access(path).is_some() => Ok(()),
-        TokenRole::Deployer => Err(Status::permission_denied(format!(
-            "{} may not call {}: deployer tokens may only upload apps and deploy to or read the sites in their scope",
-            describe(caller),
-            method(path)
-        ))),
+        TokenRole::Deployer => Err(AuthError::NotForDeployers {
+            caller: describe(caller),
+            method: method(path).to_owned(),
+        }),
     }
 }
 
@@ -177,12 +174,12 @@ impl ScopeCheck {
         self,
         request: http::Request<Body>,
         state: &StateStore,
-    ) -> Result<http::Request<Body>, Status> {
+    ) -> Result<http::Request<Body>, AuthError> {
         let (parts, body) = request.into_parts();
         let bytes = Limited::new(body, MAX_SCOPED_MESSAGE + 5)
             .collect()
             .await
-            .map_err(|err| Status::invalid_argument(format!("cannot read the request: {err}")))?
+            .map_err(AuthError::UnreadableRequest)?
             .to_bytes();
         let domain = domain_of(&bytes)?;
         if !(self.all_allowed && domain.trim().is_empty()) {
@@ -197,47 +194,49 @@ impl ScopeCheck {
     /// The requested domain, then every domain of the site it resolves to (primary and aliases),
     /// must be in scope. A site that does not exist passes, so the handler answers `NOT_FOUND`
     /// as usual for an in-scope name.
-    async fn check(&self, domain: &str, state: &StateStore) -> Result<(), Status> {
+    async fn check(&self, domain: &str, state: &StateStore) -> Result<(), AuthError> {
         let caller = &self.caller;
         let verb = self.verb;
-        let lookup = statiko_common::ids::domain("domain", domain)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let lookup = statiko_common::ids::domain("domain", domain)?;
         if !caller.scope.allows(&lookup) {
-            return Err(Status::permission_denied(format!(
-                "{} may not {verb} {lookup}",
-                describe(caller)
-            )));
+            return Err(AuthError::OutOfScope {
+                caller: describe(caller),
+                verb,
+                domain: lookup,
+            });
         }
         let site = match state.find_site(&lookup).await {
             Ok(site) => site.record,
             Err(crate::error::ControlError::NotFound(_)) => return Ok(()),
-            Err(err) => return Err(err.into()),
+            Err(err) => return Err(AuthError::Lookup(err)),
         };
         if let Some(outside) = site.all_domains().find(|d| !caller.scope.allows(d)) {
-            return Err(Status::permission_denied(format!(
-                "{} may not {verb} {lookup}: its site {} also answers for {outside}, which is outside the scope",
-                describe(caller),
-                site.domain
-            )));
+            return Err(AuthError::SiteOutOfScope {
+                caller: describe(caller),
+                verb,
+                domain: lookup,
+                outside: outside.to_owned(),
+                site: site.domain.clone(),
+            });
         }
         Ok(())
     }
 }
 
 /// The domain in a gRPC-framed request (a 5-byte prefix: compression flag, big-endian length).
-fn domain_of(frame: &[u8]) -> Result<String, Status> {
-    let malformed = || Status::invalid_argument("malformed request message");
-    let (header, message) = frame.split_at_checked(5).ok_or_else(malformed)?;
+fn domain_of(frame: &[u8]) -> Result<String, AuthError> {
+    let (header, message) = frame
+        .split_at_checked(5)
+        .ok_or(AuthError::MalformedMessage)?;
     if header[0] != 0 {
-        return Err(Status::unimplemented(
-            "compressed requests are not accepted",
-        ));
+        return Err(AuthError::Compressed);
     }
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
     if len != message.len() || len > MAX_SCOPED_MESSAGE {
-        return Err(malformed());
+        return Err(AuthError::MalformedMessage);
     }
-    let decoded = <DomainField as prost::Message>::decode(message).map_err(|_| malformed())?;
+    let decoded = <DomainField as prost::Message>::decode(message)
+        .map_err(|_| AuthError::MalformedMessage)?;
     Ok(decoded.domain)
 }
 
@@ -340,7 +339,7 @@ mod tests {
             "/statiko.v1.TokenService/CreateToken",
             "/statiko.v1.NewService/NewMethod",
         ] {
-            let status = check_method(&deployer, refused).expect_err(refused);
+            let status = tonic::Status::from(check_method(&deployer, refused).expect_err(refused));
             assert_eq!(status.code(), tonic::Code::PermissionDenied);
             assert!(
                 status

@@ -15,10 +15,9 @@ use statiko_common::keys::KeySchema;
 use statiko_common::model::{self, TokenRecord};
 use statiko_common::store::{Compare, KeyValue, Store, TxnOp, WatchEvent};
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
 use super::scope::Scope;
-use super::{Caller, sha256};
+use super::{AuthError, Caller, sha256};
 
 /// "Last used" is written at most this often per token and replica.
 const LAST_USED_EVERY_MS: i64 = 60_000;
@@ -52,24 +51,20 @@ pub(crate) struct StoredTokens {
 }
 
 /// A fresh secret: 256 bits from the operating system's CSPRNG, hex, with a recognisable prefix.
-pub(crate) fn generate_secret() -> Result<String, Status> {
+pub(crate) fn generate_secret() -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
     aws_lc_rs::rand::fill(&mut bytes)
-        .map_err(|_| Status::internal("the random number generator failed"))?;
+        .map_err(|_| anyhow::anyhow!("the random number generator failed"))?;
     Ok(format!("{SECRET_PREFIX}{}", crypto::hex(&bytes)))
 }
 
 /// `sha256:<hex>` of a secret, as stored.
-pub(crate) fn digest_of(secret: &str) -> String {
-    format!("sha256:{}", crypto::hex(&sha256(secret.as_bytes())))
-}
-
-fn parse_digest(digest: &str) -> Option<[u8; 32]> {
-    crypto::parse_hex32(digest.strip_prefix("sha256:")?).ok()
+pub(crate) fn digest_of(secret: &str) -> crypto::Digest {
+    crypto::Digest::from(sha256(secret.as_bytes()))
 }
 
 fn entry(record: TokenRecord) -> Option<([u8; 32], Entry)> {
-    let digest = parse_digest(&record.digest)?;
+    let digest = *record.digest.bytes();
     let scope = Scope::parse("scope", &record.scope).ok()?;
     Some((digest, Entry { record, scope }))
 }
@@ -169,14 +164,12 @@ impl StoredTokens {
     /// The caller for a presented secret's digest, if it is a stored token. A `HashMap` lookup
     /// is not constant-time, but what it could leak is about a SHA-256 digest of a 256-bit
     /// random secret, which does not help anyone guess a secret.
-    pub(crate) fn authenticate(&self, digest: &[u8; 32]) -> Result<Option<Caller>, Status> {
+    pub(crate) fn authenticate(&self, digest: &[u8; 32]) -> Result<Option<Caller>, AuthError> {
         if self.store.is_none() {
             return Ok(None);
         }
         if !self.inner.synced.load(Ordering::SeqCst) {
-            return Err(Status::unavailable(
-                "stored tokens cannot be checked: the state store is not reachable",
-            ));
+            return Err(AuthError::StoredTokensUnavailable);
         }
         let found = self
             .inner
@@ -190,10 +183,7 @@ impl StoredTokens {
         if let Some(expires_at) = entry.record.expires_at
             && expires_at <= now
         {
-            return Err(Status::unauthenticated(format!(
-                "token {:?} has expired",
-                entry.record.name
-            )));
+            return Err(AuthError::Expired(entry.record.name));
         }
         self.record_use(&entry.record.name, now);
         Ok(Some(Caller {
@@ -271,7 +261,13 @@ mod tests {
         assert!(a.starts_with(SECRET_PREFIX));
         assert_eq!(a.len(), SECRET_PREFIX.len() + 64);
         let digest = digest_of(&a);
-        assert!(!digest.contains(&a[SECRET_PREFIX.len()..]));
-        assert_eq!(parse_digest(&digest), Some(sha256(a.as_bytes())));
+        assert!(!digest.to_string().contains(&a[SECRET_PREFIX.len()..]));
+        assert_eq!(digest.bytes(), &sha256(a.as_bytes()));
+        // Stored as `sha256:<hex>`, the JSON the records had when the digest was a string.
+        let json = serde_json::to_string(&digest).expect("json");
+        assert_eq!(
+            json,
+            format!("\"sha256:{}\"", crypto::hex(&sha256(a.as_bytes())))
+        );
     }
 }

@@ -70,14 +70,8 @@ pub(crate) async fn serve(
         tracing::info!(listen = %addr, "console serving");
     }
     while let Some((stream, peer)) = listener::accept(&listener, "console", &shutdown).await {
-        let admission = match limiter.admit(peer.ip()) {
-            Ok(admission) => admission,
-            Err(refused) => {
-                if let Some(suppressed) = refused_log.ready() {
-                    tracing::warn!(%peer, ?refused, suppressed, "console connection limit reached, closing new connections (logged once per 10 s)");
-                }
-                continue;
-            }
+        let Some(admission) = limiter.admit_or_log(peer, "console", &refused_log) else {
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let (acceptor, builder, console, shutdown) = (

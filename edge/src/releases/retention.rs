@@ -91,7 +91,7 @@ impl Releases {
             let Some(site) = desired.sites.get(&domain) else {
                 continue;
             };
-            let live = desired.app_for(site).map(|app| app.digest.clone());
+            let live = desired.app_for(site).map(|app| app.digest.to_string());
             for entry in entries {
                 let kept = self.retained.entry(domain.clone()).or_default();
                 if kept.len() + 1 >= self.retain {

@@ -88,7 +88,7 @@ impl Env {
         AppRecord {
             name: "app".into(),
             version: "1".into(),
-            digest: statiko_common::crypto::format_digest(&digest),
+            digest: statiko_common::crypto::Digest::from(digest),
             size: bytes.len() as u64,
             format,
             signature: None,
@@ -100,14 +100,11 @@ impl Env {
         self.tmp
             .path()
             .join("data/bundles")
-            .join(record.digest.trim_start_matches("sha256:"))
+            .join(record.digest.hex())
     }
 
     fn repo_object(&self, record: &AppRecord) -> PathBuf {
-        let key = self
-            .repo
-            .object_key(record.digest.trim_start_matches("sha256:"))
-            .unwrap();
+        let key = self.repo.object_key(&record.digest.hex()).unwrap();
         self.tmp.path().join("repo").join(key)
     }
 }
@@ -173,7 +170,7 @@ async fn a_bundle_is_durable_once_sealed() {
     let meta: BundleMeta =
         serde_json::from_slice(&std::fs::read(env.bundle_dir(&record).join(META_FILE)).unwrap())
             .unwrap();
-    assert_eq!(meta.digest, record.digest);
+    assert_eq!(meta.digest, record.digest.to_string());
     assert_eq!(meta.dirs, [""]);
     assert_eq!(meta.files.len(), 1);
     assert_eq!(meta.files[0].mtime_secs, 1_600_000_000);
@@ -261,7 +258,7 @@ async fn a_broken_download_is_a_fetch_error() {
     let bytes = zstd::encode_all(&tar_of(&[("big.bin", &noise(300_000))])[..], 3).unwrap();
     let record = env.publish(&bytes, BundleFormat::TarZst, None).await;
     let stager = env.stager();
-    let hex_digest = record.digest.trim_start_matches("sha256:").to_owned();
+    let hex_digest = record.digest.hex();
     let reader = env.repo.open(&hex_digest).await.unwrap();
     // The object loses its tail after the repository announced its size.
     let object = std::fs::OpenOptions::new()
@@ -287,15 +284,11 @@ async fn a_broken_download_is_a_fetch_error() {
     // The repository's size is checked against the limit before reading.
     let env = Env::new();
     let record = env.publish(&bytes, BundleFormat::TarZst, None).await;
-    let reader = env
-        .repo
-        .open(record.digest.trim_start_matches("sha256:"))
-        .await
-        .unwrap();
+    let reader = env.repo.open(&record.digest.hex()).await.unwrap();
     let build = Build {
         tmp_dir: env.tmp.path().join("tmp"),
         bundles_dir: env.tmp.path().join("bundles"),
-        hex_digest: record.digest.trim_start_matches("sha256:").to_owned(),
+        hex_digest: record.digest.hex(),
         format: record.format,
         limits: LimitsConfig {
             max_bundle_size: 1000,

@@ -93,7 +93,7 @@ impl Api {
                 now,
             );
             record.state = DeploymentState::Preview;
-            record.digest = app_record.record.digest.clone();
+            record.digest = Some(app_record.record.digest);
             record.author = author.clone();
             record.preview = Some(PreviewInfo {
                 host,
