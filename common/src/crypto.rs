@@ -21,7 +21,13 @@ use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{
     CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer,
 };
-use x509_parser::prelude::{FromDer, GeneralName, SubjectPublicKeyInfo, X509Certificate};
+use x509_cert::Certificate as X509Certificate;
+use x509_cert::der::asn1::{Ia5StringRef, PrintableStringRef, Utf8StringRef};
+use x509_cert::der::oid::ObjectIdentifier;
+use x509_cert::der::{Any, Decode, Encode};
+use x509_cert::ext::pkix::SubjectAltName;
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::spki::SubjectPublicKeyInfoOwned;
 
 /// Errors from this module. Messages are lowercase and never include secret material.
 #[derive(Debug, thiserror::Error)]
@@ -556,12 +562,15 @@ fn der_to_pem(label: &str, der: &[u8]) -> String {
     out
 }
 
-fn cert_domains(cert: &X509Certificate<'_>) -> Vec<String> {
+/// id-at-commonName (RFC 4519).
+const COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
+
+fn cert_domains(cert: &X509Certificate) -> Vec<String> {
     let mut domains: Vec<String> = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let GeneralName::DNSName(dns) = name {
-                let d = dns.trim().to_ascii_lowercase();
+    if let Ok(Some((_, san))) = cert.tbs_certificate.get::<SubjectAltName>() {
+        for name in &san.0 {
+            if let GeneralName::DnsName(dns) = name {
+                let d = dns.as_str().trim().to_ascii_lowercase();
                 if !d.is_empty() && !domains.contains(&d) {
                     domains.push(d);
                 }
@@ -570,10 +579,13 @@ fn cert_domains(cert: &X509Certificate<'_>) -> Vec<String> {
     }
     if domains.is_empty()
         && let Some(cn) = cert
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|cn| cn.as_str().ok())
+            .tbs_certificate
+            .subject
+            .0
+            .iter()
+            .flat_map(|rdn| rdn.0.iter())
+            .find(|atv| atv.oid == COMMON_NAME)
+            .and_then(|atv| directory_string(&atv.value))
     {
         let cn = cn.trim().to_ascii_lowercase();
         if !cn.is_empty() {
@@ -583,18 +595,30 @@ fn cert_domains(cert: &X509Certificate<'_>) -> Vec<String> {
     domains
 }
 
-fn key_matches_certificate(
-    key_spki: &[u8],
-    cert: &X509Certificate<'_>,
-) -> Result<bool, CryptoError> {
-    let cert_spki = cert.tbs_certificate.subject_pki.raw;
-    if key_spki == cert_spki {
+/// A name attribute's text, in the string types certificates use for it.
+fn directory_string(value: &Any) -> Option<String> {
+    if let Ok(s) = value.decode_as::<Utf8StringRef<'_>>() {
+        return Some(s.as_str().to_owned());
+    }
+    if let Ok(s) = value.decode_as::<PrintableStringRef<'_>>() {
+        return Some(s.as_str().to_owned());
+    }
+    value
+        .decode_as::<Ia5StringRef<'_>>()
+        .ok()
+        .map(|s| s.as_str().to_owned())
+}
+
+fn key_matches_certificate(key_spki: &[u8], cert: &X509Certificate) -> Result<bool, CryptoError> {
+    let cert_spki = &cert.tbs_certificate.subject_public_key_info;
+    if cert_spki.to_der().is_ok_and(|der| der == key_spki) {
         return Ok(true);
     }
     // Same key bits with a differently encoded algorithm identifier still match.
-    match SubjectPublicKeyInfo::from_der(key_spki) {
-        Ok((_, parsed)) => Ok(parsed.subject_public_key.data
-            == cert.tbs_certificate.subject_pki.subject_public_key.data),
+    match SubjectPublicKeyInfoOwned::from_der(key_spki) {
+        Ok(parsed) => {
+            Ok(parsed.subject_public_key.raw_bytes() == cert_spki.subject_public_key.raw_bytes())
+        }
         Err(_) => Ok(false),
     }
 }
@@ -622,7 +646,7 @@ pub fn parse_certificate_and_key(
             }
         })?;
     }
-    let (_, leaf) = X509Certificate::from_der(leaf_der.as_ref()).map_err(|e| {
+    let leaf = X509Certificate::from_der(leaf_der.as_ref()).map_err(|e| {
         CryptoError::UnparseableCertificate {
             index: 0,
             reason: e.to_string(),
@@ -646,9 +670,12 @@ pub fn parse_certificate_and_key(
         return Err(CryptoError::KeyMismatch);
     }
 
-    let validity = leaf.validity();
-    let not_before = validity.not_before.timestamp().saturating_mul(1000);
-    let not_after = validity.not_after.timestamp().saturating_mul(1000);
+    let validity = &leaf.tbs_certificate.validity;
+    let unix_ms = |t: x509_cert::time::Time| {
+        i64::try_from(t.to_unix_duration().as_millis()).unwrap_or(i64::MAX)
+    };
+    let not_before = unix_ms(validity.not_before);
+    let not_after = unix_ms(validity.not_after);
     if not_after < now_unix_ms() {
         return Err(CryptoError::Expired {
             not_after: validity.not_after.to_string(),
@@ -669,8 +696,8 @@ pub fn parse_certificate_and_key(
     })
 }
 
-fn asn1_time(unix_secs: i64) -> Result<x509_parser::time::ASN1Time, CryptoError> {
-    x509_parser::time::ASN1Time::from_timestamp(unix_secs)
+fn date_time(unix_secs: i64) -> Result<time::OffsetDateTime, CryptoError> {
+    time::OffsetDateTime::from_unix_timestamp(unix_secs)
         .map_err(|_| CryptoError::Generate("date out of range".into()))
 }
 
@@ -708,8 +735,8 @@ fn self_signed_between(
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(rcgen::DnType::CommonName, first);
     params.distinguished_name = dn;
-    params.not_before = asn1_time(not_before_secs)?.to_datetime();
-    params.not_after = asn1_time(not_after_secs)?.to_datetime();
+    params.not_before = date_time(not_before_secs)?;
+    params.not_after = date_time(not_after_secs)?;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| CryptoError::Generate(e.to_string()))?;
     let cert = params
