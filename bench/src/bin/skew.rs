@@ -47,6 +47,7 @@ fn bundle(version: usize) -> Result<StagedBundle> {
         dirs,
         manifest: None,
         rules: Default::default(),
+        resident: true,
     })
 }
 

@@ -111,6 +111,7 @@ fn bundle() -> StagedBundle {
         dirs,
         manifest: None,
         rules: Default::default(),
+        resident: true,
     }
 }
 
