@@ -785,3 +785,5 @@ mod residency;
 mod retired;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_residency;
