@@ -125,7 +125,7 @@ async fn retained_bundles_are_cold_and_a_flip_makes_them_resident_after_the_swap
     let hot_v1 = Arc::downgrade(&stager.cached(&v1.digest).unwrap());
 
     // web@2 goes live: web@1, retained only, goes cold; its resident copy is released.
-    let mut switch = |desired: &mut Desired, version: &str, deployment: &str, revision: i64| {
+    let switch = |desired: &mut Desired, version: &str, deployment: &str, revision: i64| {
         desired.apply(
             &keys,
             &WatchBatch {
@@ -151,7 +151,7 @@ async fn retained_bundles_are_cold_and_a_flip_makes_them_resident_after_the_swap
     switch(&mut desired, "1", "d3", 4);
     let applied = reconciler.apply(&desired).await;
     assert_eq!(applied.sites["a.test"].retained, ["d2"]);
-    assert_eq!(residency(&table).0, false);
+    assert!(!residency(&table).0, "served from the cold copy");
     reconciler.settle(&desired).await;
     assert_eq!(residency(&table), (true, vec![false]));
     assert!(stager.cached(&v1.digest).unwrap().resident);
