@@ -367,10 +367,10 @@ async fn rss() -> Result<()> {
     let log = edge.log_tail();
     let resident_ms = log
         .lines()
+        .rev()
         .filter(|line| line.contains("bundle residency changed") && line.contains("resident=true"))
         .filter_map(|line| line.split("ms=").nth(1))
-        .filter_map(|ms| ms.split_whitespace().next()?.parse::<f64>().ok())
-        .last();
+        .find_map(|ms| ms.split_whitespace().next()?.parse::<f64>().ok());
     println!(
         "flip to a cold retained 10,000-file deployment: call {} ms, returned -> served {} ms (upper bound: one probe after another), small files read back into memory in {} ms (after the swap, off the serving path); rss after: {:.1} MiB",
         ms(returned - called),
