@@ -35,13 +35,8 @@ pub struct StagedBundle {
     pub dirs: HashSet<String>,
     /// The compiled app manifest (`_statiko.yaml`), when the bundle has one.
     pub manifest: Option<Arc<Manifest>>,
-    /// `_redirects`, `_headers` and the conventions in force, compiled at staging (shared by
-    /// the resident and the cold copy of the bundle).
-    pub rules: Arc<SiteRules>,
-    /// Whether the files up to [`HOT_FILE_MAX`] are in memory. A bundle only retained (for
-    /// rollback and skew protection, live nowhere) is kept cold: every body is read from disk,
-    /// and it becomes resident again when it goes live (`Stager::set_resident`).
-    pub resident: bool,
+    /// `_redirects`, `_headers` and the conventions in force, compiled at staging.
+    pub rules: SiteRules,
 }
 
 /// A bundle's `_redirects` and `_headers` (when it has them) and its conventions. The default

@@ -150,8 +150,6 @@ pub struct Reconciler {
     previews: HashMap<String, previews::PreviewState>,
     /// Whether an apply changed what sites retain since the last [`Reconciler::settle`].
     retention_changed: bool,
-    /// Whether an apply held new bundles (staging, previews) since the last settle.
-    held_changed: bool,
 }
 
 impl Reconciler {
@@ -185,7 +183,6 @@ impl Reconciler {
             releases: Releases::default(),
             previews: HashMap::new(),
             retention_changed: false,
-            held_changed: false,
         }
     }
 
@@ -346,7 +343,6 @@ impl Reconciler {
         for digest in &held.added {
             self.bundle_refs.add(digest);
         }
-        self.held_changed |= !held.added.is_empty();
         for digest in &held.released {
             self.release_bundle(digest);
         }
@@ -781,9 +777,6 @@ fn local_cert_key(site: &SiteRecord) -> String {
     format!("local:{}", domains.join(","))
 }
 
-mod residency;
 mod retired;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_residency;

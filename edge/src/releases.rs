@@ -207,34 +207,6 @@ impl Releases {
         change
     }
 
-    /// The bundles held for deployments staging and previews.
-    pub(crate) fn held_bundles(&self) -> impl Iterator<Item = &Arc<StagedBundle>> {
-        self.held.values().filter_map(|held| held.bundle.as_ref())
-    }
-
-    /// Every retained entry, of every site.
-    pub(crate) fn all_retained(&self) -> impl Iterator<Item = &Retained> {
-        self.retained.values().flatten()
-    }
-
-    /// Puts each bundle of `copies` (by digest) in place of the one held or retained.
-    pub(crate) fn replace_bundles(&mut self, copies: &HashMap<String, Arc<StagedBundle>>) {
-        let held = self
-            .held
-            .values_mut()
-            .filter_map(|held| held.bundle.as_mut());
-        let retained = self
-            .retained
-            .values_mut()
-            .flatten()
-            .map(|kept| &mut kept.bundle);
-        for bundle in held.chain(retained) {
-            if let Some(copy) = copies.get(&bundle.digest) {
-                *bundle = copy.clone();
-            }
-        }
-    }
-
     /// The bundle held for deployment `id` (a preview), if it staged.
     pub(crate) fn held_bundle(&self, id: &str) -> Option<&Arc<StagedBundle>> {
         self.held.get(id).and_then(|held| held.bundle.as_ref())

@@ -104,7 +104,6 @@ fn bundle(dir: &std::path::Path, big_len: usize, tag: &str) -> StagedBundle {
         dirs: HashSet::from(["/".to_owned(), "/docs".to_owned()]),
         manifest: None,
         rules: Default::default(),
-        resident: true,
     }
 }
 

@@ -11,10 +11,8 @@
 //!   over `N` rollbacks. Every edge retains the old bundle, so each is a flip written by the
 //!   call itself: an edge may serve it before stk has exited (counted as 0).
 //! - **rss**: one edge's resident memory serving a 10,000-file site with 0, then 3, retained
-//!   deployments of it (`edge.retainDeployments: 4`; retained bundles are cold: their bodies
-//!   stay on disk), then the **flip cost** of a rollback to one of them: call returned to
-//!   served (from disk), and the time the edge took to read its small files back into memory
-//!   (its `bundle residency changed` log line).
+//!   deployments of it (`edge.retainDeployments: 4`), then the **flip cost** of a rollback to
+//!   one of them: call returned to served.
 //!
 //! A probe is a new loopback TCP connection per request (about 0.1-0.3 ms), so each figure is
 //! exact to about one probe interval (printed).
@@ -347,7 +345,7 @@ async fn rss() -> Result<()> {
             kib as f64 / 1024.0
         );
     }
-    // The flip cost: back to files@3, retained cold.
+    // The flip cost: back to files@3, retained.
     let called = Instant::now();
     api.deployments()
         .rollback(RollbackRequest {
@@ -363,19 +361,10 @@ async fn rss() -> Result<()> {
     })
     .await?;
     let served = returned.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let log = edge.log_tail();
-    let resident_ms = log
-        .lines()
-        .rev()
-        .filter(|line| line.contains("bundle residency changed") && line.contains("resident=true"))
-        .filter_map(|line| line.split("ms=").nth(1))
-        .find_map(|ms| ms.split_whitespace().next()?.parse::<f64>().ok());
     println!(
-        "flip to a cold retained 10,000-file deployment: call {} ms, returned -> served {} ms (upper bound: one probe after another), small files read back into memory in {} ms (after the swap, off the serving path); rss after: {:.1} MiB",
+        "flip to a retained 10,000-file deployment: call {} ms, returned -> served {} ms (upper bound: one probe after another); rss after: {:.1} MiB",
         ms(returned - called),
         ms(served),
-        resident_ms.map_or_else(|| "?".to_owned(), |ms| format!("{ms:.1}")),
         rss_kib(pid)? as f64 / 1024.0
     );
     Ok(())

@@ -47,7 +47,6 @@ fn bundle(version: usize) -> Result<StagedBundle> {
         dirs,
         manifest: None,
         rules: Default::default(),
-        resident: true,
     })
 }
 

@@ -48,29 +48,19 @@ impl Reconciler {
     /// retained, so a rollback to it stages as usual, by download) or name a bundle that is
     /// live now (taken back only when it is not live) or gone (skipped: only bundles durable on
     /// disk are taken back). It never makes an edge serve something else.
-    ///
-    /// Then which bundles keep their small files in memory (`residency.rs`).
     pub async fn settle(&mut self, desired: &Desired) -> Option<Applied> {
-        let retention_changed = std::mem::take(&mut self.retention_changed);
-        let held_changed = std::mem::take(&mut self.held_changed);
-        if !retention_changed && !held_changed {
+        if !std::mem::take(&mut self.retention_changed) {
             return None;
         }
-        let mut dropped = Vec::new();
-        if retention_changed {
-            dropped = self.releases.enforce_budget();
-            for (domain, digest) in &dropped {
-                self.release_bundle(digest);
-                self.refresh_retired(domain, desired);
-            }
+        let dropped = self.releases.enforce_budget();
+        for (domain, digest) in &dropped {
+            self.release_bundle(digest);
+            self.refresh_retired(domain, desired);
         }
-        let routes_changed = self.settle_residency(desired).await;
-        if routes_changed || !dropped.is_empty() {
+        if !dropped.is_empty() {
             self.publish_table(desired.revision);
         }
-        if retention_changed {
-            self.releases.save().await;
-        }
+        self.releases.save().await;
         (!dropped.is_empty()).then(|| self.applied(desired.revision))
     }
 
@@ -108,15 +98,10 @@ impl Reconciler {
         else {
             return;
         };
-        // The site's served bundle: the route's, or the copy `residency.rs` just put in place.
-        let bundle = self
-            .sites
-            .get(domain)
-            .and_then(|state| state.served.bundle.clone());
         let route = Arc::new(SiteRoute {
             domain: route.domain.clone(),
             app: route.app.clone(),
-            bundle,
+            bundle: route.bundle.clone(),
             counters: route.counters.clone(),
             retired: self.retired_for(site),
         });

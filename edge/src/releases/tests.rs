@@ -15,7 +15,6 @@ fn retired(digest: &str, retired_at: i64, bytes: u64) -> Retained {
             dirs: HashSet::new(),
             manifest: None,
             rules: Default::default(),
-            resident: true,
         }),
         deployment: format!("d-{digest}"),
         retired_at,

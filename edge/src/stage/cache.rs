@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, MutexGuard};
 
 use super::Stager;
-use super::meta::{load_bundle, with_residency};
+use super::meta::load_bundle;
 use super::seal::lock_dir;
 use crate::bundle::StagedBundle;
 
@@ -35,41 +35,6 @@ impl Stager {
         let bundle = self.load(&hex_digest).await?;
         self.cache().insert(hex_digest, bundle.clone());
         Some(bundle)
-    }
-
-    /// A copy of `bundle` with its small files in memory (`resident`, read from disk now) or
-    /// read from disk per request, built on the blocking pool and cached in its place (unless it
-    /// was evicted meanwhile). `None` when it already is so, or when its files cannot be read
-    /// (it stays as it is).
-    pub async fn set_resident(
-        &self,
-        bundle: &Arc<StagedBundle>,
-        resident: bool,
-    ) -> Option<Arc<StagedBundle>> {
-        if bundle.resident == resident {
-            return None;
-        }
-        let source = bundle.clone();
-        let started = std::time::Instant::now();
-        let copy = match tokio::task::spawn_blocking(move || with_residency(&source, resident))
-            .await
-        {
-            Ok(Ok(copy)) => Arc::new(copy),
-            Ok(Err(e)) => {
-                tracing::warn!(digest = %bundle.digest, resident, error = %e, "cannot change where a bundle's files are read from");
-                return None;
-            }
-            Err(e) => {
-                tracing::warn!(digest = %bundle.digest, resident, error = %e, "changing where a bundle's files are read from failed");
-                return None;
-            }
-        };
-        tracing::info!(digest = %bundle.digest, resident, files = copy.files.len(),
-            ms = started.elapsed().as_secs_f64() * 1e3, "bundle residency changed");
-        if let Some(cached) = self.cache().get_mut(&normalize_digest(&bundle.digest)) {
-            *cached = copy.clone();
-        }
-        Some(copy)
     }
 
     /// Removes every staged bundle whose digest (`sha256:<hex>` or hex) is not in `keep`, from

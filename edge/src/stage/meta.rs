@@ -145,44 +145,7 @@ pub(super) fn build_bundle(
         files,
         dirs,
         manifest,
-        rules: Arc::new(rules),
-        resident: true,
-    })
-}
-
-/// A copy of `bundle` whose files up to [`HOT_FILE_MAX`] (and their variants) are in memory
-/// (`resident`, read from disk now) or all read from disk per request (cold). The metadata
-/// (header values, rules, manifest) is shared, not rebuilt.
-pub(super) fn with_residency(bundle: &StagedBundle, resident: bool) -> io::Result<StagedBundle> {
-    let dir = bundle.root.parent().unwrap_or(&bundle.root);
-    let variants = dir.join(VARIANTS_DIR);
-    let rebody = |body: &Body, path: PathBuf, len: u64| -> io::Result<Body> {
-        Ok(match body {
-            Body::Memory(_) if !resident => Body::Disk(path),
-            Body::Disk(_) if resident && len <= HOT_FILE_MAX => body_for(path, len)?,
-            other => other.clone(),
-        })
-    };
-    let mut files = HashMap::with_capacity(bundle.files.len());
-    for (key, file) in &bundle.files {
-        let rel = key.strip_prefix('/').unwrap_or(key);
-        let mut copy = StaticFile::clone(file);
-        copy.body = rebody(&file.body, bundle.root.join(rel), file.len)?;
-        for (variant, tree) in [(&mut copy.gzip, GZIP_DIR), (&mut copy.brotli, BROTLI_DIR)] {
-            if let Some(variant) = variant {
-                variant.body = rebody(&variant.body, variants.join(tree).join(rel), variant.len)?;
-            }
-        }
-        files.insert(key.clone(), Arc::new(copy));
-    }
-    Ok(StagedBundle {
-        digest: bundle.digest.clone(),
-        root: bundle.root.clone(),
-        files,
-        dirs: bundle.dirs.clone(),
-        manifest: bundle.manifest.clone(),
-        rules: bundle.rules.clone(),
-        resident,
+        rules,
     })
 }
 

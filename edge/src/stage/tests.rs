@@ -12,7 +12,6 @@ use super::fetch::{Build, Steps};
 use super::precompress::{SAMPLE_LEN, compress_file, compresses};
 use super::seal::lock_dir;
 use super::*;
-use crate::bundle::Body;
 
 #[test]
 fn base64_decodes() {
@@ -349,53 +348,4 @@ fn only_files_that_compress_get_variants() {
     assert!(!variants.join(GZIP_DIR).join("mixed.txt").exists());
     assert!(compresses(&text[..1000]).unwrap());
     assert!(!compresses(&noise(SAMPLE_LEN)).unwrap());
-}
-
-#[tokio::test]
-async fn a_cold_bundle_reads_its_small_files_from_disk_until_resident_again() {
-    let env = Env::new();
-    let stager = env.stager();
-    let page = b"<h1>cold</h1>".repeat(100);
-    let record = env
-        .publish(
-            &zstd::encode_all(&tar_of(&[("index.html", &page)])[..], 3).unwrap(),
-            BundleFormat::TarZst,
-            None,
-        )
-        .await;
-    let hot = stager.stage(&record).await.unwrap();
-    assert!(hot.resident);
-    let body = |bundle: &StagedBundle| {
-        let file = &bundle.files["/index.html"];
-        let gzip = file.gzip.as_ref().expect("a gzip variant");
-        (file.body.clone(), gzip.body.clone())
-    };
-    assert!(matches!(body(&hot), (Body::Memory(_), Body::Memory(_))));
-
-    let cold = stager.set_resident(&hot, false).await.expect("a cold copy");
-    assert!(!cold.resident);
-    let (identity, gzip) = body(&cold);
-    let (Body::Disk(identity), Body::Disk(gzip)) = (identity, gzip) else {
-        panic!("a cold bundle reads every body from disk");
-    };
-    assert_eq!(std::fs::read(&identity).unwrap(), page);
-    assert!(gzip.starts_with(env.bundle_dir(&record).join(VARIANTS_DIR).join(GZIP_DIR)));
-    // The metadata is shared, and the cache holds the cold copy now.
-    assert!(Arc::ptr_eq(&cold.rules, &hot.rules));
-    assert_eq!(
-        cold.files["/index.html"].etag,
-        hot.files["/index.html"].etag
-    );
-    assert!(Arc::ptr_eq(&stager.cached(&record.digest).unwrap(), &cold));
-    assert!(stager.set_resident(&cold, false).await.is_none());
-
-    let warm = stager
-        .set_resident(&cold, true)
-        .await
-        .expect("a resident copy");
-    let Body::Memory(bytes) = body(&warm).0 else {
-        panic!("a resident bundle serves small files from memory");
-    };
-    assert_eq!(&bytes[..], &page[..]);
-    assert!(Arc::ptr_eq(&stager.stage(&record).await.unwrap(), &warm));
 }

@@ -111,7 +111,6 @@ fn bundle() -> StagedBundle {
         dirs,
         manifest: None,
         rules: Default::default(),
-        resident: true,
     }
 }
 

@@ -54,7 +54,6 @@ fn handler(disk: Option<std::path::PathBuf>) -> Handler {
         dirs: HashSet::from(["/".to_owned(), "/docs".to_owned()]),
         manifest: None,
         rules: Default::default(),
-        resident: true,
     };
     let mut table = RoutingTable::default();
     table.hosts.insert(

@@ -48,7 +48,6 @@ fn bundle(digest: &str, files: &[(&str, &'static [u8])], manifest: Option<&str>)
         dirs: HashSet::from(["/".to_owned(), "/assets".to_owned()]),
         manifest: manifest.map(|m| Arc::new(Manifest::parse(m).unwrap())),
         rules: Default::default(),
-        resident: true,
     }
 }
 
