@@ -510,6 +510,11 @@ pub struct NodeSiteStatus {
     pub healthy: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The deployments whose bundles this node retains staged for the site (newest first), by
+    /// id: a deployment of one of them (a rollback) needs no staging here (see control's
+    /// flip in `api/deployments.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retained: Vec<String>,
 }
 
 /// Expiry of one certificate an edge holds.

@@ -148,6 +148,8 @@ pub struct Reconciler {
     releases: Releases,
     /// Previews served, by deployment id.
     previews: HashMap<String, previews::PreviewState>,
+    /// Whether an apply changed what sites retain since the last [`Reconciler::settle`].
+    retention_changed: bool,
 }
 
 impl Reconciler {
@@ -180,6 +182,7 @@ impl Reconciler {
             metrics: None,
             releases: Releases::default(),
             previews: HashMap::new(),
+            retention_changed: false,
         }
     }
 
@@ -321,17 +324,16 @@ impl Reconciler {
             let state = self.publish_site(site, served, desired);
             self.sites.insert(domain.clone(), state);
         }
-        let mut retention_changed = restored;
+        self.retention_changed |= restored;
         for old in released {
             if self.retain_replaced(&old, desired) {
-                retention_changed = true;
+                self.retention_changed = true;
                 if let Some(domain) = old.hosts.first() {
                     self.refresh_retired(domain, desired);
                 }
             }
             self.release(old);
         }
-        self.settle_retained(desired, retention_changed).await;
         if challenges_changed {
             self.challenges = Arc::new(challenges(desired));
         }
@@ -354,14 +356,24 @@ impl Reconciler {
 
         // Certificates first, so no new host is routed before its certificate is there.
         self.certs.set(self.cert_map.clone());
+        self.publish_table(desired.revision);
+        self.position = Some(desired.position());
+        self.applied(desired.revision)
+    }
+
+    /// Swaps in the routing table built from what is published now.
+    fn publish_table(&self, revision: i64) {
         self.table.store(Arc::new(RoutingTable {
-            revision: desired.revision,
+            revision,
             hosts: self.hosts.clone(),
             challenges: self.challenges.clone(),
         }));
-        self.position = Some(desired.position());
+    }
+
+    /// What is applied at `revision`, for the node status.
+    fn applied(&self, revision: i64) -> Applied {
         Applied {
-            revision: desired.revision,
+            revision,
             sites: self.status.clone(),
             certificates: self.cert_expiries.clone(),
             staging: self.releases.reports(),
@@ -586,6 +598,7 @@ impl Reconciler {
                 app: served.app.clone(),
                 healthy: error.is_none(),
                 error,
+                retained: self.retained_ids(domain),
             },
         );
         SiteState {

@@ -154,6 +154,9 @@ pub async fn run(
             "serving the persisted state"
         );
         let _ = applied_tx.send(Some(applied));
+        if let Some(applied) = reconciler.settle(desired).await {
+            let _ = applied_tx.send(Some(applied));
+        }
     }
     let (desired_tx, mut desired_rx) = watch::channel(initial);
     desired_rx.mark_unchanged();
@@ -259,6 +262,10 @@ pub async fn run(
                     "applied desired state"
                 );
                 let _ = applied_tx.send(Some(applied));
+                // After the swap and the report: nothing served waits on this bookkeeping.
+                if let Some(applied) = reconciler.settle(&desired).await {
+                    let _ = applied_tx.send(Some(applied));
+                }
                 let _ = save_tx.send(Some(desired));
             }
         });

@@ -28,6 +28,7 @@ mod harness_smoke;
 mod observability;
 mod previews;
 mod releases;
+mod releases_flip;
 mod releases_skew;
 mod safe_defaults;
 mod sdk_python;

@@ -11,6 +11,7 @@ use statiko_common::store::{Compare, Store, TxnOp};
 use statiko_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
+mod flip;
 mod previews;
 mod progress;
 
@@ -22,12 +23,15 @@ use crate::state::{MAX_ATTEMPTS, Versioned};
 
 const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// Flips lost to concurrent changes (node records rewritten meanwhile) before a deployment
+/// takes the staged path instead.
+const MAX_LOST_FLIPS: usize = 3;
 
 /// A deployment just written.
 #[derive(Debug)]
 struct Created {
     site: SiteRecord,
-    /// The site's revision after the write (unchanged by an atomic deployment).
+    /// The site's revision after the write (unchanged by an atomic deployment that stages).
     site_revision: i64,
     deployment: DeploymentRecord,
     /// The revision of the write.
@@ -96,7 +100,8 @@ impl Api {
 
     /// Writes a new deployment of `app` to the site `lookup` names, in one transaction with the
     /// end of any deployment of the site still staging, the history's garbage collection and,
-    /// for an immediate deployment, the switch of the site.
+    /// for an immediate deployment or an atomic one every live edge already retains (a flip,
+    /// `flip.rs`), the switch of the site.
     async fn create_deployment(
         &self,
         lookup: &str,
@@ -120,6 +125,7 @@ impl Api {
             Some(DeployStrategy::Atomic) if self.cutover_driver().await? => DeployStrategy::Atomic,
             Some(DeployStrategy::Atomic) => DeployStrategy::Immediate,
         };
+        let mut lost_flips = 0;
         for _ in 0..MAX_ATTEMPTS {
             let current = state.find_site(lookup).await?;
             let Some(app_record) = state.get_app(&app.name, &app.version).await? else {
@@ -129,6 +135,13 @@ impl Api {
             };
             let domain = current.record.domain.clone();
             let (history_revision, history) = state.list_deployments(&domain).await?;
+            let flip = if strategy == DeployStrategy::Atomic && lost_flips < MAX_LOST_FLIPS {
+                self.retained_everywhere(&domain, &app_record.record.digest, &history)
+                    .await?
+            } else {
+                None
+            };
+            let switch = strategy == DeployStrategy::Immediate || flip.is_some();
             let now = now_ms();
             let id = next_id(&history, now);
             let mut deployment =
@@ -150,7 +163,7 @@ impl Api {
                             Some(format!("replaced by deployment {id} before its cutover"));
                         old.failed_at = Some(now);
                     }
-                    DeploymentState::Live if strategy == DeployStrategy::Immediate => {
+                    DeploymentState::Live if switch => {
                         old.state = DeploymentState::Superseded;
                         old.superseded_at = Some(now);
                     }
@@ -158,9 +171,12 @@ impl Api {
                 }
                 changed.push(old);
             }
-            if strategy == DeployStrategy::Immediate {
+            if switch {
                 deployment.state = DeploymentState::Live;
                 deployment.live_at = Some(now);
+                if let Some(flip) = &flip {
+                    deployment.staged_nodes = flip.nodes.clone();
+                }
                 site.app = Some(app.clone());
                 site.deployment = Some(id.clone());
                 site.deployed_at = Some(now);
@@ -183,18 +199,26 @@ impl Api {
                     .filter(|old_id| rollback_of.as_deref() != Some(*old_id))
                     .map(|old_id| TxnOp::delete(state.keys.deployment(&domain, old_id))),
             );
-            let compares = vec![
+            let mut compares = vec![
                 Compare::unchanged_since(state.keys.site(&domain), current.mod_revision),
                 Compare::present(state.keys.app(&app.name, &app.version)),
                 Compare::prefix_unchanged_since(&state.keys.deployments(&domain), history_revision),
             ];
+            if let Some(flip) = &flip {
+                // What the node records said is what they say at the switch.
+                compares.push(Compare::prefix_unchanged_since(
+                    &state.keys.nodes(),
+                    flip.revision,
+                ));
+            }
             let result = state.txn(compares, ops).await?;
             if !result.succeeded {
+                lost_flips += usize::from(flip.is_some());
                 continue;
             }
             tracing::info!(site = %domain, %app, deployment = %id, strategy = strategy.as_str(),
-                revision = result.revision, "deployment created");
-            let site_revision = if strategy == DeployStrategy::Immediate {
+                flip = flip.is_some(), revision = result.revision, "deployment created");
+            let site_revision = if switch {
                 result.revision
             } else {
                 current.mod_revision

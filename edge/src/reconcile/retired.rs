@@ -1,6 +1,7 @@
 //! What the reconciler does with retained deployments (`releases.rs`): their limits, the
 //! routes' retired deployments for skew protection (`serve/skew.rs`), each with the end of its
-//! window, and, after each change, the disk budget and the persisted copy.
+//! window, and, after each change (once the apply swapped its table), the disk budget and the
+//! persisted copy.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use http::HeaderValue;
 use statiko_common::model::SiteRecord;
 
-use super::Reconciler;
+use super::{Applied, Reconciler};
 use crate::desired::Desired;
 use crate::releases::Releases;
 use crate::table::{Retired, Route, SiteRoute};
@@ -37,17 +38,38 @@ impl Reconciler {
         !restored.is_empty()
     }
 
-    /// After an apply changed what sites keep (`changed`): the disk budget, then the persisted
-    /// copy.
-    pub(super) async fn settle_retained(&mut self, desired: &Desired, changed: bool) {
-        if !changed {
-            return;
+    /// The bookkeeping an apply leaves until after its table swap, so that no flip waits on
+    /// it: the disk budget over the retained bundles, then their persisted copy (a write and an
+    /// fsync, which can take tens of milliseconds while the disk is busy sealing a bundle).
+    /// Returns the node status again when it changed (a bundle dropped over the budget).
+    ///
+    /// Safe across a crash: until the write, `retained.json` holds the previous retention. A
+    /// restart from it may miss the bundle the last flip retired (it is then not reported
+    /// retained, so a rollback to it stages as usual, by download) or name a bundle that is
+    /// live now (taken back only when it is not live) or gone (skipped: only bundles durable on
+    /// disk are taken back). It never makes an edge serve something else.
+    pub async fn settle(&mut self, desired: &Desired) -> Option<Applied> {
+        if !std::mem::take(&mut self.retention_changed) {
+            return None;
         }
-        for (domain, digest) in self.releases.enforce_budget() {
-            self.release_bundle(&digest);
-            self.refresh_retired(&domain, desired);
+        let dropped = self.releases.enforce_budget();
+        for (domain, digest) in &dropped {
+            self.release_bundle(digest);
+            self.refresh_retired(domain, desired);
+        }
+        if !dropped.is_empty() {
+            self.publish_table(desired.revision);
         }
         self.releases.save().await;
+        (!dropped.is_empty()).then(|| self.applied(desired.revision))
+    }
+
+    /// The deployments whose bundles `domain` retains, newest first (for the node status).
+    pub(super) fn retained_ids(&self, domain: &str) -> Vec<String> {
+        self.releases
+            .retained(domain)
+            .map(|kept| kept.deployment.clone())
+            .collect()
     }
 
     /// What skew protection may serve for `site`: the bundles it keeps, newest first, unless
@@ -84,5 +106,9 @@ impl Reconciler {
             retired: self.retired_for(site),
         });
         self.hosts.insert(domain.to_owned(), Route::Site(route));
+        let retained = self.retained_ids(domain);
+        if let Some(status) = self.status.get_mut(domain) {
+            status.retained = retained;
+        }
     }
 }

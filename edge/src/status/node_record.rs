@@ -185,6 +185,7 @@ mod tests {
                         app: None,
                         healthy: i >= unhealthy,
                         error: (i < unhealthy).then(|| "boom".to_owned()),
+                        retained: Vec::new(),
                     };
                     (domain, status)
                 })
