@@ -12,6 +12,7 @@
 
 use std::collections::HashSet;
 
+use statiko_common::crypto::Digest;
 use statiko_common::model::{self, DeploymentRecord, NodeStatusRecord};
 
 use super::Api;
@@ -31,7 +32,7 @@ impl Api {
     pub(super) async fn retained_everywhere(
         &self,
         domain: &str,
-        digest: &str,
+        digest: &Digest,
         history: &[Versioned<DeploymentRecord>],
     ) -> Result<Option<Retaining>> {
         let state = &self.ctx.state;
@@ -58,15 +59,15 @@ impl Api {
 fn retained_by_all(
     nodes: &[NodeStatusRecord],
     domain: &str,
-    digest: &str,
+    digest: &Digest,
     history: &[Versioned<DeploymentRecord>],
 ) -> Option<Vec<String>> {
-    if digest.is_empty() || nodes.is_empty() {
+    if nodes.is_empty() {
         return None;
     }
     let ids: HashSet<&str> = history
         .iter()
-        .filter(|d| d.record.digest == digest)
+        .filter(|d| d.record.digest.as_ref() == Some(digest))
         .map(|d| d.record.id.as_str())
         .collect();
     nodes
@@ -87,14 +88,14 @@ mod tests {
 
     use super::*;
 
-    fn deployment(id: &str, digest: &str) -> Versioned<DeploymentRecord> {
+    fn deployment(id: &str, digest: u8) -> Versioned<DeploymentRecord> {
         let app = AppRef {
             name: "web".into(),
-            version: digest.into(),
+            version: digest.to_string(),
         };
         let mut record =
             DeploymentRecord::new(id.into(), "a.test".into(), app, DeployStrategy::Atomic, 1);
-        record.digest = digest.into();
+        record.digest = Some(Digest::from([digest; 32]));
         Versioned {
             record,
             mod_revision: 1,
@@ -116,13 +117,13 @@ mod tests {
     #[test]
     fn a_flip_needs_every_live_node_to_retain_the_bundle() {
         let history = [
-            deployment("d0000000000001aaaa", "sha256:11"),
-            deployment("d0000000000002aaaa", "sha256:22"),
+            deployment("d0000000000001aaaa", 0x11),
+            deployment("d0000000000002aaaa", 0x22),
             // The same bundle deployed again: either id will do.
-            deployment("d0000000000003aaaa", "sha256:11"),
+            deployment("d0000000000003aaaa", 0x11),
         ];
-        let check = |nodes: &[NodeStatusRecord], digest: &str| {
-            retained_by_all(nodes, "a.test", digest, &history)
+        let check = |nodes: &[NodeStatusRecord], digest: u8| {
+            retained_by_all(nodes, "a.test", &Digest::from([digest; 32]), &history)
         };
         let both = [
             node("e0", "a.test", &["d0000000000001aaaa"]),
@@ -133,26 +134,24 @@ mod tests {
             ),
         ];
         assert_eq!(
-            check(&both, "sha256:11"),
+            check(&both, 0x11),
             Some(vec!["e0".to_owned(), "e1".to_owned()])
         );
         // e0 does not retain web@22.
-        assert_eq!(check(&both, "sha256:22"), None);
+        assert_eq!(check(&both, 0x22), None);
         // A node whose record does not list the site, or no node at all: staged path.
         let unlisted = [
             node("e0", "a.test", &["d0000000000001aaaa"]),
             node("e1", "b.test", &["d0000000000001aaaa"]),
         ];
-        assert_eq!(check(&unlisted, "sha256:11"), None);
-        assert_eq!(check(&[], "sha256:11"), None);
+        assert_eq!(check(&unlisted, 0x11), None);
+        assert_eq!(check(&[], 0x11), None);
         // A deployment id the history no longer has says nothing about the bundle.
         assert_eq!(
-            check(
-                &[node("e0", "a.test", &["d0000000000009aaaa"])],
-                "sha256:11"
-            ),
+            check(&[node("e0", "a.test", &["d0000000000009aaaa"])], 0x11),
             None
         );
-        assert_eq!(check(&both, ""), None);
+        // A bundle no deployment in the history has.
+        assert_eq!(check(&both, 0x33), None);
     }
 }
