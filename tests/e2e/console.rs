@@ -198,8 +198,8 @@ async fn deployments(cluster: &Cluster, domain: &str) -> Result<HashMap<String, 
 #[tokio::test]
 async fn console_in_a_browser() -> Result<()> {
     statiko_tests::init();
-    // Under CI both are required: the test fails instead of skipping.
-    if !require_tool("etcd") || !require_tool("chromium") {
+    // Under CI all three are required: the test fails instead of skipping.
+    if !require_tool("etcd") || !require_tool("chromium") || !require_tool("chromedriver") {
         return Ok(());
     }
     let cluster = Cluster::start_with_control(3, console_on, |edge| edge).await?;
