@@ -368,6 +368,12 @@ impl Reconciler {
         }
     }
 
+    /// When a deployment or preview that failed to stage is due to be staged again: apply the
+    /// same desired state again then.
+    pub fn next_retry(&self) -> Option<tokio::time::Instant> {
+        self.releases.next_retry()
+    }
+
     /// The sites to recompute, and whether the challenge responses must be rebuilt.
     fn affected(&self, desired: &Desired) -> (Vec<String>, bool) {
         let changes = self.position.and_then(|at| desired.changes_since(at));
