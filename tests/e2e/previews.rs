@@ -6,8 +6,8 @@
 //! - a short TTL: no edge serves it once expired, the leader deletes its record, index entry
 //!   and certificate; a site deleted takes its previews with it; the version a live preview
 //!   serves cannot be deleted until the preview is gone;
-//! - a preview that failed to stage (its bundle corrupt in the repository) is staged again with
-//!   back-off once repaired, its record untouched;
+//! - a preview (or a site) that failed to stage (its bundle corrupt in the repository) is staged
+//!   again with back-off once repaired, its record untouched;
 //! - refusals: previews off, bad TTL and password naming the field, promotion of an expired,
 //!   deleted or non-preview deployment, a deployer token outside its scope.
 
@@ -471,20 +471,14 @@ async fn previews_expire_on_time_and_go_with_their_site() -> Result<()> {
     Ok(())
 }
 
-/// A preview whose bundle is corrupt in the repository fails to stage on every edge (the deploy
-/// says so); once the bundle is repaired, every edge stages it on a retry and serves it, its
-/// record untouched.
-#[tokio::test]
-async fn a_preview_that_failed_to_stage_is_retried() -> Result<()> {
-    if !require_tool("etcd") {
-        return Ok(());
-    }
-    let domain = "retry.statiko.test";
-    let (cluster, api) = cluster(domain).await?;
-    // web@2 was uploaded, never staged: corrupt its bundle in the repository.
+/// Corrupts the bundle of `web@version` in the cluster's repository; returns its path and the
+/// good bytes.
+async fn corrupt_bundle(cluster: &Cluster, version: &str) -> Result<(std::path::PathBuf, Vec<u8>)> {
     let mut client = cluster.etcd.client().await?;
-    let app = client.get("/statiko/v1/apps/web/2", None).await?;
-    let app: model::AppRecord = model::decode(app.kvs().first().context("web@2")?.value())?;
+    let app = client
+        .get(format!("/statiko/v1/apps/web/{version}"), None)
+        .await?;
+    let app: model::AppRecord = model::decode(app.kvs().first().context("the app")?.value())?;
     let hex = app
         .digest
         .strip_prefix("sha256:")
@@ -497,6 +491,24 @@ async fn a_preview_that_failed_to_stage_is_retried() -> Result<()> {
         .join(hex);
     let good = std::fs::read(&object).with_context(|| format!("read {}", object.display()))?;
     std::fs::write(&object, b"not a bundle")?;
+    Ok((object, good))
+}
+
+/// A preview whose bundle is corrupt in the repository fails to stage on every edge (the deploy
+/// says so); once the bundle is repaired, every edge stages it on a retry and serves it, its
+/// record untouched. The same for a site deployed immediately: the previous version serves
+/// until the repaired bundle stages on a retry.
+#[tokio::test]
+async fn a_preview_or_site_that_failed_to_stage_is_retried() -> Result<()> {
+    if !require_tool("etcd") {
+        return Ok(());
+    }
+    let domain = "retry.statiko.test";
+    let (cluster, api) = cluster(domain).await?;
+    // web@2 and web@3 were uploaded, never staged: corrupt their bundles in the repository.
+    let mut client = cluster.etcd.client().await?;
+    let (object, good) = corrupt_bundle(&cluster, "2").await?;
+    let (object_3, good_3) = corrupt_bundle(&cluster, "3").await?;
 
     assert_status(
         api.deployments()
@@ -546,6 +558,41 @@ async fn a_preview_that_failed_to_stage_is_retried() -> Result<()> {
         "the preview record changed: {before:?} -> {after:?}"
     );
     live_everywhere(&cluster, domain, "1").await?;
+
+    // The site itself, deployed immediately to the corrupt web@3: web@1 keeps serving, every
+    // edge reports the error, and once repaired web@3 goes live with no new deploy.
+    api.deployments()
+        .deploy(DeployRequest {
+            domain: domain.to_owned(),
+            app: Some(fixtures::app_ref("web", "3")),
+            wait: false,
+            wait_timeout: None,
+            strategy: DeployStrategy::Unspecified as i32,
+        })
+        .await?;
+    wait_until(secs(20), async || {
+        let nodes = api.cluster().list_nodes(ListNodesRequest {}).await?;
+        let failing = nodes
+            .into_inner()
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.sites
+                    .iter()
+                    .any(|s| s.domain == domain && s.error.contains("web@3"))
+            })
+            .count();
+        anyhow::Ok(failing == 2)
+    })
+    .await
+    .context("every edge reports the staging error")?;
+    live_everywhere(&cluster, domain, "1").await?;
+    std::fs::write(&object_3, &good_3)?;
+    wait_until(secs(20), async || {
+        anyhow::Ok(live_everywhere(&cluster, domain, "3").await.is_ok())
+    })
+    .await
+    .context("web@3 live everywhere after the repair, with no new deploy")?;
     Ok(())
 }
 
