@@ -13,76 +13,10 @@ CONNS=${CONNS:-32}
 WORK=${BENCH_DIR:-/tmp/statiko-bench-redirects}
 EDGE_HTTP=8190; EDGE_HTTPS=8593; EDGE_ADMIN=8596; CONTROL=8597
 
+. bench/redirects-setup.sh
 command -v wrk >/dev/null || { log "installing wrk"; apt-get install -y -q wrk >/dev/null; }
 
-build_binaries
-
-rm -rf "$WORK"; mkdir -p "$WORK"/{r10,r10k,big,logs,node}
-# Two bundles that differ only in their `_redirects`: the same 2,000 static rules' worth of
-# prefixes would never be reached by the paths measured, so both end with the same last rule.
-for b in r10 r10k big; do
-  head -c 1024 /dev/urandom | base64 > "$WORK/$b/file.txt"
-  echo '<!doctype html><title>bench</title><p>redirects bench</p>' > "$WORK/$b/index.html"
-  echo '<!doctype html><title>404</title>' > "$WORK/$b/404.html"
-done
-rules() { # $1 = number of rules; the last one is `/last/* /file.txt 200`
-  local n=$1 statics=$(( $1 / 5 ))
-  awk -v n="$n" -v s="$statics" 'BEGIN {
-    for (i = 0; i < n - 1; i++) {
-      if (i < s) printf "/static/page-%d /new/page-%d 301\n", i, i;
-      else if (i % 2 == 0) printf "/p%d/:year/:slug /posts%d/:year/:slug 302\n", i, i;
-      else printf "/s%d/* /splat%d/:splat 301\n", i, i;
-    }
-    print "/last/* /file.txt 200";
-  }'
-}
-rules 10 > "$WORK/r10/_redirects"
-rules 10000 > "$WORK/r10k/_redirects"
-rules 10000 > "$WORK/big/_redirects"
-awk 'BEGIN { for (i = 0; i < 1000; i++) printf "/section%d/*\n  X-Section: %d\n  Cache-Control: public, max-age=60\n", i, i }' \
-  > "$WORK/big/_headers"
-
-cat > "$WORK/node/config.yaml" <<EOF
-nodeName: "bench"
-secretsEncryptionKey: "$(head -c 32 /dev/urandom | base64)"
-state: {store: "file", file: {path: "$WORK/node/state"}}
-repo: {type: "local", local: {path: "$WORK/node/repo"}}
-control: {listen: "$HOST:$CONTROL", tls: {enabled: false}, metrics: ""}
-auth: {tokens: [{name: "bench", token: "bench-admin-token-0123456789", role: "admin"}]}
-edge: {dataDir: "$WORK/node/data", http: "$HOST:$EDGE_HTTP", https: "$HOST:$EDGE_HTTPS", admin: "$HOST:$EDGE_ADMIN", limits: {perClient: {maxConnections: 0}}}
-log: {format: "text", level: "warn"}
-EOF
-
-port_open() { ss -ltnH "( sport = :$1 )" 2>/dev/null | grep -q .; }
-wait_port() { local i; for i in $(seq 1 200); do port_open "$1" && return 0; sleep 0.05; done; log "port $1 never opened"; return 1; }
-PAGE_KIB=$(( $(getconf PAGESIZE) / 1024 ))
-rss_kib() { local r; read -r _ r _ < "/proc/$1/statm"; echo $(( r * PAGE_KIB )); }
-proc_jiffies() { awk '{print $14+$15}' "/proc/$1/stat"; }
-HZ=$(getconf CLK_TCK)
-load() { cut -d' ' -f1 /proc/loadavg; }
-
-STARTED=()
-cleanup() {
-  trap - EXIT INT TERM
-  for p in "${STARTED[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  sleep 1
-  for p in "${STARTED[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT INT TERM
-
-for p in $EDGE_HTTP $EDGE_HTTPS $EDGE_ADMIN $CONTROL; do
-  port_open $p && { log "port $p is busy"; exit 1; }
-done
-"$BIN/statiko-control" --config "$WORK/node/config.yaml" > "$WORK/logs/control.log" 2>&1 & STARTED+=($!)
-"$BIN/statiko-edge" --config "$WORK/node/config.yaml" > "$WORK/logs/edge.log" 2>&1 & STARTED+=($!)
-EDGE_PID=${STARTED[1]}
-wait_port $CONTROL; wait_port $EDGE_HTTPS
-export STATIKO_ENDPOINT=http://$HOST:$CONTROL STATIKO_TOKEN=bench-admin-token-0123456789
-for b in r10 r10k; do
-  "$BIN/stk" site create "$b.localhost" >/dev/null
-  "$BIN/stk" app upload "$WORK/$b" --name "$b" --version 1 >/dev/null
-  "$BIN/stk" deploy "$b.localhost" "$b@1" --wait >/dev/null
-done
+start_node
 log "serving r10.localhost and r10k.localhost on https://$HOST:$EDGE_HTTPS (load $(load))"
 
 # One wrk run: prints "req/s p50_ms p99_ms cpu_us_per_req".

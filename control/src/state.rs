@@ -4,7 +4,8 @@
 use statiko_common::ids;
 use statiko_common::keys::KeySchema;
 use statiko_common::model::{
-    self, AppRecord, CertificateRecord, DeploymentRecord, DomainRecord, SiteRecord,
+    self, AppRecord, CertificateRecord, DeploymentRecord, DeploymentState, DomainRecord,
+    PreviewIndexRecord, SiteRecord,
 };
 use statiko_common::store::{Compare, KeyValue, Store, TxnOp, TxnResult};
 
@@ -155,6 +156,28 @@ impl StateStore {
         id: &str,
     ) -> Result<Option<Versioned<DeploymentRecord>>> {
         self.get(&self.keys.deployment(domain, id)).await
+    }
+
+    /// Every preview (deployment records in state `preview`, found through the index
+    /// `previews/`), with the revision the index was read at: a write compared on
+    /// `previews/` unchanged since then loses to any preview made or deleted meanwhile.
+    pub(crate) async fn list_previews(&self) -> Result<(i64, Vec<DeploymentRecord>)> {
+        let index = self.store.snapshot(&self.keys.previews()).await?;
+        let mut previews = Vec::new();
+        for kv in &index.kvs {
+            let Some(id) = kv.key.strip_prefix(&self.keys.previews()) else {
+                continue;
+            };
+            let Ok(entry) = model::decode::<PreviewIndexRecord>(&kv.value) else {
+                continue;
+            };
+            if let Some(d) = self.get_deployment(&entry.site, id).await?
+                && d.record.state == DeploymentState::Preview
+            {
+                previews.push(d.record);
+            }
+        }
+        Ok((index.revision, previews))
     }
 
     /// Explains why a write that claimed `domains` lost: the first domain owned by another site.

@@ -1,6 +1,8 @@
 //! Turns each new desired state into what is served: stages the bundles it needs, then swaps the
 //! certificates and the routing table atomically. A site whose new version fails to stage keeps
-//! serving its previous version and reports the error.
+//! serving its previous version and reports the error; it is staged again with back-off
+//! (`releases::STAGE_RETRY`) until it succeeds or its record changes: the run loop applies the
+//! same state again at [`Reconciler::next_retry`].
 //!
 //! The apply is incremental. What was built (host routes, the certificate map, site statuses) is
 //! kept in persistent maps, and reverse indexes say which sites an app or certificate record
@@ -14,17 +16,19 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use rustls::sign::CertifiedKey;
+use statiko_common::backoff::Backoff;
 use statiko_common::crypto::{self, SecretBox};
 use statiko_common::model::{
     self, AppRecord, AppRef, CertificateKind, CertificateRecord, NodeSiteStatus, SiteRecord,
     TlsChoice,
 };
 use statiko_common::notify::Notifier;
+use tokio::time::Instant;
 
 use crate::bundle::StagedBundle;
 use crate::desired::{Changed, Desired, Position};
 use crate::metrics::EdgeMetrics;
-use crate::releases::{Releases, Retained};
+use crate::releases::{Releases, Retained, STAGE_RETRY};
 use crate::serve::tls::{CertMap, CertResolver, certified_key_from_pem};
 use crate::stage::Stager;
 use crate::table::{Challenge, Hosts, Route, RoutingTable, SharedTable, SiteRoute};
@@ -150,6 +154,9 @@ pub struct Reconciler {
     previews: HashMap<String, previews::PreviewState>,
     /// Whether an apply changed what sites retain since the last [`Reconciler::settle`].
     retention_changed: bool,
+    /// Sites whose bundle failed to stage: their back-off and when they are staged again
+    /// (`releases::STAGE_RETRY`), with no change to their record.
+    site_retries: HashMap<String, (Backoff, Instant)>,
 }
 
 impl Reconciler {
@@ -183,6 +190,7 @@ impl Reconciler {
             releases: Releases::default(),
             previews: HashMap::new(),
             retention_changed: false,
+            site_retries: HashMap::new(),
         }
     }
 
@@ -200,7 +208,14 @@ impl Reconciler {
 
     /// Applies `desired`: stage, then swap certificates and table, then evict unused bundles.
     pub async fn apply(&mut self, desired: &Desired) -> Applied {
-        let (affected, challenges_changed) = self.affected(desired);
+        let (mut affected, challenges_changed) = self.affected(desired);
+        // Sites that failed to stage and are due again, whether or not their record changed.
+        let now = Instant::now();
+        for (domain, (_, at)) in &self.site_retries {
+            if *at <= now && !affected.contains(domain) {
+                affected.push(domain.clone());
+            }
+        }
         let restored = self.restore_retained(desired).await;
 
         // Stage every bundle that differs from what the site serves now, a few at a time.
@@ -254,6 +269,7 @@ impl Reconciler {
             .buffer_unordered(STAGING_CONCURRENCY)
             .collect()
             .await;
+        let mut failed: HashSet<String> = HashSet::new();
         for (domain, record, result) in results {
             let served = match result {
                 Ok(bundle) => Served {
@@ -269,7 +285,15 @@ impl Reconciler {
                     if let Some(metrics) = &self.metrics {
                         metrics.staging_failed();
                     }
-                    tracing::warn!(site = %domain, app = %record.app_ref(), error = %err, "staging failed; previous version keeps serving");
+                    let mut backoff = self
+                        .site_retries
+                        .remove(&domain)
+                        .map_or(STAGE_RETRY, |(backoff, _)| backoff);
+                    let delay = backoff.next_delay();
+                    self.site_retries
+                        .insert(domain.clone(), (backoff, Instant::now() + delay));
+                    failed.insert(domain.clone());
+                    tracing::warn!(site = %domain, app = %record.app_ref(), error = %err, retry_in = ?delay, "staging failed; previous version keeps serving");
                     let message =
                         format!("deploy of {} to {domain} failed: {err}", record.app_ref());
                     if self.notified.get(&domain) != Some(&message) {
@@ -285,6 +309,12 @@ impl Reconciler {
                 }
             };
             next.insert(domain, served);
+        }
+        // Staged, unchanged, gone or with nothing to stage: no retry.
+        for domain in &affected {
+            if !failed.contains(domain) {
+                self.site_retries.remove(domain);
+            }
         }
 
         // Withdraw what the affected sites published; what they release is counted down only
@@ -377,6 +407,16 @@ impl Reconciler {
             sites: self.status.clone(),
             certificates: self.cert_expiries.clone(),
             staging: self.releases.reports(),
+        }
+    }
+
+    /// When a site, deployment or preview that failed to stage is due to be staged again: apply
+    /// the same desired state again then.
+    pub fn next_retry(&self) -> Option<Instant> {
+        let sites = self.site_retries.values().map(|(_, at)| *at).min();
+        match (sites, self.releases.next_retry()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 

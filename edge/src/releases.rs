@@ -15,6 +15,12 @@
 //! Previews (`desired.previews`) are staged and held the same way, for as long as they exist,
 //! and reported under the same `staging` map; the reconciler serves each at its own host.
 //!
+//! A deployment that failed to stage (the repository unreachable, the bundle corrupt or
+//! missing there) is staged again with back-off ([`STAGE_RETRY`]) for as long as it is wanted,
+//! without its record changing: the run loop applies again when [`Releases::next_retry`] is
+//! due. Its report stays the error until a retry succeeds. (A deployment in `staging` is
+//! failed by the leader on the first error, so in practice this is for previews.)
+//!
 //! An edge that was down during a cutover does nothing special when it comes back: the site
 //! record names the live app, so the ordinary apply stages it (keeping the persisted version
 //! served until then).
@@ -26,9 +32,12 @@ mod tests;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt as _;
+use statiko_common::backoff::Backoff;
 use statiko_common::model::{DeploymentRecord, StageReport};
+use tokio::time::Instant;
 
 use crate::bundle::StagedBundle;
 use crate::desired::{Desired, app_key};
@@ -39,6 +48,12 @@ pub(crate) type StageReports = BTreeMap<String, StageReport>;
 
 /// Deployment bundles staged at the same time.
 const CONCURRENCY: usize = 3;
+
+/// Retries of a deployment that failed to stage: 1 s doubling up to 1 min, plus up to 500 ms of
+/// jitter (the edges do not all ask the repository again at once).
+pub(crate) const STAGE_RETRY: Backoff =
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(60))
+        .with_jitter(Duration::from_millis(500));
 
 /// Deployments staged (or that failed to stage) ahead of their cutover, and the bundles kept
 /// for rollback.
@@ -81,6 +96,8 @@ impl Default for Releases {
 struct Held {
     /// The staged bundle, kept referenced so that it is not evicted before the cutover.
     bundle: Option<Arc<StagedBundle>>,
+    /// When it failed to stage: its back-off, and when it is staged again.
+    retry: Option<(Backoff, Instant)>,
 }
 
 /// What an apply changed in the bundles held.
@@ -165,6 +182,7 @@ impl Releases {
         for id in gone {
             if let Some(Held {
                 bundle: Some(bundle),
+                ..
             }) = self.held.remove(&id)
             {
                 change.released.push(bundle.digest.clone());
@@ -172,8 +190,13 @@ impl Releases {
             self.reports.remove(&id);
         }
         let mut jobs = Vec::new();
+        let now = Instant::now();
         for (id, d) in desired.staging.iter().chain(desired.previews.iter()) {
-            if !self.held.contains_key(id) {
+            let due = match self.held.get(id) {
+                None => true,
+                Some(held) => held.retry.as_ref().is_some_and(|(_, at)| *at <= now),
+            };
+            if due {
                 jobs.push(async move { (id.clone(), stage(desired, stager, d).await) });
             }
         }
@@ -182,29 +205,51 @@ impl Releases {
             .collect()
             .await;
         for (id, result) in staged {
-            let (bundle, report) = match result {
+            let earlier = self.held.remove(&id).and_then(|held| held.retry);
+            let (held, report) = match result {
                 Ok(bundle) => {
+                    if earlier.is_some() {
+                        tracing::info!(deployment = %id, "staged a deployment on a retry");
+                    }
                     change.added.push(bundle.digest.clone());
                     let report = StageReport {
                         ok: true,
                         error: None,
                     };
-                    (Some(bundle), report)
+                    let held = Held {
+                        bundle: Some(bundle),
+                        retry: None,
+                    };
+                    (held, report)
                 }
                 Err(error) => {
-                    tracing::warn!(deployment = %id, %error, "staging a deployment failed");
+                    let mut backoff = earlier.map_or(STAGE_RETRY, |(backoff, _)| backoff);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(deployment = %id, %error, retry_in = ?delay, "staging a deployment failed");
                     change.failed += 1;
                     let report = StageReport {
                         ok: false,
                         error: Some(error),
                     };
-                    (None, report)
+                    let held = Held {
+                        bundle: None,
+                        retry: Some((backoff, Instant::now() + delay)),
+                    };
+                    (held, report)
                 }
             };
-            self.held.insert(id.clone(), Held { bundle });
+            self.held.insert(id.clone(), held);
             self.reports.insert(id, report);
         }
         change
+    }
+
+    /// When the next deployment that failed to stage is due to be staged again.
+    pub(crate) fn next_retry(&self) -> Option<Instant> {
+        self.held
+            .values()
+            .filter_map(|held| held.retry.as_ref().map(|(_, at)| *at))
+            .min()
     }
 
     /// The bundle held for deployment `id` (a preview), if it staged.

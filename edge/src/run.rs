@@ -245,9 +245,17 @@ pub async fn run(
         let metrics = metrics.clone();
         tasks.spawn(async move {
             loop {
+                // A change, or a retry of what failed to stage (the same state applied again).
+                let retry = reconciler.next_retry();
                 tokio::select! {
                     () = background.cancelled() => return,
                     changed = desired_rx.changed() => if changed.is_err() { return },
+                    () = async {
+                        match retry {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {}
                 }
                 let desired = desired_rx.borrow_and_update().clone();
                 let started = std::time::Instant::now();

@@ -51,6 +51,8 @@ const BLOG_REDIRECTS: &str = "\
 /secret/*      /private/notes.html            200
 /archive/*     /archive/                      302
 /loop/*        /loop/start                    302
+/files/*       /posts/:splat                  200
+/missing       /nowhere.html                  200
 ";
 
 const BLOG_HEADERS: &str = "\
@@ -218,6 +220,30 @@ async fn check_blog(edge: &Edge) -> Result<()> {
     let latest = edge.https_get(host, "/latest").await?;
     expect(&latest, 200, "rewrite")?;
     ensure!(latest.text() == "<h1>hello</h1>");
+    // A splat rewrite stays inside the bundle: a splat that would climb out of it is refused
+    // before any rule is looked at, and the rule files are never served through it.
+    let through = edge.https_get(host, "/files/2024/hello.html").await?;
+    expect(&through, 200, "splat rewrite")?;
+    ensure!(through.text() == "<h1>hello</h1>");
+    for climb in [
+        "/files/%2e%2e/_redirects",
+        "/files/..%2f..%2f_statiko.yaml",
+        "/files/%2E%2E/%2e%2e/etc/passwd",
+    ] {
+        let reply = edge.https_get(host, climb).await?;
+        expect(&reply, 400, climb)?;
+    }
+    let rules = edge.https_get(host, "/files/../_redirects").await?;
+    ensure!(
+        rules.status.as_u16() != 200 && !rules.text().contains("/posts/:splat"),
+        "/files/../_redirects: {} {:?}",
+        rules.status,
+        rules.text()
+    );
+    // A rewrite to a file the bundle does not have: the bundle's not-found page.
+    let missing = edge.https_get(host, "/missing").await?;
+    expect(&missing, 404, "/missing")?;
+    ensure!(missing.text() == "<h1>blog 404</h1>");
     // Not forced, and /about resolves to about.html: the page, with `_headers` for the
     // request path and the manifest's rule (for the file) winning over `_headers`.
     let about = edge.https_get(host, "/about").await?;

@@ -27,6 +27,7 @@ mod hardening;
 mod harness_smoke;
 mod observability;
 mod previews;
+mod previews_tls;
 mod releases;
 mod releases_flip;
 mod releases_skew;

@@ -4,7 +4,10 @@
 //!   keeps its version; two previews of one site at once; a password asks for basic auth
 //!   (401 without or with a wrong one, 200 with it); promotion makes it live (atomic);
 //! - a short TTL: no edge serves it once expired, the leader deletes its record, index entry
-//!   and certificate; a site deleted takes its previews with it;
+//!   and certificate; a site deleted takes its previews with it; the version a live preview
+//!   serves cannot be deleted until the preview is gone;
+//! - a preview (or a site) that failed to stage (its bundle corrupt in the repository) is staged
+//!   again with back-off once repaired, its record untouched;
 //! - refusals: previews off, bad TTL and password naming the field, promotion of an expired,
 //!   deleted or non-preview deployment, a deployer token outside its scope.
 
@@ -16,9 +19,10 @@ use serde_json::json;
 use statiko_common::crypto::{format_digest, sha256};
 use statiko_common::model::{self, CertificateKind, CertificateRecord};
 use statiko_proto::v1::{
-    DeletePreviewRequest, DeletePreviewResponse, DeployPreviewRequest, DeployRequest,
-    DeployStrategy, Deployment, DeploymentState, GetDeploymentRequest, ListDeploymentsRequest,
-    ListNodesRequest, ListPreviewsRequest, PromotePreviewRequest, PromotePreviewResponse,
+    DeleteAppRequest, DeletePreviewRequest, DeletePreviewResponse, DeployPreviewRequest,
+    DeployRequest, DeployStrategy, Deployment, DeploymentState, GetDeploymentRequest,
+    ListDeploymentsRequest, ListNodesRequest, ListPreviewsRequest, PromotePreviewRequest,
+    PromotePreviewResponse,
 };
 use statiko_tests::client::Api;
 use statiko_tests::cluster::Cluster;
@@ -438,6 +442,17 @@ async fn previews_expire_on_time_and_go_with_their_site() -> Result<()> {
     let kept = deploy_preview(&api, preview_request(domain, "3")).await?;
     let kept_host = host_of(&kept)?;
     served_everywhere(&cluster, &kept_host, "3", &[]).await?;
+    // The version a live preview serves cannot be deleted (as a site's cannot); once the
+    // preview is gone (with its site, below) it can.
+    let delete_web_3 = || DeleteAppRequest {
+        name: "web".into(),
+        version: "3".into(),
+    };
+    assert_status(
+        api.apps().delete_app(delete_web_3()).await,
+        Code::FailedPrecondition,
+        &["web@3", "in use by preview", &kept.id, domain],
+    );
     api.sites()
         .delete_site(statiko_proto::v1::DeleteSiteRequest {
             domain: domain.into(),
@@ -452,6 +467,132 @@ async fn previews_expire_on_time_and_go_with_their_site() -> Result<()> {
         .into_inner()
         .previews;
     ensure!(listed.is_empty(), "{listed:?}");
+    api.apps().delete_app(delete_web_3()).await?;
+    Ok(())
+}
+
+/// Corrupts the bundle of `web@version` in the cluster's repository; returns its path and the
+/// good bytes.
+async fn corrupt_bundle(cluster: &Cluster, version: &str) -> Result<(std::path::PathBuf, Vec<u8>)> {
+    let mut client = cluster.etcd.client().await?;
+    let app = client
+        .get(format!("/statiko/v1/apps/web/{version}"), None)
+        .await?;
+    let app: model::AppRecord = model::decode(app.kvs().first().context("the app")?.value())?;
+    let hex = app
+        .digest
+        .strip_prefix("sha256:")
+        .context("a sha256 digest")?;
+    let object = cluster
+        .control
+        .repo_dir()
+        .join("bundles")
+        .join("sha256")
+        .join(hex);
+    let good = std::fs::read(&object).with_context(|| format!("read {}", object.display()))?;
+    std::fs::write(&object, b"not a bundle")?;
+    Ok((object, good))
+}
+
+/// A preview whose bundle is corrupt in the repository fails to stage on every edge (the deploy
+/// says so); once the bundle is repaired, every edge stages it on a retry and serves it, its
+/// record untouched. The same for a site deployed immediately: the previous version serves
+/// until the repaired bundle stages on a retry.
+#[tokio::test]
+async fn a_preview_or_site_that_failed_to_stage_is_retried() -> Result<()> {
+    if !require_tool("etcd") {
+        return Ok(());
+    }
+    let domain = "retry.statiko.test";
+    let (cluster, api) = cluster(domain).await?;
+    // web@2 and web@3 were uploaded, never staged: corrupt their bundles in the repository.
+    let mut client = cluster.etcd.client().await?;
+    let (object, good) = corrupt_bundle(&cluster, "2").await?;
+    let (object_3, good_3) = corrupt_bundle(&cluster, "3").await?;
+
+    assert_status(
+        api.deployments()
+            .deploy_preview(preview_request(domain, "2"))
+            .await,
+        Code::FailedPrecondition,
+        &["failed to stage", "web@2"],
+    );
+    let listed = api
+        .deployments()
+        .list_previews(ListPreviewsRequest {
+            domain: domain.into(),
+        })
+        .await?
+        .into_inner()
+        .previews;
+    let [preview] = listed.as_slice() else {
+        anyhow::bail!("previews {listed:?}");
+    };
+    let record_key = format!("/statiko/v1/deployments/{domain}/{}", preview.id);
+    let revision = |response: etcd_client::GetResponse| {
+        response
+            .kvs()
+            .first()
+            .map(etcd_client::KeyValue::mod_revision)
+    };
+    let before = revision(client.get(record_key.as_str(), None).await?);
+    ensure!(before.is_some(), "the preview record exists");
+    // Failing still: the same answer, no edge serves the preview.
+    for edge in &cluster.edges {
+        let response = edge
+            .https_get(&preview.preview.as_ref().context("details")?.host, "/")
+            .await?;
+        ensure!(
+            response.status != 200,
+            "{} serves a bundle it could not stage",
+            edge.name()
+        );
+    }
+
+    // Repaired: every edge retries on its own (back-off from 1 s) and serves it.
+    std::fs::write(&object, &good)?;
+    served_everywhere(&cluster, &host_of(preview)?, "2", &[]).await?;
+    let after = revision(client.get(record_key.as_str(), None).await?);
+    ensure!(
+        after == before,
+        "the preview record changed: {before:?} -> {after:?}"
+    );
+    live_everywhere(&cluster, domain, "1").await?;
+
+    // The site itself, deployed immediately to the corrupt web@3: web@1 keeps serving, every
+    // edge reports the error, and once repaired web@3 goes live with no new deploy.
+    api.deployments()
+        .deploy(DeployRequest {
+            domain: domain.to_owned(),
+            app: Some(fixtures::app_ref("web", "3")),
+            wait: false,
+            wait_timeout: None,
+            strategy: DeployStrategy::Unspecified as i32,
+        })
+        .await?;
+    wait_until(secs(20), async || {
+        let nodes = api.cluster().list_nodes(ListNodesRequest {}).await?;
+        let failing = nodes
+            .into_inner()
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.sites
+                    .iter()
+                    .any(|s| s.domain == domain && s.error.contains("web@3"))
+            })
+            .count();
+        anyhow::Ok(failing == 2)
+    })
+    .await
+    .context("every edge reports the staging error")?;
+    live_everywhere(&cluster, domain, "1").await?;
+    std::fs::write(&object_3, &good_3)?;
+    wait_until(secs(20), async || {
+        anyhow::Ok(live_everywhere(&cluster, domain, "3").await.is_ok())
+    })
+    .await
+    .context("web@3 live everywhere after the repair, with no new deploy")?;
     Ok(())
 }
 

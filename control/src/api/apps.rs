@@ -274,9 +274,25 @@ impl Api {
                     users.join(", ")
                 )));
             }
+            // A preview serves its version until it expires: refused as a site's is, and a
+            // preview made meanwhile makes the delete lose (it changes `previews/`).
+            let (previews_revision, previews) = state.list_previews().await?;
+            let now = now_ms();
+            let previews: Vec<String> = previews
+                .iter()
+                .filter(|p| p.app == app_ref && !p.preview_expired(now))
+                .map(|p| format!("{} of {}", p.id, p.site))
+                .collect();
+            if !previews.is_empty() {
+                return Err(ControlError::Refused(format!(
+                    "app {app_ref} is in use by preview(s) {}; delete them (`stk preview delete`) or let them expire first",
+                    previews.join(", ")
+                )));
+            }
             let compares = vec![
                 Compare::unchanged_since(app_key.clone(), app.mod_revision),
                 Compare::prefix_unchanged_since(&state.keys.sites(), revision),
+                Compare::prefix_unchanged_since(&state.keys.previews(), previews_revision),
             ];
             let result = state
                 .txn(compares, vec![TxnOp::delete(app_key.clone())])

@@ -235,32 +235,24 @@ impl Api {
         let state = &self.ctx.state;
         let mut previews: Vec<DeploymentRecord> = Vec::new();
         if req.domain.trim().is_empty() {
-            // Every site: the index names each preview's site.
-            let index = state.store.snapshot(&state.keys.previews()).await?;
-            let mut sites: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-            for kv in &index.kvs {
-                let Some(id) = kv.key.strip_prefix(&state.keys.previews()) else {
-                    continue;
-                };
-                if let Ok(entry) = model::decode::<PreviewIndexRecord>(&kv.value) {
-                    sites.entry(entry.site).or_default().push(id.to_owned());
-                }
-            }
-            for (domain, ids) in sites {
-                let site = match state.find_site(&domain).await {
-                    Ok(site) => site.record,
-                    Err(ControlError::NotFound(_)) => continue,
-                    Err(err) => return Err(err),
-                };
-                if !site_visible(caller, site.all_domains()) {
-                    continue;
-                }
-                for id in ids {
-                    if let Some(d) = state.get_deployment(&domain, &id).await?
-                        && d.record.state == DeploymentState::Preview
-                    {
-                        previews.push(d.record);
+            // Every site the caller may see.
+            let (_, all) = state.list_previews().await?;
+            let mut visible: std::collections::BTreeMap<String, bool> = Default::default();
+            for preview in all {
+                let shown = match visible.get(&preview.site) {
+                    Some(&shown) => shown,
+                    None => {
+                        let shown = match state.find_site(&preview.site).await {
+                            Ok(site) => site_visible(caller, site.record.all_domains()),
+                            Err(ControlError::NotFound(_)) => false,
+                            Err(err) => return Err(err),
+                        };
+                        visible.insert(preview.site.clone(), shown);
+                        shown
                     }
+                };
+                if shown {
+                    previews.push(preview);
                 }
             }
         } else {
