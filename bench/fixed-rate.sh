@@ -10,7 +10,6 @@
 # "saturation" row); the slowest server's rate sets the fixed rates (FIXED_PCTS % of it), and
 # every server is measured at each of them for FIXED_DURATION s, one server at a time.
 
-SERVERS_FIXED="edge nginx sws"
 
 oha_url() { # server case
   local hp sp f
@@ -125,7 +124,7 @@ cp "$FIXED_CSV" "$H3_CSV"
   echo
 } > "$WORK/fixed-report.head"
 if has_mode fixed; then
-  fixed_table "$FIXED_CSV" "$FIXED_CASES" "$SERVERS_FIXED"
+  fixed_table "$FIXED_CSV" "$FIXED_CASES" "$FIXED_SERVERS"
 fi
 if has_mode h3; then
   fixed_table "$H3_CSV" "$H3_CASES" "edge caddy"

@@ -44,7 +44,8 @@ FIXED_DURATION=${FIXED_DURATION:-10}   # each fixed-rate run
 has_mode() { [ "$MODE" = all ] || [ "$MODE" = "$1" ]; }
 WITH_SWS=${WITH_SWS:-0}
 WITH_CADDY=${WITH_CADDY:-0}
-has_mode fixed && WITH_SWS=1
+FIXED_SERVERS=${FIXED_SERVERS:-"edge nginx sws"}
+case " $FIXED_SERVERS " in *" sws "*) has_mode fixed && WITH_SWS=1 ;; esac
 has_mode h3 && WITH_CADDY=1
 PROFILE=${PROFILE:-release}
 EDGE_ENV=${EDGE_ENV:-}   # extra environment of the edge only, e.g. "MALLOC_ARENA_MAX=2"
