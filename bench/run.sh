@@ -7,6 +7,11 @@
 #   WITH_SWS=1 WITH_CADDY=1 bench/run.sh   # also re-measure static-web-server / Caddy
 #   MODE=fixed bench/run.sh            # fixed-rate tail latency (oha -q, --latency-correction)
 #   MODE=h3 bench/run.sh               # HTTP/3 rows, edge vs Caddy (oha --http-version 3)
+#   MODE=profile bench/run.sh          # perf profile of the edge under tls-1k / plain-1k
+#   EDGE_ENV=MALLOC_ARENA_MAX=2 bench/run.sh   # the edge as the systemd unit / image run it
+#   BIN_DIR=target/release bench/run.sh  # use binaries built beforehand (no cargo build)
+#   MODE=fixed SAT_DURATION=1 FIXED_DURATION=1 FIXED_PCTS=50 WARMUP=1 QUIET_WAIT=0 bench/run.sh
+#                                      # dry run: every step once, seconds per run (no figures)
 #
 # The method is the anchor benchmarks' (shared/bench): wrk / h2load / openssl s_time with 64
 # connections, a 2 s warm-up per case, the run waits for an idle machine and is redone when
@@ -22,7 +27,8 @@ RETRIES=${RETRIES:-5}
 ALL_CASES="tls-1k tls-100k h2-100k plain-1k plain-10m hs-full hs-resume"
 CASES=${CASES:-$ALL_CASES}
 # saturation: the wrk / h2load / s_time matrix above; fixed: the fixed-rate latency table (edge,
-# nginx, sws); h3: HTTP/3 rows against Caddy; all: the three in turn.
+# nginx, sws); h3: HTTP/3 rows against Caddy; all: the three in turn; profile: where the
+# edge's CPU per small request goes (bench/profile.sh; not part of all).
 MODE=${MODE:-saturation}
 FIXED_CASES=${FIXED_CASES:-"tls-1k plain-1k h2-1k tls-100k"}
 H3_CASES=${H3_CASES:-"h3-1k h3-100k"}
@@ -32,8 +38,10 @@ FIXED_DURATION=${FIXED_DURATION:-10}   # each fixed-rate run
 has_mode() { [ "$MODE" = all ] || [ "$MODE" = "$1" ]; }
 WITH_SWS=${WITH_SWS:-0}
 WITH_CADDY=${WITH_CADDY:-0}
-has_mode fixed && WITH_SWS=1
+FIXED_SERVERS=${FIXED_SERVERS:-"edge nginx sws"}
+case " $FIXED_SERVERS " in *" sws "*) has_mode fixed && WITH_SWS=1 ;; esac
 has_mode h3 && WITH_CADDY=1
+EDGE_ENV=${EDGE_ENV:-}   # extra environment of the edge only, e.g. "MALLOC_ARENA_MAX=2"
 WORK=${BENCH_DIR:-/tmp/statiko-bench}
 # ports: edge, nginx, sws, caddy (plain / TLS); control and edge admin
 EDGE_HTTP=8090; EDGE_HTTPS=8493; EDGE_ADMIN=8496; CONTROL=8497
@@ -55,7 +63,7 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need[@]}" >/dev/null
 fi
 OHA_BIN=$(command -v oha || echo "$HOME/.cargo/bin/oha")
-if [ "$MODE" != saturation ] && ! { [ -x "$OHA_BIN" ] &&
+if { has_mode fixed || has_mode h3; } && ! { [ -x "$OHA_BIN" ] &&
     ! "$OHA_BIN" -n 1 --no-tui --http-version 3 http://127.0.0.1:9/ 2>&1 | grep -q 'not been built with HTTP/3'; }; then
   log "cargo install oha --features http3 (several minutes)"
   cargo install oha --locked --features http3
@@ -182,7 +190,8 @@ for p in $EDGE_HTTP $EDGE_HTTPS $EDGE_ADMIN $CONTROL $NGINX_HTTP $NGINX_HTTPS; d
 done
 log "starting statiko-control and statiko-edge (single node, file store in $WORK/node)"
 "$BIN/statiko-control" --config "$WORK/node/config.yaml" > "$WORK/logs/control.log" 2>&1 & STARTED+=($!)
-"$BIN/statiko-edge" --config "$WORK/node/config.yaml" > "$WORK/logs/edge.log" 2>&1 & STARTED+=($!)
+# shellcheck disable=SC2086 # EDGE_ENV is a list of NAME=VALUE words
+env $EDGE_ENV "$BIN/statiko-edge" --config "$WORK/node/config.yaml" > "$WORK/logs/edge.log" 2>&1 & STARTED+=($!)
 EDGE_PID=${STARTED[1]}
 wait_port $CONTROL; wait_port $EDGE_HTTPS
 export STATIKO_ENDPOINT=http://$HOST:$CONTROL STATIKO_TOKEN=bench-admin-token-0123456789
@@ -285,6 +294,11 @@ DATE=$(date -u +%Y-%m-%dT%H:%MZ)
 if has_mode fixed || has_mode h3; then
   # shellcheck source=bench/fixed-rate.sh
   . "$ROOT/bench/fixed-rate.sh"
+fi
+if [ "$MODE" = profile ]; then
+  # shellcheck source=bench/profile.sh
+  . "$ROOT/bench/profile.sh"
+  exit 0
 fi
 [ -n "$CASES" ] || exit 0
 

@@ -9,7 +9,9 @@
 //!
 //! Run (release binaries beside this one): `cargo build --release -p statiko-edge
 //! -p statiko-control -p statiko-bench && target/release/footprint [SITES] [WORKER_THREADS]`;
-//! `WORKER_THREADS` sets `edge.workerThreads` (default: the edge's default).
+//! `WORKER_THREADS` sets `edge.workerThreads` (default: the edge's default). The edge inherits
+//! this process's environment, so glibc's allocator knobs apply to it as set here (e.g.
+//! `MALLOC_ARENA_MAX=1 target/release/footprint 10`); `STATIKO_BIN_DIR` picks the binaries.
 
 use std::time::{Duration, Instant};
 
@@ -121,18 +123,19 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// `VmRSS (RssAnon + RssFile), peak VmHWM, Threads` of `pid`.
+/// `VmRSS (RssAnon + RssFile), Pss, Private_Dirty, peak VmHWM, Threads` of `pid`, from
+/// `/proc/PID/status` and `/proc/PID/smaps_rollup`.
 fn memory(pid: u32) -> Result<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> String {
-        status
-            .lines()
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let field = |text: &str, name: &str| -> String {
+        text.lines()
             .find_map(|line| line.strip_prefix(name))
             .map(|v| v.trim().to_owned())
             .unwrap_or_default()
     };
-    let mib = |name: &str| -> String {
-        let kib: f64 = field(name)
+    let mib = |text: &str, name: &str| -> String {
+        let kib: f64 = field(text, name)
             .trim_end_matches("kB")
             .trim()
             .parse()
@@ -140,11 +143,13 @@ fn memory(pid: u32) -> Result<String> {
         format!("{:.1} MiB", kib / 1024.0)
     };
     Ok(format!(
-        "RSS {} (anon {}, file {}), peak {}, {} threads",
-        mib("VmRSS:"),
-        mib("RssAnon:"),
-        mib("RssFile:"),
-        mib("VmHWM:"),
-        field("Threads:")
+        "RSS {} (anon {}, file {}), Pss {}, Private_Dirty {}, peak {}, {} threads",
+        mib(&status, "VmRSS:"),
+        mib(&status, "RssAnon:"),
+        mib(&status, "RssFile:"),
+        mib(&rollup, "Pss:"),
+        mib(&rollup, "Private_Dirty:"),
+        mib(&status, "VmHWM:"),
+        field(&status, "Threads:")
     ))
 }

@@ -355,9 +355,21 @@ fn rss_summary(fleet: &Fleet) -> String {
     rss.sort_by(f64::total_cmp);
     match (rss.first(), rss.get(rss.len() / 2), rss.last()) {
         (Some(min), Some(median), Some(max)) => format!(
-            "min {min:.1} / median {median:.1} / max {max:.1}, total {:.0}",
-            rss.iter().sum::<f64>()
+            "min {min:.1} / median {median:.1} / max {max:.1}, total {:.0} (Pss total {:.0})",
+            rss.iter().sum::<f64>(),
+            pss_total_mib(fleet)
         ),
         _ => "unknown".to_owned(),
     }
+}
+
+/// The edges' Pss added up (MiB): their memory together, shared code counted once.
+fn pss_total_mib(fleet: &Fleet) -> f64 {
+    let kib: u64 = fleet
+        .edges
+        .iter()
+        .filter_map(|edge| edge.pid())
+        .filter_map(|pid| measure::pss_kib(pid).ok())
+        .sum();
+    kib as f64 / 1024.0
 }

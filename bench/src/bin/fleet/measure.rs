@@ -34,12 +34,22 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 
 /// Resident set size (`VmRSS`) in KiB.
 pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
+    proc_kib(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
+/// Proportional set size (`Pss` in `smaps_rollup`) in KiB: pages shared with other processes
+/// (the executable's code, which all edges map) count once over all of them, so the edges' Pss
+/// adds up to what they hold together, where the sum of their RSS counts the code N times.
+pub(crate) fn pss_kib(pid: u32) -> Result<u64> {
+    proc_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
+}
+
+fn proc_kib(path: &str, field: &str) -> Result<u64> {
+    std::fs::read_to_string(path)?
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
+        .with_context(|| format!("no {field} in {path}"))
 }
 
 /// CPU used by the leader, control, etcd and all edges over a phase.
