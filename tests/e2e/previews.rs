@@ -479,10 +479,7 @@ async fn corrupt_bundle(cluster: &Cluster, version: &str) -> Result<(std::path::
         .get(format!("/statiko/v1/apps/web/{version}"), None)
         .await?;
     let app: model::AppRecord = model::decode(app.kvs().first().context("the app")?.value())?;
-    let hex = app
-        .digest
-        .strip_prefix("sha256:")
-        .context("a sha256 digest")?;
+    let hex = app.digest.hex();
     let object = cluster
         .control
         .repo_dir()
