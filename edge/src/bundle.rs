@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::HeaderValue;
 use statiko_common::conventions::Conventions;
+use statiko_common::crypto::Digest;
 use statiko_common::headers_file::HeaderRules;
 use statiko_common::manifest::Manifest;
 use statiko_common::redirects::Redirects;
@@ -24,8 +25,8 @@ pub const HOT_FILE_MAX: u64 = 256 * 1024;
 /// One unpacked, verified bundle, shared by every site that deploys the same digest.
 #[derive(Debug)]
 pub struct StagedBundle {
-    /// `sha256:<hex>` of the archive.
-    pub digest: String,
+    /// The archive's digest.
+    pub digest: Digest,
     /// Directory holding the unpacked files.
     pub root: PathBuf,
     /// Every regular file, keyed by its URL path: leading `/`, `/`-separated, no trailing slash,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use rustls::sign::CertifiedKey;
 use statiko_common::backoff::Backoff;
-use statiko_common::crypto::{self, SecretBox};
+use statiko_common::crypto::{self, Digest, SecretBox};
 use statiko_common::model::{
     self, AppRecord, AppRef, CertificateKind, CertificateRecord, NodeSiteStatus, SiteRecord,
     TlsChoice,
@@ -94,16 +94,35 @@ impl Applied {
 }
 
 /// Reference counts: how many sites use each key.
-#[derive(Debug, Default)]
-struct Refs(HashMap<String, usize>);
+#[derive(Debug)]
+struct Refs<K = String>(HashMap<K, usize>);
 
-impl Refs {
-    fn add(&mut self, key: &str) {
-        *self.0.entry(key.to_owned()).or_default() += 1;
+impl<K> Default for Refs<K> {
+    fn default() -> Self {
+        Self(HashMap::new())
+    }
+}
+
+impl<K: Eq + std::hash::Hash> Refs<K> {
+    fn add<Q>(&mut self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: ToOwned<Owned = K> + Eq + std::hash::Hash + ?Sized,
+    {
+        match self.0.get_mut(key) {
+            Some(n) => *n += 1,
+            None => {
+                self.0.insert(key.to_owned(), 1);
+            }
+        }
     }
 
     /// Returns whether `key` lost its last user.
-    fn release(&mut self, key: &str) -> bool {
+    fn release<Q>(&mut self, key: &Q) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + std::hash::Hash + ?Sized,
+    {
         match self.0.get_mut(key) {
             Some(n) if *n > 1 => {
                 *n -= 1;
@@ -140,7 +159,7 @@ pub struct Reconciler {
     /// Users of each name in `cert_expiries`, of each cached certificate, of each bundle digest.
     expiry_refs: Refs,
     cert_refs: Refs,
-    bundle_refs: Refs,
+    bundle_refs: Refs<Digest>,
     /// Parsed certificates by a key that changes when the certificate changes.
     cert_cache: HashMap<String, Arc<CertifiedKey>>,
     /// Where failed deploys are reported.
@@ -243,7 +262,7 @@ impl Reconciler {
                     let same = previous
                         .bundle
                         .as_ref()
-                        .is_some_and(|b| b.digest == record.digest.to_string())
+                        .is_some_and(|b| b.digest == record.digest)
                         && previous.app.as_ref() == Some(&record.app_ref());
                     if same {
                         let deployment = site.deployment.clone().or(previous.deployment.clone());
@@ -507,8 +526,8 @@ impl Reconciler {
             .sites
             .get(&domain)
             .and_then(|s| s.served.bundle.as_ref())
-            .map(|b| b.digest.clone());
-        if live.as_deref() == Some(bundle.digest.as_str()) {
+            .map(|b| b.digest);
+        if live == Some(bundle.digest) {
             return false;
         }
         let retired = Retained {
@@ -524,7 +543,7 @@ impl Reconciler {
             bytes: bundle.disk_bytes(),
         };
         self.bundle_refs.add(&bundle.digest);
-        for digest in self.releases.retain(&domain, retired, live.as_deref()) {
+        for digest in self.releases.retain(&domain, retired, live) {
             self.release_bundle(&digest);
         }
         true
@@ -554,9 +573,9 @@ impl Reconciler {
     }
 
     /// Counts down one user of a bundle; evicts what no one uses any more.
-    fn release_bundle(&mut self, digest: &str) {
+    fn release_bundle(&mut self, digest: &Digest) {
         if self.bundle_refs.release(digest) {
-            let keep: HashSet<String> = self.bundle_refs.0.keys().cloned().collect();
+            let keep: HashSet<Digest> = self.bundle_refs.0.keys().copied().collect();
             let stager = self.stager.clone();
             // Off the apply path: evicting removes directories.
             tokio::spawn(async move {

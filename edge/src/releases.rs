@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use statiko_common::backoff::Backoff;
+use statiko_common::crypto::Digest;
 use statiko_common::model::{DeploymentRecord, StageReport};
 use tokio::time::Instant;
 
@@ -104,9 +105,9 @@ struct Held {
 #[derive(Debug, Default)]
 pub(crate) struct HeldChange {
     /// Digests now held by a staging deployment.
-    pub(crate) added: Vec<String>,
+    pub(crate) added: Vec<Digest>,
     /// Digests no longer held by one that left `staging`.
-    pub(crate) released: Vec<String>,
+    pub(crate) released: Vec<Digest>,
     /// Deployments that failed to stage.
     pub(crate) failed: u64,
 }
@@ -133,23 +134,23 @@ impl Releases {
         &mut self,
         domain: &str,
         retired: Retained,
-        live_digest: Option<&str>,
-    ) -> Vec<String> {
+        live_digest: Option<Digest>,
+    ) -> Vec<Digest> {
         let kept = self.retained.entry(domain.to_owned()).or_default();
         let mut dropped = Vec::new();
-        let digest = retired.bundle.digest.clone();
+        let digest = retired.bundle.digest;
         // Kept once, and not while live again (after a rollback to it).
         kept.retain(|r| {
-            let keep = r.bundle.digest != digest && Some(r.bundle.digest.as_str()) != live_digest;
+            let keep = r.bundle.digest != digest && Some(r.bundle.digest) != live_digest;
             if !keep {
-                dropped.push(r.bundle.digest.clone());
+                dropped.push(r.bundle.digest);
             }
             keep
         });
         kept.push_front(retired);
         while kept.len() > self.retain - 1 {
             match kept.pop_back() {
-                Some(old) => dropped.push(old.bundle.digest.clone()),
+                Some(old) => dropped.push(old.bundle.digest),
                 None => break,
             }
         }
@@ -162,10 +163,10 @@ impl Releases {
     }
 
     /// Site `domain` is gone: returns the digests it kept.
-    pub(crate) fn forget(&mut self, domain: &str) -> Vec<String> {
+    pub(crate) fn forget(&mut self, domain: &str) -> Vec<Digest> {
         self.retained
             .remove(domain)
-            .map(|kept| kept.into_iter().map(|r| r.bundle.digest.clone()).collect())
+            .map(|kept| kept.into_iter().map(|r| r.bundle.digest).collect())
             .unwrap_or_default()
     }
 
@@ -185,7 +186,7 @@ impl Releases {
                 ..
             }) = self.held.remove(&id)
             {
-                change.released.push(bundle.digest.clone());
+                change.released.push(bundle.digest);
             }
             self.reports.remove(&id);
         }
@@ -211,7 +212,7 @@ impl Releases {
                     if earlier.is_some() {
                         tracing::info!(deployment = %id, "staged a deployment on a retry");
                     }
-                    change.added.push(bundle.digest.clone());
+                    change.added.push(bundle.digest);
                     let report = StageReport {
                         ok: true,
                         error: None,

@@ -123,12 +123,12 @@ struct Inner {
     codesign_key: Option<[u8; 32]>,
     codesign_required: bool,
     /// Staged bundles by lowercase hex digest.
-    cache: Mutex<HashMap<String, Arc<StagedBundle>>>,
+    cache: Mutex<HashMap<Digest, Arc<StagedBundle>>>,
     /// One lock per digest, so one staging runs per digest at a time (single flight). A
     /// bundle's seal keeps it until the bundle is durable.
-    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    flights: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     /// Digests whose seal is running.
-    sealing: Mutex<HashSet<String>>,
+    sealing: Mutex<HashSet<Digest>>,
 }
 
 impl fmt::Debug for Stager {
@@ -184,24 +184,23 @@ impl Stager {
     #[tracing::instrument(name = "stage", skip_all, fields(app = %app.app_ref(), digest = %app.digest))]
     pub async fn stage(&self, app: &AppRecord) -> Result<Arc<StagedBundle>, StageError> {
         let digest = app.digest;
-        let hex_digest = digest.hex();
         self.check_signature(app, &digest)?;
-        if let Some(bundle) = self.cached(&hex_digest) {
+        if let Some(bundle) = self.cached(&digest) {
             return Ok(bundle);
         }
-        let flight = self.flight(&hex_digest);
+        let flight = self.flight(&digest);
         let guard = flight.lock_owned().await;
-        if let Some(bundle) = self.cached(&hex_digest) {
+        if let Some(bundle) = self.cached(&digest) {
             return Ok(bundle);
         }
-        if let Some(bundle) = self.load(&hex_digest).await {
-            self.cache().insert(hex_digest, bundle.clone());
+        if let Some(bundle) = self.load(&digest).await {
+            self.cache().insert(digest, bundle.clone());
             return Ok(bundle);
         }
-        let (bundle, seal) = self.fetch_and_stage(app, &hex_digest).await?;
+        let (bundle, seal) = self.fetch_and_stage(app).await?;
         let bundle = Arc::new(bundle);
-        self.cache().insert(hex_digest.clone(), bundle.clone());
-        self.seal_in_background(hex_digest, seal, guard);
+        self.cache().insert(digest, bundle.clone());
+        self.seal_in_background(digest, seal, guard);
         Ok(bundle)
     }
 

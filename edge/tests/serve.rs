@@ -98,7 +98,9 @@ fn bundle(dir: &std::path::Path, big_len: usize, tag: &str) -> StagedBundle {
         ),
     ]);
     StagedBundle {
-        digest: format!("sha256:{tag}"),
+        digest: statiko_common::crypto::Digest::from(statiko_common::crypto::sha256(
+            tag.as_bytes(),
+        )),
         root,
         files,
         dirs: HashSet::from(["/".to_owned(), "/docs".to_owned()]),

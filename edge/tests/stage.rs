@@ -226,7 +226,7 @@ async fn stages_files_with_metadata_and_variants() {
     let stager = env.stager();
     let bundle = stager.stage(&record).await.unwrap();
 
-    assert_eq!(bundle.digest, record.digest.to_string());
+    assert_eq!(bundle.digest, record.digest);
     let mut keys: Vec<&str> = bundle.files.keys().map(String::as_str).collect();
     keys.sort_unstable();
     assert_eq!(
@@ -579,7 +579,7 @@ async fn concurrent_stages_share_one_copy() {
     let again = stager.stage(&record).await.unwrap();
     assert!(Arc::ptr_eq(&a, &again));
     assert!(Arc::ptr_eq(
-        &stager.cached(&record.digest.to_string()).unwrap(),
+        &stager.cached(&record.digest).unwrap(),
         &a
     ));
 }
@@ -641,13 +641,13 @@ async fn eviction_removes_unused_bundles() {
     stager.stage(&b).await.unwrap();
     assert!(env.bundle_dir(&b).exists());
 
-    let keep: HashSet<String> = [a.digest.to_string()].into();
+    let keep: HashSet<Digest> = [a.digest].into();
     assert_eq!(stager.evict_except(&keep).await, 1);
     assert!(env.bundle_dir(&a).exists());
     assert!(!env.bundle_dir(&b).exists());
-    assert!(stager.cached(&b.digest.to_string()).is_none());
+    assert!(stager.cached(&b.digest).is_none());
     assert!(Arc::ptr_eq(
-        &stager.cached(&a.digest.to_string()).unwrap(),
+        &stager.cached(&a.digest).unwrap(),
         &staged_a
     ));
     // Nothing more to evict.
@@ -657,7 +657,7 @@ async fn eviction_removes_unused_bundles() {
     let again = stager.stage(&b).await.unwrap();
     assert_eq!(body_bytes(&file(&again, "/index.html").body), b"b");
     assert_eq!(stager.evict_except(&HashSet::new()).await, 2);
-    assert!(stager.cached(&a.digest.to_string()).is_none());
+    assert!(stager.cached(&a.digest).is_none());
 }
 
 #[tokio::test]
@@ -785,7 +785,7 @@ async fn bad_routing_files_fail_staging_with_their_line() {
         let err = stager.stage(&record).await.unwrap_err();
         assert!(matches!(err, StageError::SiteFile(_)), "{err}");
         assert!(err.to_string().starts_with(expected), "{err}");
-        assert!(stager.cached(&record.digest.to_string()).is_none());
+        assert!(stager.cached(&record.digest).is_none());
         assert!(!env.bundle_dir(&record).exists());
     }
 }

@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use statiko_bench::{ms, percentile};
+use statiko_common::crypto::Digest;
 use statiko_edge::bundle::{Body, StagedBundle, StaticFile};
 use statiko_edge::serve::{Handler, Scheme};
 use statiko_edge::table::{Retired, Route, RoutingTable, SiteRoute};
@@ -41,7 +42,7 @@ fn bundle(version: usize) -> Result<StagedBundle> {
     }
     dirs.insert("/assets".to_owned());
     Ok(StagedBundle {
-        digest: format!("sha256:{version:064}"),
+        digest: Digest::from([u8::try_from(version).unwrap_or(u8::MAX); 32]),
         root: "/nonexistent".into(),
         files,
         dirs,

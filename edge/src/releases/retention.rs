@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use statiko_common::crypto::Digest;
 use statiko_common::private_files;
 
 use super::{Releases, Retained};
@@ -34,7 +35,7 @@ pub(crate) struct Persisted {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct Entry {
-    pub(super) digest: String,
+    pub(super) digest: Digest,
     pub(super) deployment: String,
     pub(super) retired_at: i64,
 }
@@ -75,7 +76,7 @@ impl Releases {
         &mut self,
         stager: &Stager,
         desired: &Desired,
-    ) -> Vec<(String, String)> {
+    ) -> Vec<(String, Digest)> {
         let Some(persisted) = self.restore.as_mut() else {
             return Vec::new();
         };
@@ -91,13 +92,13 @@ impl Releases {
             let Some(site) = desired.sites.get(&domain) else {
                 continue;
             };
-            let live = desired.app_for(site).map(|app| app.digest.to_string());
+            let live = desired.app_for(site).map(|app| app.digest);
             for entry in entries {
                 let kept = self.retained.entry(domain.clone()).or_default();
                 if kept.len() + 1 >= self.retain {
                     break;
                 }
-                if live.as_deref() == Some(entry.digest.as_str())
+                if live == Some(entry.digest)
                     || kept.iter().any(|r| r.bundle.digest == entry.digest)
                 {
                     continue;
@@ -130,7 +131,7 @@ impl Releases {
     /// Drops the retained bundles retired longest ago, whatever their site, until the distinct
     /// ones fit in the budget. Returns the site and digest of each dropped (one reference each
     /// to release).
-    pub(crate) fn enforce_budget(&mut self) -> Vec<(String, String)> {
+    pub(crate) fn enforce_budget(&mut self) -> Vec<(String, Digest)> {
         let mut dropped = Vec::new();
         while self.retained_bytes() > self.budget {
             // Each site's queue is newest first: its back is its oldest.
@@ -148,7 +149,7 @@ impl Releases {
             {
                 tracing::info!(site = %domain, digest = %old.bundle.digest, bytes = old.bytes,
                     "dropping a retained bundle over edge.bundleDiskBudget");
-                dropped.push((domain, old.bundle.digest.clone()));
+                dropped.push((domain, old.bundle.digest));
             }
         }
         self.retained.retain(|_, kept| !kept.is_empty());
@@ -157,7 +158,7 @@ impl Releases {
 
     /// Bytes the distinct retained bundles take on disk.
     pub(crate) fn retained_bytes(&self) -> u64 {
-        let mut sizes: HashMap<&str, u64> = HashMap::new();
+        let mut sizes: HashMap<&Digest, u64> = HashMap::new();
         for kept in self.retained.values().flatten() {
             sizes.insert(&kept.bundle.digest, kept.bytes);
         }
@@ -179,7 +180,7 @@ impl Releases {
                     let entries = kept
                         .iter()
                         .map(|r| Entry {
-                            digest: r.bundle.digest.clone(),
+                            digest: r.bundle.digest,
                             deployment: r.deployment.clone(),
                             retired_at: r.retired_at,
                         })

@@ -9,39 +9,37 @@ use std::sync::{Arc, MutexGuard};
 use super::Stager;
 use super::meta::load_bundle;
 use super::seal::lock_dir;
+use statiko_common::crypto::Digest;
+
 use crate::bundle::StagedBundle;
 
 impl Stager {
-    /// The staged bundle of `digest` (`sha256:<hex>` or hex), if it is in memory.
-    pub fn cached(&self, digest: &str) -> Option<Arc<StagedBundle>> {
-        self.cache().get(&normalize_digest(digest)).cloned()
+    /// The staged bundle of `digest`, if it is in memory.
+    pub fn cached(&self, digest: &Digest) -> Option<Arc<StagedBundle>> {
+        self.cache().get(digest).cloned()
     }
 
-    /// The staged bundle of `digest` (`sha256:<hex>` or hex) in memory, or loaded from a
-    /// durable copy on disk (a bundle kept across a restart); never downloaded.
-    pub async fn staged_on_disk(&self, digest: &str) -> Option<Arc<StagedBundle>> {
-        let hex_digest = normalize_digest(digest);
-        if hex_digest.is_empty() || !hex_digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        if let Some(bundle) = self.cached(&hex_digest) {
+    /// The staged bundle of `digest` in memory, or loaded from a durable copy on disk (a
+    /// bundle kept across a restart); never downloaded.
+    pub async fn staged_on_disk(&self, digest: &Digest) -> Option<Arc<StagedBundle>> {
+        if let Some(bundle) = self.cached(digest) {
             return Some(bundle);
         }
-        let flight = self.flight(&hex_digest);
+        let flight = self.flight(digest);
         let _guard = flight.lock().await;
-        if let Some(bundle) = self.cached(&hex_digest) {
+        if let Some(bundle) = self.cached(digest) {
             return Some(bundle);
         }
-        let bundle = self.load(&hex_digest).await?;
-        self.cache().insert(hex_digest, bundle.clone());
+        let bundle = self.load(digest).await?;
+        self.cache().insert(*digest, bundle.clone());
         Some(bundle)
     }
 
-    /// Removes every staged bundle whose digest (`sha256:<hex>` or hex) is not in `keep`, from
-    /// memory and disk. A bundle being staged is left alone; one being sealed is removed once
-    /// its seal is done. Returns how many were removed from disk.
-    pub async fn evict_except(&self, keep: &HashSet<String>) -> usize {
-        let keep: HashSet<String> = keep.iter().map(|d| normalize_digest(d)).collect();
+    /// Removes every staged bundle whose digest is not in `keep`, from memory and disk (and
+    /// anything under `bundles/` not named by a digest). A bundle being staged is left alone;
+    /// one being sealed is removed once its seal is done. Returns how many were removed from
+    /// disk.
+    pub async fn evict_except(&self, keep: &HashSet<Digest>) -> usize {
         self.cache().retain(|digest, _| keep.contains(digest));
         let bundles_dir = self.inner.bundles_dir.clone();
         let names = match tokio::task::spawn_blocking(move || list_dir_names(&bundles_dir)).await {
@@ -57,9 +55,17 @@ impl Stager {
             }
         };
         let mut removed = 0;
-        for name in names.into_iter().filter(|n| !keep.contains(n)) {
-            let flight = self.flight(&name);
-            let guard = if self.sealing().contains(&name) {
+        for name in names {
+            // Directories are named by the digest's hex.
+            let Ok(digest) = format!("sha256:{name}").parse::<Digest>() else {
+                self.remove_stray(&name).await;
+                continue;
+            };
+            if keep.contains(&digest) {
+                continue;
+            }
+            let flight = self.flight(&digest);
+            let guard = if self.sealing().contains(&digest) {
                 // Sealing takes moments: wait, rather than leave the bundle behind.
                 flight.lock_owned().await
             } else {
@@ -70,7 +76,7 @@ impl Stager {
                 guard
             };
             // Staged again meanwhile: a deploy wants it after all.
-            if self.cached(&name).is_some() {
+            if self.cached(&digest).is_some() {
                 continue;
             }
             let dir = self.inner.bundles_dir.join(&name);
@@ -92,41 +98,47 @@ impl Stager {
         removed
     }
 
-    pub(super) fn cache(&self) -> MutexGuard<'_, HashMap<String, Arc<StagedBundle>>> {
+    /// Removes `bundles/<name>`, which no digest names (left by hand, or by an older format).
+    async fn remove_stray(&self, name: &str) {
+        let dir = self.inner.bundles_dir.join(name);
+        match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await {
+            Ok(Ok(())) => tracing::info!(name, "removed a stray entry from the bundle directory"),
+            Ok(Err(e)) => tracing::warn!(name, error = %e, "cannot remove a stray bundle entry"),
+            Err(e) => tracing::warn!(name, error = %e, "removing a stray bundle entry failed"),
+        }
+    }
+
+    pub(super) fn cache(&self) -> MutexGuard<'_, HashMap<Digest, Arc<StagedBundle>>> {
         self.inner
             .cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(super) fn sealing(&self) -> MutexGuard<'_, HashSet<String>> {
+    pub(super) fn sealing(&self) -> MutexGuard<'_, HashSet<Digest>> {
         self.inner
             .sealing
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(super) fn flights(&self) -> MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+    pub(super) fn flights(&self) -> MutexGuard<'_, HashMap<Digest, Arc<tokio::sync::Mutex<()>>>> {
         self.inner
             .flights
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(super) fn flight(&self, hex_digest: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.flights()
-            .entry(hex_digest.to_owned())
-            .or_default()
-            .clone()
+    pub(super) fn flight(&self, digest: &Digest) -> Arc<tokio::sync::Mutex<()>> {
+        self.flights().entry(*digest).or_default().clone()
     }
 
     /// Loads a complete bundle left on disk (after a restart). Anything incomplete or
     /// unreadable is removed, to be staged again. A bundle still being sealed (by another
     /// stager) is waited for.
-    pub(super) async fn load(&self, hex_digest: &str) -> Option<Arc<StagedBundle>> {
-        let dir = self.inner.bundles_dir.join(hex_digest);
-        let digest = format!("sha256:{hex_digest}");
-        let hex_digest = hex_digest.to_owned();
+    pub(super) async fn load(&self, digest: &Digest) -> Option<Arc<StagedBundle>> {
+        let dir = self.inner.bundles_dir.join(digest.hex());
+        let digest = *digest;
         let outcome = tokio::task::spawn_blocking(move || {
             if !dir.exists() {
                 return None;
@@ -135,9 +147,9 @@ impl Stager {
             match loaded {
                 Ok(bundle) => Some(bundle),
                 Err(e) => {
-                    tracing::warn!(digest = %hex_digest, error = %e, "discarding incomplete staged bundle");
+                    tracing::warn!(digest = %digest, error = %e, "discarding incomplete staged bundle");
                     if let Err(e) = std::fs::remove_dir_all(&dir) {
-                        tracing::warn!(digest = %hex_digest, error = %e, "cannot remove staged bundle");
+                        tracing::warn!(digest = %digest, error = %e, "cannot remove staged bundle");
                     }
                     None
                 }
@@ -146,14 +158,6 @@ impl Stager {
         .await;
         outcome.ok().flatten().map(Arc::new)
     }
-}
-
-fn normalize_digest(digest: &str) -> String {
-    let digest = digest.trim();
-    digest
-        .strip_prefix("sha256:")
-        .unwrap_or(digest)
-        .to_ascii_lowercase()
 }
 
 fn list_dir_names(dir: &Path) -> io::Result<Vec<String>> {

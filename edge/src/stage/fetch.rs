@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use statiko_common::archive::{self, ArchiveLimits, Unpacked};
 use statiko_common::config::LimitsConfig;
-use statiko_common::crypto::{Sha256Hasher, hex};
+use statiko_common::crypto::{Digest, Sha256Hasher};
 use statiko_common::model::{AppRecord, BundleFormat};
 use statiko_common::repo::{BundleReader, RepoError};
 
@@ -24,15 +24,14 @@ impl Stager {
     pub(super) async fn fetch_and_stage(
         &self,
         app: &AppRecord,
-        hex_digest: &str,
     ) -> Result<(StagedBundle, Seal), StageError> {
         let started = Instant::now();
-        let result = self.build(app, hex_digest, started).await;
+        let result = self.build(app, started).await;
         match &result {
             Ok((bundle, _, steps)) => tracing::info!(
                 app = %app.name,
                 version = %app.version,
-                digest = %hex_digest,
+                digest = %app.digest,
                 files = bundle.files.len(),
                 open_ms = millis(steps.open),
                 queued_ms = millis(steps.queued),
@@ -46,7 +45,7 @@ impl Stager {
             Err(e) => tracing::warn!(
                 app = %app.name,
                 version = %app.version,
-                digest = %hex_digest,
+                digest = %app.digest,
                 error = %e,
                 "staging failed"
             ),
@@ -57,7 +56,6 @@ impl Stager {
     async fn build(
         &self,
         app: &AppRecord,
-        hex_digest: &str,
         started: Instant,
     ) -> Result<(StagedBundle, Seal, Steps), StageError> {
         let max = self.inner.limits.max_bundle_size;
@@ -70,13 +68,13 @@ impl Stager {
         let reader = self
             .inner
             .repo
-            .open(hex_digest)
+            .open(&app.digest.hex())
             .await
             .map_err(|e| fetch_error(&e))?;
         let build = Build {
             tmp_dir: self.inner.tmp_dir.clone(),
             bundles_dir: self.inner.bundles_dir.clone(),
-            hex_digest: hex_digest.to_owned(),
+            digest: app.digest,
             format: app.format,
             limits: self.inner.limits.clone(),
         };
@@ -119,7 +117,7 @@ pub(super) fn millis(d: Duration) -> f64 {
 pub(super) struct Build {
     pub(super) tmp_dir: PathBuf,
     pub(super) bundles_dir: PathBuf,
-    pub(super) hex_digest: String,
+    pub(super) digest: Digest,
     pub(super) format: BundleFormat,
     pub(super) limits: LimitsConfig,
 }
@@ -144,7 +142,7 @@ impl Build {
         std::fs::create_dir_all(&self.tmp_dir)
             .map_err(|e| StageError::io("creating the staging directory", &e))?;
         let work = tempfile::Builder::new()
-            .prefix(&format!("{}.", self.hex_digest))
+            .prefix(&format!("{}.", self.digest.hex()))
             .tempdir_in(&self.tmp_dir)
             .map_err(|e| StageError::io("creating the staging directory", &e))?;
         let result = self.build_in(reader, work.path(), steps);
@@ -172,7 +170,7 @@ impl Build {
         let manifest = read_manifest(&root)?;
         let routing = RoutingFiles::read(&root)?;
         let started = Instant::now();
-        let meta = precompute(&staging, &format!("sha256:{}", self.hex_digest), unpacked)?;
+        let meta = precompute(&staging, self.digest, unpacked)?;
         if let Some(manifest) = &manifest {
             check_manifest_files(manifest, &meta)?;
         }
@@ -182,7 +180,7 @@ impl Build {
         let started = Instant::now();
         // Locked until sealed; the lock follows the directory through the rename.
         let lock = lock_dir(&staging).map_err(|e| StageError::io("locking the bundle", &e))?;
-        let final_dir = self.bundles_dir.join(&self.hex_digest);
+        let final_dir = self.bundles_dir.join(self.digest.hex());
         match std::fs::remove_dir_all(&final_dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -229,7 +227,7 @@ impl Build {
             spooled.map_err(|e| StageError::io("saving the download", &e))?;
             steps.unpack = started.elapsed();
             let verified = Instant::now();
-            download.check_digest(&self.hex_digest)?;
+            download.check_digest(&self.digest)?;
             steps.verify = verified.elapsed();
             let started = Instant::now();
             let unpacked = archive::unpack_file(&path, self.format, root, &limits);
@@ -245,7 +243,7 @@ impl Build {
         let _ = io::copy(&mut download, &mut io::sink());
         // A failed download or a wrong digest explains a broken archive, so they come first.
         download.check_read()?;
-        download.check_digest(&self.hex_digest)?;
+        download.check_digest(&self.digest)?;
         steps.verify = started.elapsed();
         Ok(unpacked?)
     }
@@ -272,12 +270,12 @@ impl Download {
         self.failure.take().map_or(Ok(()), Err)
     }
 
-    fn check_digest(self, hex_digest: &str) -> Result<(), StageError> {
-        let actual = hex(&self.hasher.finish());
-        if actual != hex_digest {
+    fn check_digest(self, expected: &Digest) -> Result<(), StageError> {
+        let actual = Digest::from(self.hasher.finish());
+        if actual != *expected {
             return Err(StageError::DigestMismatch {
-                expected: format!("sha256:{hex_digest}"),
-                actual: format!("sha256:{actual}"),
+                expected: expected.to_string(),
+                actual: actual.to_string(),
             });
         }
         Ok(())

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use statiko_common::crypto::Digest;
 use statiko_common::manifest::Manifest;
 
 use super::site_files::RoutingFiles;
@@ -25,7 +26,7 @@ use crate::bundle::{
 #[serde(rename_all = "camelCase")]
 pub(super) struct BundleMeta {
     pub(super) version: u32,
-    pub(super) digest: String,
+    pub(super) digest: Digest,
     pub(super) files: Vec<FileMeta>,
     /// Relative directory paths (`""` for the root).
     pub(super) dirs: Vec<String>,
@@ -60,10 +61,10 @@ pub(super) fn write_meta(dir: &Path, meta: &BundleMeta) -> io::Result<()> {
     file.sync_all()
 }
 
-pub(super) fn load_bundle(dir: &Path, digest: &str) -> io::Result<StagedBundle> {
+pub(super) fn load_bundle(dir: &Path, digest: &Digest) -> io::Result<StagedBundle> {
     let json = std::fs::read(dir.join(META_FILE))?;
     let meta: BundleMeta = serde_json::from_slice(&json).map_err(io::Error::other)?;
-    if meta.version != META_VERSION || meta.digest != digest {
+    if meta.version != META_VERSION || meta.digest != *digest {
         return Err(io::Error::other(
             "bundle metadata of another version or digest",
         ));
@@ -140,7 +141,7 @@ pub(super) fn build_bundle(
         .map(|d| format!("/{d}"))
         .collect::<HashSet<_>>();
     Ok(StagedBundle {
-        digest: meta.digest.clone(),
+        digest: meta.digest,
         root,
         files,
         dirs,

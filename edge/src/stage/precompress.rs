@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use statiko_common::archive::Unpacked;
-use statiko_common::crypto::hex;
+use statiko_common::crypto::{Digest, hex};
 
 use super::content_type::{content_type_for, is_compressible};
 use super::meta::{BundleMeta, FileMeta, VariantMeta};
@@ -24,7 +24,7 @@ pub(super) const SAMPLE_LEN: usize = 64 * 1024;
 /// under `dir/variants` for the files worth compressing.
 pub(super) fn precompute(
     dir: &Path,
-    digest: &str,
+    digest: Digest,
     unpacked: Unpacked,
 ) -> Result<BundleMeta, StageError> {
     let root = dir.join(ROOT_DIR);
@@ -65,7 +65,7 @@ pub(super) fn precompute(
     dirs.sort();
     Ok(BundleMeta {
         version: META_VERSION,
-        digest: digest.to_owned(),
+        digest,
         files,
         dirs,
     })

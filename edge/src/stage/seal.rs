@@ -5,6 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use statiko_common::crypto::Digest;
 use tokio::sync::OwnedMutexGuard;
 
 use super::fetch::millis;
@@ -16,29 +17,29 @@ impl Stager {
     /// is neither evicted nor staged again meanwhile.
     pub(super) fn seal_in_background(
         &self,
-        hex_digest: String,
+        digest: Digest,
         seal: Seal,
         guard: OwnedMutexGuard<()>,
     ) {
-        self.sealing().insert(hex_digest.clone());
+        self.sealing().insert(digest);
         let stager = self.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             match seal.run() {
                 Ok(()) => tracing::info!(
-                    digest = %hex_digest,
+                    digest = %digest,
                     files = seal.meta.files.len(),
                     sync_ms = millis(started.elapsed()),
                     "bundle sealed"
                 ),
                 // It is served all the same; after a restart it is staged again.
                 Err(e) => {
-                    tracing::warn!(digest = %hex_digest, error = %e, "cannot make the staged bundle durable")
+                    tracing::warn!(digest = %digest, error = %e, "cannot make the staged bundle durable")
                 }
             }
             drop(seal);
             drop(guard);
-            stager.sealing().remove(&hex_digest);
+            stager.sealing().remove(&digest);
         });
     }
 }

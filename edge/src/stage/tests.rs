@@ -170,7 +170,7 @@ async fn a_bundle_is_durable_once_sealed() {
     let meta: BundleMeta =
         serde_json::from_slice(&std::fs::read(env.bundle_dir(&record).join(META_FILE)).unwrap())
             .unwrap();
-    assert_eq!(meta.digest, record.digest.to_string());
+    assert_eq!(meta.digest, record.digest);
     assert_eq!(meta.dirs, [""]);
     assert_eq!(meta.files.len(), 1);
     assert_eq!(meta.files[0].mtime_secs, 1_600_000_000);
@@ -269,7 +269,7 @@ async fn a_broken_download_is_a_fetch_error() {
     let build = Build {
         tmp_dir: stager.inner.tmp_dir.clone(),
         bundles_dir: stager.inner.bundles_dir.clone(),
-        hex_digest,
+        digest: record.digest,
         format: record.format,
         limits: LimitsConfig::default(),
     };
@@ -288,7 +288,7 @@ async fn a_broken_download_is_a_fetch_error() {
     let build = Build {
         tmp_dir: env.tmp.path().join("tmp"),
         bundles_dir: env.tmp.path().join("bundles"),
-        hex_digest: record.digest.hex(),
+        digest: record.digest,
         format: record.format,
         limits: LimitsConfig {
             max_bundle_size: 1000,

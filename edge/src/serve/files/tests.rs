@@ -105,7 +105,7 @@ fn bundle() -> StagedBundle {
     ]);
     let dirs = HashSet::from(["/".to_owned(), "/docs".to_owned(), "/empty".to_owned()]);
     StagedBundle {
-        digest: "sha256:00".into(),
+        digest: statiko_common::crypto::Digest::from([0; 32]),
         root: PathBuf::from("/nonexistent"),
         files,
         dirs,

@@ -48,7 +48,7 @@ fn handler(disk: Option<std::path::PathBuf>) -> Handler {
         files.insert("/big.bin".to_owned(), Arc::new(big));
     }
     let bundle = StagedBundle {
-        digest: "sha256:00".into(),
+        digest: statiko_common::crypto::Digest::from([0; 32]),
         root: "/nonexistent".into(),
         files,
         dirs: HashSet::from(["/".to_owned(), "/docs".to_owned()]),

@@ -29,7 +29,7 @@ fn file(body: &'static [u8], content_type: &str) -> Arc<StaticFile> {
     )
 }
 
-fn bundle(digest: &str, files: &[(&str, &'static [u8])], manifest: Option<&str>) -> StagedBundle {
+fn bundle(digest: u8, files: &[(&str, &'static [u8])], manifest: Option<&str>) -> StagedBundle {
     let files = files
         .iter()
         .map(|(path, body)| {
@@ -42,7 +42,7 @@ fn bundle(digest: &str, files: &[(&str, &'static [u8])], manifest: Option<&str>)
         })
         .collect::<HashMap<_, _>>();
     StagedBundle {
-        digest: digest.into(),
+        digest: statiko_common::crypto::Digest::from([digest; 32]),
         root: "/nonexistent".into(),
         files,
         dirs: HashSet::from(["/".to_owned(), "/assets".to_owned()]),
@@ -63,7 +63,7 @@ fn retired(id: &str, bundle: StagedBundle, until_ms: i64) -> Retired {
 /// `d1` past it. The live manifest denies `/private/`.
 fn handler() -> Handler {
     let live = bundle(
-        "sha256:3",
+        3,
         &[
             ("/index.html", b"<h1>v3</h1>"),
             ("/assets/app-v3.js", b"v3 js"),
@@ -71,7 +71,7 @@ fn handler() -> Handler {
         Some("rules:\n  - prefix: /private/\n    options: {deny: true}\n"),
     );
     let d2 = bundle(
-        "sha256:2",
+        2,
         &[
             ("/index.html", b"<h1>v2</h1>"),
             ("/old.html", b"<h1>old page</h1>"),
@@ -84,7 +84,7 @@ fn handler() -> Handler {
         Some("rules:\n  - exact: /assets/hidden.js\n    options: {deny: true}\n"),
     );
     let d1 = bundle(
-        "sha256:1",
+        1,
         &[
             ("/assets/app-v1.js", b"v1 js"),
             ("/assets/shared.js", b"shared from v1"),
