@@ -578,10 +578,7 @@ async fn concurrent_stages_share_one_copy() {
     assert!(Arc::ptr_eq(&a, &c));
     let again = stager.stage(&record).await.unwrap();
     assert!(Arc::ptr_eq(&a, &again));
-    assert!(Arc::ptr_eq(
-        &stager.cached(&record.digest).unwrap(),
-        &a
-    ));
+    assert!(Arc::ptr_eq(&stager.cached(&record.digest).unwrap(), &a));
 }
 
 #[tokio::test]
@@ -646,10 +643,7 @@ async fn eviction_removes_unused_bundles() {
     assert!(env.bundle_dir(&a).exists());
     assert!(!env.bundle_dir(&b).exists());
     assert!(stager.cached(&b.digest).is_none());
-    assert!(Arc::ptr_eq(
-        &stager.cached(&a.digest).unwrap(),
-        &staged_a
-    ));
+    assert!(Arc::ptr_eq(&stager.cached(&a.digest).unwrap(), &staged_a));
     // Nothing more to evict.
     assert_eq!(stager.evict_except(&keep).await, 0);
 
