@@ -57,6 +57,16 @@ impl tonic::transport::server::Connected for Conn {
     }
 }
 
+/// The connection caps of `control.limits`, shared by the gRPC and console listeners (each
+/// listener counts its own connections).
+pub(crate) fn limiter(limits: &ControlLimitsConfig) -> ConnLimiter {
+    ConnLimiter::new(
+        usize::try_from(limits.max_connections).unwrap_or(usize::MAX),
+        limits.max_connections_per_client,
+        64,
+    )
+}
+
 /// Accepts on `listener` until `shutdown` is cancelled; the stream ends then.
 pub(crate) fn incoming(
     listener: TcpListener,
@@ -65,11 +75,7 @@ pub(crate) fn incoming(
     shutdown: CancellationToken,
 ) -> ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(READY_QUEUE);
-    let limiter = ConnLimiter::new(
-        usize::try_from(limits.max_connections).unwrap_or(usize::MAX),
-        limits.max_connections_per_client,
-        64,
-    );
+    let limiter = limiter(limits);
     let policy = IdlePolicy {
         idle: limits.idle_timeout,
         first_request: limits.idle_timeout,

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use statiko_common::config::ControlLimitsConfig;
-use statiko_common::listener::{self, ConnLimiter, Guarded, IdlePolicy, Throttle, TrackedBody};
+use statiko_common::listener::{self, Guarded, IdlePolicy, Throttle, TrackedBody};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -41,11 +41,7 @@ pub(crate) async fn serve(
     limits: &ControlLimitsConfig,
     shutdown: CancellationToken,
 ) {
-    let limiter = ConnLimiter::new(
-        usize::try_from(limits.max_connections).unwrap_or(usize::MAX),
-        limits.max_connections_per_client,
-        64,
-    );
+    let limiter = crate::listen::limiter(limits);
     let policy = IdlePolicy {
         idle: limits.idle_timeout,
         first_request: HEADER_READ_TIMEOUT.min(limits.idle_timeout),
