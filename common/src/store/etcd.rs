@@ -3,8 +3,8 @@
 //!
 //! Every endpoint gets one lazy tonic channel of its own (TLS through a rustls connector of
 //! ours, so `tlsSkipVerify` can turn off certificate verification), behind a small
-//! sticky-failover service: calls go to one member until it fails, as etcd's own Go client pins
-//! one endpoint. etcd-client's balanced channel is not used: its power-of-two-choices balancer
+//! sticky-failover service: calls go to one member (picked at random when the process starts)
+//! until it fails, then to the next. etcd-client's balanced channel is not used: its power-of-two-choices balancer
 //! keeps a dead member in rotation (tonic reports a channel that fails to reconnect as ready and
 //! fails the call), so with one member down a share of every call failed until it came back.
 
@@ -408,9 +408,11 @@ async fn failover_channel(
         .iter()
         .map(|endpoint| endpoint_channel(endpoint, client_config.as_ref(), timeout))
         .collect::<Result<Vec<_>, _>>()?;
+    // Each process starts on a member of its own, so a fleet spreads over the cluster.
+    let first = rand::random_range(0..channels.len().max(1));
     let failover = Failover {
         channels: channels.into(),
-        current: Arc::new(AtomicUsize::new(0)),
+        current: Arc::new(AtomicUsize::new(first)),
     };
     Ok(etcd_client::Channel::Custom(
         tower::util::BoxCloneSyncService::new(failover),
