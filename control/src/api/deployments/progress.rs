@@ -257,33 +257,19 @@ impl Api {
         revision: i64,
         timeout: Duration,
     ) -> Result<Vec<String>> {
-        let state = &self.ctx.state;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let read = state.store.snapshot(&state.keys.nodes()).await;
-            let Some(snapshot) = unless_transient(read.map_err(ControlError::from), deadline)?
-            else {
+            let Some(nodes) = unless_transient(self.live_nodes().await, deadline)? else {
                 tokio::time::sleep(POLL).await;
                 continue;
             };
-            let nodes: Vec<NodeStatusRecord> = snapshot
-                .kvs
-                .iter()
-                .filter_map(|kv| model::decode(&kv.value).ok())
-                .collect();
             let mut ready = Vec::new();
             let mut lagging = Vec::new();
             for node in &nodes {
-                let site = node.sites.iter().find(|s| s.domain == domain);
-                // A record that omits healthy sites lists the site only when it is unhealthy;
-                // left out, it serves the desired state at the applied revision.
-                let serving = match site {
-                    Some(s) => s.app.as_ref() == Some(app),
-                    None => node.sites_omitted > 0,
-                };
-                if node.applied_revision >= revision && serving {
+                if serves(node, domain, app, revision) {
                     ready.push(node.name.clone());
                 } else {
+                    let site = node.sites.iter().find(|s| s.domain == domain);
                     let why = match site {
                         Some(s) if s.error.is_some() => {
                             format!("error: {}", s.error.as_deref().unwrap_or_default())
