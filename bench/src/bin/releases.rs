@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use serde_json::json;
 use statiko_bench::{ms, percentile};
-use statiko_proto::v1::{DeployRequest, DeployStrategy, ListNodesRequest, RollbackRequest};
+use statiko_proto::v1::{DeployRequest, DeployStrategy, RollbackRequest};
 use statiko_tests::cluster::Cluster;
 use statiko_tests::fixtures::{self, Upload, site};
 use statiko_tests::{Api, http_get, secs, wait_until};
@@ -50,7 +50,7 @@ async fn main() -> Result<()> {
             options.config(json!({"edge": {"redirectHttp": false}}))
         })
         .await?;
-        settled(&cluster).await?;
+        cluster.settled().await?;
         let api = cluster.control.admin().await?;
         if wanted("window") {
             for strategy in [DeployStrategy::Atomic, DeployStrategy::Immediate] {
@@ -96,20 +96,6 @@ fn load_line() -> String {
             .collect::<Vec<_>>()
             .join(" ")
     )
-}
-
-async fn settled(cluster: &Cluster) -> Result<()> {
-    let api = cluster.control.admin().await?;
-    wait_until(secs(30), async || {
-        let nodes = api
-            .cluster()
-            .list_nodes(ListNodesRequest {})
-            .await?
-            .into_inner()
-            .nodes;
-        anyhow::Ok((nodes.len() == 3 && cluster.leaders().await.len() == 1).then_some(()))
-    })
-    .await
 }
 
 /// Probes every edge until `stop`; returns each edge's samples.
