@@ -18,12 +18,14 @@
 //! {root}/v1/meta/import                 present while a state import is being written
 //!
 //! {root}/status/v1/nodes/{node}         NodeStatusRecord, on the node's lease
+//! {root}/console/v1/sessions/{digest}   ConsoleSessionRecord: a console sign-in, on its own lease
 //! ```
 //!
 //! Node records live outside `{root}/v1/`, the range every edge watches: each edge rewrites its
 //! record about twice per deploy, and inside the watched range every write would reach every
 //! edge (N edges x 2 writes x N watchers per deploy). Outside it, only their readers see them
-//! (`stk cluster status`, deploy waits, the leader's cutover).
+//! (`stk cluster status`, deploy waits, the leader's cutover). Console sessions are outside it
+//! too: no edge has any use for them, and they are not desired state (export leaves them out).
 //!
 //! Every name in a key is validated by `ids.rs`, so names never contain `/`, and every prefix ends
 //! in `/`, so `sites/a/` never matches `sites/ab`.
@@ -34,6 +36,8 @@ pub struct KeySchema {
     root: String,
     /// `{root}/status/v1/`: node records, outside the watched `root`.
     status: String,
+    /// `{root}/console/v1/`: console sessions, outside the watched `root`.
+    console: String,
 }
 
 /// Kinds of desired-state records, for the parser.
@@ -66,11 +70,12 @@ impl KeySchema {
         Self {
             root: format!("{root}/v1/"),
             status: format!("{root}/status/v1/"),
+            console: format!("{root}/console/v1/"),
         }
     }
 
     /// Every key Statiko writes starts with this (it ends in `/`), except the node records
-    /// ([`KeySchema::nodes`]).
+    /// ([`KeySchema::nodes`]) and the console sessions ([`KeySchema::console_sessions`]).
     pub fn root(&self) -> &str {
         &self.root
     }
@@ -161,6 +166,14 @@ impl KeySchema {
     }
     pub fn token(&self, name: &str) -> String {
         format!("{}tokens/{name}", self.root)
+    }
+    /// Console sessions (control's web console), by the hex SHA-256 of the session id: not under
+    /// [`KeySchema::root`], so no edge sees them.
+    pub fn console_sessions(&self) -> String {
+        format!("{}sessions/", self.console)
+    }
+    pub fn console_session(&self, id_digest: &str) -> String {
+        format!("{}sessions/{id_digest}", self.console)
     }
     /// The preview index: which site each preview id belongs to.
     pub fn previews(&self) -> String {
@@ -326,5 +339,10 @@ mod tests {
         let keys = KeySchema::new("/statiko");
         assert_eq!(keys.token("ci"), "/statiko/v1/tokens/ci");
         assert!(keys.token("ci").starts_with(&keys.tokens()));
+        assert!(
+            keys.console_session("ab")
+                .starts_with(&keys.console_sessions())
+        );
+        assert!(!keys.console_sessions().starts_with(keys.root()));
     }
 }

@@ -133,6 +133,32 @@ pub struct TokenRecord {
     pub last_used_at: Option<i64>,
 }
 
+/// `{root}/console/v1/sessions/{sha256 of the session id}`: one signed-in console browser, on a
+/// lease that ends with it. The token it signed in with is not here: the browser's cookie holds
+/// it sealed with `key`, so neither the store nor the cookie alone gives the token back, and
+/// deleting this record (sign-out) makes the cookie's copy unreadable for good.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsoleSessionRecord {
+    /// 32 random bytes, hex: seals the token in the cookie and derives the CSRF token.
+    pub key: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    /// The store lease the record is attached to.
+    #[serde(default)]
+    pub lease: i64,
+}
+
+impl std::fmt::Debug for ConsoleSessionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleSessionRecord")
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Archive format of a bundle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

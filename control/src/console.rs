@@ -1,9 +1,11 @@
 //! The web console (`control.console`): server-rendered HTML pages over HTTPS on a listener of
-//! its own, with control's certificate. A browser signs in with an API token, kept server-side
-//! in a session; the browser holds only a random session id in an `HttpOnly; Secure;
-//! SameSite=Strict` cookie.
+//! its own, with control's certificate. A browser signs in with an API token; the session is a
+//! record in the store (so every control replica knows it) and the browser's `HttpOnly; Secure;
+//! SameSite=Strict` cookie holds its id and the token sealed with the session's key
+//! ([`session`]).
 //!
-//! **Same code path:** the console never reads the store and implements no rule. Every page
+//! **Same code path:** the console reads no desired state from the store (its own session
+//! records are all it keeps there) and implements no rule. Every page
 //! and every action is a call of the `statiko.v1` API, made in-process through the gRPC
 //! listener's own tower stack (metrics, auth, the tonic services) with the session's token as
 //! its bearer token ([`grpc`]), so roles, deployer scopes, validation and their error messages
@@ -51,7 +53,11 @@ pub(crate) async fn serve(
     let (api, auth, metrics) = stack;
     let console = Arc::new(Console {
         grpc: grpc::InProcess::new(api, auth, metrics),
-        sessions: session::Sessions::new(config.session_lifetime),
+        sessions: session::Sessions::new(
+            config.session_lifetime,
+            api.ctx.state.store.clone(),
+            api.ctx.state.keys.clone(),
+        ),
     });
     listen::serve(listener, listen::tls_config(tls), console, limits, shutdown).await;
 }

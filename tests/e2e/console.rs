@@ -19,6 +19,10 @@
 //!   PERMISSION_DENIED message, both changing nothing; the admin's form starts
 //!   `PromotePreview`, and the site's live deployment becomes the promoted one on every edge;
 //!   an expired preview has no Promote link and its form gets the API's FAILED_PRECONDITION.
+//! - `console_sessions_span_replicas`: two control replicas on one etcd; a session made on one
+//!   opens pages on the other with the same CSRF token, outlives a restart of the replica it was
+//!   made on, and a sign-out on the other ends it on both; etcd holds neither the token nor the
+//!   session id, and the cookie does not hold the token in the clear.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,9 +40,11 @@ use statiko_tests::browser::Browser;
 use statiko_tests::cluster::Cluster;
 use statiko_tests::fixtures::{self, site};
 use statiko_tests::{
-    ADMIN_TOKEN, Control, ControlOptions, HttpResponse, READONLY_TOKEN, TlsTarget, http_request,
-    require_tool, secs, wait_until,
+    ADMIN_TOKEN, Control, ControlOptions, Etcd, HttpResponse, READONLY_TOKEN, StateStore,
+    TlsTarget, http_request, require_tool, secs, wait_until,
 };
+
+use crate::control_common::etcd_dump;
 
 /// `control.console` for a test control: any free port.
 fn console_on(options: ControlOptions) -> ControlOptions {
@@ -112,7 +118,7 @@ impl ConsoleHttp {
         self.send(Method::POST, path, Some(cookie), &[], form).await
     }
 
-    /// Signs in with `token`; returns the session id from the cookie.
+    /// Signs in with `token`; returns the session cookie's value (`{id}.{sealed token}`).
     async fn sign_in(&self, token: &str) -> Result<String> {
         let response = self
             .send(Method::POST, "/sign-in", None, &[], &[("token", token)])
@@ -133,7 +139,7 @@ impl ConsoleHttp {
         let id = cookie
             .strip_prefix("__Host-statiko-console=")
             .and_then(|rest| rest.split(';').next())
-            .context("session id")?;
+            .context("session cookie")?;
         Ok(id.to_owned())
     }
 }
@@ -507,6 +513,83 @@ async fn console_sessions_follow_the_api() -> Result<()> {
         "the cookie is cleared"
     );
     assert_sign_in_redirect(&http.get("/apps", &session).await?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn console_sessions_span_replicas() -> Result<()> {
+    statiko_tests::init();
+    if !require_tool("etcd") {
+        return Ok(());
+    }
+    let etcd = Etcd::start().await?;
+    let mut a = Control::start(console_on(
+        ControlOptions::default().store(StateStore::etcd(&etcd)),
+    ))
+    .await?;
+    let b = Control::start(console_on(
+        ControlOptions::default().store(StateStore::etcd(&etcd)),
+    ))
+    .await?;
+    a.admin()
+        .await?
+        .sites()
+        .create_site(site("www.a.test", &[]))
+        .await?;
+    let (http_a, http_b) = (ConsoleHttp::new(&a)?, ConsoleHttp::new(&b)?);
+
+    // Signed in on a, the cookie opens b's pages with the same CSRF token.
+    let session = http_a.sign_in(ADMIN_TOKEN).await?;
+    ensure!(
+        !session.contains(ADMIN_TOKEN),
+        "the cookie holds the token in the clear"
+    );
+    let on_a = http_a.get("/sites", &session).await?;
+    let on_b = http_b.get("/sites", &session).await?;
+    for page in [&on_a, &on_b] {
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text());
+        assert!(page.text().contains("www.a.test"), "{}", page.text());
+    }
+    assert_eq!(csrf_of(&on_a.text())?, csrf_of(&on_b.text())?);
+
+    // The store holds a record per session, under a digest: not the token, not the id.
+    let (id, _) = session.split_once('.').context("cookie: id.sealed")?;
+    let dump = etcd_dump(&etcd).await?;
+    let records: Vec<_> = dump
+        .iter()
+        .filter(|(key, _)| key.contains("/console/v1/sessions/"))
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    for (key, value) in &dump {
+        for secret in [ADMIN_TOKEN, id] {
+            ensure!(
+                !key.contains(secret) && !value.contains(secret),
+                "a console secret is stored at {key}"
+            );
+        }
+    }
+
+    // A restart of a signs nobody out (its console port changes, the session does not).
+    a.restart().await?;
+    let http_a = ConsoleHttp::new(&a)?;
+    assert_eq!(http_a.get("/apps", &session).await?.status, StatusCode::OK);
+
+    // Sign-out on b ends the session on a too.
+    let csrf = csrf_of(&http_b.get("/apps", &session).await?.text())?;
+    assert_sign_in_redirect(
+        &http_b
+            .post("/sign-out", &session, &[("csrf", &csrf)])
+            .await?,
+    );
+    assert_sign_in_redirect(&http_a.get("/apps", &session).await?);
+    assert_sign_in_redirect(&http_b.get("/apps", &session).await?);
+    let left = etcd_dump(&etcd).await?;
+    ensure!(
+        !left
+            .iter()
+            .any(|(key, _)| key.contains("/console/v1/sessions/")),
+        "the session record outlived sign-out"
+    );
     Ok(())
 }
 

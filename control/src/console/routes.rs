@@ -22,6 +22,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
+use statiko_common::store::StoreError;
 use tonic::{Code, Status};
 
 use super::Console;
@@ -54,16 +55,19 @@ where
         (&Method::GET | &Method::HEAD, "/static/console.js") => {
             asset(SCRIPT, "text/javascript; charset=utf-8")
         }
-        (&Method::GET | &Method::HEAD, "/sign-in") => match current(console, &parts.headers) {
-            Some(_) => redirect("/"),
-            None => html(
-                StatusCode::OK,
-                &SignIn {
-                    layout: Layout::new("Sign in", "", ""),
-                    error: None,
-                },
-            ),
-        },
+        (&Method::GET | &Method::HEAD, "/sign-in") => {
+            match current(console, &parts.headers).await {
+                Ok(Some(_)) => redirect("/"),
+                Ok(None) => html(
+                    StatusCode::OK,
+                    &SignIn {
+                        layout: Layout::new("Sign in", "", ""),
+                        error: None,
+                    },
+                ),
+                Err(err) => store_unavailable(&err),
+            }
+        }
         (&Method::POST, "/sign-in") => {
             if !same_origin(&parts) {
                 return cross_site();
@@ -74,9 +78,11 @@ where
             }
         }
         _ => {
-            let Some((id, session)) = current(console, &parts.headers) else {
-                // No session, or it expired: sign in first.
-                return signed_out();
+            let (id, session) = match current(console, &parts.headers).await {
+                Ok(Some(current)) => current,
+                // No session, or it ended: sign in first.
+                Ok(None) => return signed_out(),
+                Err(err) => return store_unavailable(&err),
             };
             if parts.method == Method::POST {
                 if !same_origin(&parts) {
@@ -162,7 +168,7 @@ async fn get(
     };
     match rendered {
         Ok(answer) => answer,
-        Err(status) => api_error(console, id, session, &status, path),
+        Err(status) => api_error(console, id, session, &status, path).await,
     }
 }
 
@@ -174,10 +180,17 @@ async fn post(
     form: &HashMap<String, String>,
 ) -> Answer {
     if path == "/sign-out" {
-        console.sessions.remove(id);
-        let mut answer = redirect("/sign-in");
-        set_cookie(&mut answer, &session::clear_cookie());
-        return answer;
+        return match console.sessions.remove(id).await {
+            Ok(()) => signed_out(),
+            // The cookie stays: the session is still live on every replica, so say so.
+            Err(err) => error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                session,
+                "Not signed out",
+                &format!("The session could not be ended in the store ({err}). Try again."),
+                "/",
+            ),
+        };
     }
     let Some((domain, Some(action))) = site_route(path) else {
         return error_page(
@@ -204,13 +217,16 @@ async fn post(
                 encode(&deployment.id)
             ))
         }
-        Err(status) => api_error(
-            console,
-            id,
-            session,
-            &status,
-            &format!("/sites/{}", encode(&domain)),
-        ),
+        Err(status) => {
+            api_error(
+                console,
+                id,
+                session,
+                &status,
+                &format!("/sites/{}", encode(&domain)),
+            )
+            .await
+        }
     }
 }
 
@@ -274,31 +290,58 @@ async fn sign_in(console: &Console, token: &str) -> Answer {
             http_status(status.code()),
             format!("The API could not check this token: {}", status.message()),
         ),
-        _ => match console.sessions.create(token.to_owned()) {
-            Ok((id, _)) => {
+        _ => match console.sessions.create(token.to_owned()).await {
+            Ok((cookie, _)) => {
                 let mut answer = redirect("/");
                 set_cookie(
                     &mut answer,
-                    &session::set_cookie(&id, console.sessions.lifetime()),
+                    &session::set_cookie(&cookie, console.sessions.lifetime()),
                 );
                 answer
             }
-            Err(session::Full) => refuse(
+            Err(session::CreateError::Full) => refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "Too many console sessions on this control replica; try again later.".into(),
+                "Too many console sessions are open; try again later.".into(),
+            ),
+            Err(session::CreateError::Store(err)) => refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("The session could not be stored: {err}"),
             ),
         },
     }
 }
 
-/// The session the request's cookie names, if it is live.
-fn current(console: &Console, headers: &http::HeaderMap) -> Option<(String, Session)> {
-    headers
+/// The session the request's cookie names (with the cookie's value), if it is live.
+async fn current(
+    console: &Console,
+    headers: &http::HeaderMap,
+) -> Result<Option<(String, Session)>, StoreError> {
+    let Some(cookie) = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .find_map(session::id_from_cookies)
-        .and_then(|id| console.sessions.get(id).map(|s| (id.to_owned(), s)))
+        .find_map(session::from_cookies)
+    else {
+        return Ok(None);
+    };
+    Ok(console
+        .sessions
+        .get(cookie)
+        .await?
+        .map(|s| (cookie.to_owned(), s)))
+}
+
+/// The store could not say whether the session is live: a 503 that keeps the cookie.
+fn store_unavailable(err: &StoreError) -> Answer {
+    html(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &ErrorPage {
+            layout: Layout::new("Unavailable", "", ""),
+            heading: "The console could not check the session".to_owned(),
+            message: format!("The store did not answer: {err}. Reload the page to try again."),
+            back: "/".to_owned(),
+        },
+    )
 }
 
 /// `/sites/{domain}` → `(domain, None)`, `/sites/{domain}/rollback` → `(domain,
@@ -399,7 +442,7 @@ fn encode(text: &str) -> String {
 
 /// An API refusal as a page: an unknown token (revoked, expired) ends the session; anything
 /// else shows the API's own message with the matching HTTP status.
-fn api_error(
+async fn api_error(
     console: &Console,
     id: &str,
     session: &Session,
@@ -407,7 +450,11 @@ fn api_error(
     back: &str,
 ) -> Answer {
     if status.code() == Code::Unauthenticated {
-        console.sessions.remove(id);
+        // The token no longer opens anything, so the record only waits for its lease; removing
+        // it now is tidiness, and a failure to is harmless.
+        if let Err(err) = console.sessions.remove(id).await {
+            tracing::debug!(%err, "removing a console session whose token was refused");
+        }
         return signed_out();
     }
     let heading = match status.code() {

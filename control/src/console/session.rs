@@ -1,25 +1,41 @@
-//! Console sessions, kept in this control replica's memory: a sign-in stores the token under a
-//! random session id (256 bits from the OS CSPRNG), and the browser only ever holds that id, in
-//! an `HttpOnly; Secure; SameSite=Strict` cookie. Each session has its own CSRF token (256 bits)
-//! that every form carries back. Sessions end at their lifetime (`control.console.
-//! sessionLifetime`, counted from sign-in), at sign-out, when the API stops accepting the token
-//! (revoked, expired), or when the replica restarts.
+//! Console sessions, kept in the store so that every control replica knows every session: a
+//! browser signed in on one replica is signed in on all of them, a sign-out on one ends the
+//! session on all of them, and a replica's restart signs nobody out.
 //!
-//! The map is keyed by the SHA-256 of the id, so a lookup's timing says nothing about stored
-//! ids; the CSRF token is compared in constant time.
+//! A sign-in makes a random session id and a random session key (256 bits each, from the OS
+//! CSPRNG) and writes a [`ConsoleSessionRecord`] under the SHA-256 of the id, holding the key and
+//! the expiry, on a store lease that ends with the session. The token is not in the record: the
+//! browser's cookie holds the id and the token sealed with the session key (AES-256-GCM,
+//! `crypto::SecretBox`), in an `HttpOnly; Secure; SameSite=Strict` cookie. So neither the store
+//! nor a copied cookie alone gives the token back, and once the record is gone (sign-out,
+//! expiry) the cookie's copy cannot be opened by anyone. Each session's CSRF token is an HMAC of
+//! its key, so every replica derives the same one without storing it; it is compared in
+//! constant time.
+//!
+//! Sessions end at their lifetime (`control.console.sessionLifetime`, counted from sign-in), at
+//! sign-out, or when the API stops accepting the token (revoked, expired).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use aws_lc_rs::digest::{SHA256, digest};
+use aws_lc_rs::hmac;
+use statiko_common::crypto::{self, SecretBox};
+use statiko_common::keys::KeySchema;
+use statiko_common::model::{self, ConsoleSessionRecord};
+use statiko_common::store::{Compare, Store, StoreError, TxnOp};
 
 /// The session cookie. `__Host-` makes browsers insist on `Secure`, `Path=/` and no `Domain`.
 pub(crate) const COOKIE: &str = "__Host-statiko-console";
 
-/// Signed-in sessions one replica keeps at once; a sign-in beyond it is refused (503) until
-/// sessions expire or sign out. Only a valid token can create one.
+/// Live sessions the cluster keeps at once; a sign-in beyond it is refused (503) until sessions
+/// expire or sign out. Only a valid token can create one.
 const MAX_SESSIONS: usize = 10_000;
+
+/// The lease outlives the session by this much, so the record is still there (and says
+/// "expired") when the session's last second is checked against a clock a little ahead.
+const LEASE_SLACK: Duration = Duration::from_secs(60);
+
+/// What the CSRF token is an HMAC of.
+const CSRF_LABEL: &[u8] = b"statiko console csrf v1";
 
 /// One signed-in browser.
 #[derive(Clone)]
@@ -28,14 +44,11 @@ pub(crate) struct Session {
     pub(crate) token: String,
     /// What forms carry back.
     pub(crate) csrf: String,
-    expires: Instant,
 }
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("expires", &self.expires)
-            .finish_non_exhaustive()
+        f.debug_struct("Session").finish_non_exhaustive()
     }
 }
 
@@ -48,21 +61,28 @@ impl Session {
 }
 
 /// Why no session was created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Full;
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CreateError {
+    #[error("too many console sessions; try again later")]
+    Full,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
-/// The sessions of this replica.
-#[derive(Debug)]
+/// The sessions in the store.
+#[derive(Debug, Clone)]
 pub(crate) struct Sessions {
     lifetime: Duration,
-    map: Mutex<HashMap<[u8; 32], Session>>,
+    store: Store,
+    keys: KeySchema,
 }
 
 impl Sessions {
-    pub(crate) fn new(lifetime: Duration) -> Self {
+    pub(crate) fn new(lifetime: Duration, store: Store, keys: KeySchema) -> Self {
         Self {
             lifetime,
-            map: Mutex::new(HashMap::new()),
+            store,
+            keys,
         }
     }
 
@@ -70,81 +90,147 @@ impl Sessions {
         self.lifetime
     }
 
-    /// Starts a session for `token`; returns its id (for the cookie) and the session.
-    pub(crate) fn create(&self, token: String) -> Result<(String, Session), Full> {
-        let id = random_hex();
-        let session = Session {
-            token,
-            csrf: random_hex(),
-            expires: Instant::now() + self.lifetime,
+    /// Starts a session for `token`; returns the cookie value and the session.
+    pub(crate) async fn create(&self, token: String) -> Result<(String, Session), CreateError> {
+        let now = model::now_ms();
+        let live = self
+            .store
+            .snapshot(&self.keys.console_sessions())
+            .await?
+            .kvs
+            .iter()
+            .filter_map(|kv| model::decode::<ConsoleSessionRecord>(&kv.value).ok())
+            .filter(|record| record.expires_at > now)
+            .count();
+        if live >= MAX_SESSIONS {
+            return Err(CreateError::Full);
+        }
+
+        let id = crypto::hex(&random32());
+        let key = random32();
+        let lease = self.store.grant_lease(self.lifetime + LEASE_SLACK).await?;
+        let record = ConsoleSessionRecord {
+            key: crypto::hex(&key),
+            created_at: now,
+            expires_at: now
+                .saturating_add(i64::try_from(self.lifetime.as_millis()).unwrap_or(i64::MAX)),
+            lease,
         };
-        let mut map = self.lock();
-        if map.len() >= MAX_SESSIONS {
-            let now = Instant::now();
-            map.retain(|_, s| s.expires > now);
-            if map.len() >= MAX_SESSIONS {
-                return Err(Full);
+        let at = self.record_key(&id);
+        let written = self
+            .store
+            .txn(
+                vec![Compare::absent(at.clone())],
+                vec![TxnOp::Put {
+                    key: at,
+                    value: model::encode(&record),
+                    lease,
+                }],
+            )
+            .await?;
+        if !written.succeeded {
+            // Two random 256-bit ids collided: the OS random source is broken.
+            return Err(StoreError::unavailable("a console session id was already taken").into());
+        }
+        let cookie = format!("{id}.{}", SecretBox::new(key).seal(token.as_bytes()));
+        Ok((
+            cookie,
+            Session {
+                token,
+                csrf: csrf_of(&key),
+            },
+        ))
+    }
+
+    /// The live session this cookie value names: `None` when the value is malformed, the
+    /// session is unknown, ended or expired, or the cookie's token does not open with its key.
+    pub(crate) async fn get(&self, cookie: &str) -> Result<Option<Session>, StoreError> {
+        let Some((id, sealed)) = split(cookie) else {
+            return Ok(None);
+        };
+        let Some(kv) = self.store.get(&self.record_key(id)).await? else {
+            return Ok(None);
+        };
+        let Ok(record) = model::decode::<ConsoleSessionRecord>(&kv.value) else {
+            tracing::warn!(key = %kv.key, "an unreadable console session record; ignored");
+            return Ok(None);
+        };
+        if record.expires_at <= model::now_ms() {
+            return Ok(None);
+        }
+        let Ok(key) = crypto::parse_hex32(&record.key) else {
+            return Ok(None);
+        };
+        let token = SecretBox::new(key)
+            .open(sealed)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok());
+        Ok(token.map(|token| Session {
+            token,
+            csrf: csrf_of(&key),
+        }))
+    }
+
+    /// Ends the session this cookie value names, on every replica; an unknown one is fine.
+    pub(crate) async fn remove(&self, cookie: &str) -> Result<(), StoreError> {
+        let Some((id, _)) = split(cookie) else {
+            return Ok(());
+        };
+        let at = self.record_key(id);
+        let lease = match self.store.get(&at).await? {
+            Some(kv) => model::decode::<ConsoleSessionRecord>(&kv.value).map_or(0, |r| r.lease),
+            None => return Ok(()),
+        };
+        self.store.txn(vec![], vec![TxnOp::delete(at)]).await?;
+        if lease != 0 {
+            // The record is gone, which is what ends the session; the lease would only linger
+            // until its TTL.
+            if let Err(err) = self.store.revoke_lease(lease).await {
+                tracing::debug!(%err, "revoking a console session's lease");
             }
         }
-        map.insert(key(&id), session.clone());
-        Ok((id, session))
+        Ok(())
     }
 
-    /// The live session with this id; an expired one is removed and not returned.
-    pub(crate) fn get(&self, id: &str) -> Option<Session> {
-        let key = key(id);
-        let mut map = self.lock();
-        match map.get(&key) {
-            Some(session) if session.expires > Instant::now() => Some(session.clone()),
-            Some(_) => {
-                map.remove(&key);
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Ends the session with this id, if any.
-    pub(crate) fn remove(&self, id: &str) {
-        self.lock().remove(&key(id));
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
-        // A panic while holding the lock cannot leave the map half-updated (one insert or
-        // remove), so a poisoned lock is still usable.
-        self.map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn record_key(&self, id: &str) -> String {
+        self.keys
+            .console_session(&crypto::hex(&crypto::sha256(id.as_bytes())))
     }
 }
 
-fn key(id: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest(&SHA256, id.as_bytes()).as_ref());
-    out
+/// `{id}.{sealed token}` → its parts, if the id is 64 hex characters.
+fn split(cookie: &str) -> Option<(&str, &str)> {
+    let (id, sealed) = cookie.split_once('.')?;
+    (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) && !sealed.is_empty())
+        .then_some((id, sealed))
 }
 
-/// 32 bytes from the OS CSPRNG (aws-lc-rs), hex.
-fn random_hex() -> String {
+fn csrf_of(key: &[u8; 32]) -> String {
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), CSRF_LABEL);
+    crypto::hex(tag.as_ref())
+}
+
+/// 32 bytes from the OS CSPRNG (aws-lc-rs).
+fn random32() -> [u8; 32] {
     let mut bytes = [0u8; 32];
     // aws-lc-rs's system random only fails when the OS has no entropy source at all; then no
     // session can be safe, and the process must not go on as if it were.
     aws_lc_rs::rand::fill(&mut bytes).expect("the OS random number generator failed");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    bytes
 }
 
-/// The session id in a `Cookie` header value, if any.
-pub(crate) fn id_from_cookies(header: &str) -> Option<&str> {
+/// The session cookie's value in a `Cookie` header value, if any.
+pub(crate) fn from_cookies(header: &str) -> Option<&str> {
     header.split(';').find_map(|pair| {
         let (name, value) = pair.trim().split_once('=')?;
         (name == COOKIE && !value.is_empty()).then_some(value)
     })
 }
 
-/// The `Set-Cookie` value that stores a session id for `lifetime`.
-pub(crate) fn set_cookie(id: &str, lifetime: Duration) -> String {
+/// The `Set-Cookie` value that stores a session's cookie value for `lifetime`.
+pub(crate) fn set_cookie(value: &str, lifetime: Duration) -> String {
     format!(
-        "{COOKIE}={id}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=Strict",
+        "{COOKIE}={value}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=Strict",
         lifetime.as_secs()
     )
 }
@@ -156,32 +242,99 @@ pub(crate) fn clear_cookie() -> String {
 
 #[cfg(test)]
 mod tests {
+    use statiko_common::store::FileStore;
+
     use super::*;
 
-    #[test]
-    fn sessions_expire_and_end() {
-        let sessions = Sessions::new(Duration::from_secs(60));
-        let (id, session) = sessions.create("tok".into()).unwrap();
-        assert_eq!(id.len(), 64);
-        assert_ne!(id, session.csrf);
-        assert_eq!(sessions.get(&id).unwrap().token, "tok");
-        assert!(sessions.get("nope").is_none());
-        sessions.remove(&id);
-        assert!(sessions.get(&id).is_none());
+    fn sessions(dir: &tempfile::TempDir, lifetime: Duration) -> Sessions {
+        let store = Store::File(FileStore::open(dir.path()).unwrap());
+        Sessions::new(lifetime, store, KeySchema::new("/statiko"))
+    }
 
-        let short = Sessions::new(Duration::ZERO);
-        let (id, _) = short.create("tok".into()).unwrap();
-        assert!(short.get(&id).is_none(), "expired at once");
+    #[tokio::test]
+    async fn a_session_is_shared_through_the_store_and_ends_everywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        // Two replicas: two `Sessions` over one store.
+        let a = sessions(&dir, Duration::from_secs(60));
+        let b = sessions(&dir, Duration::from_secs(60));
+        let (cookie, session) = a.create("stk_tok".into()).await.unwrap();
+        let seen = b
+            .get(&cookie)
+            .await
+            .unwrap()
+            .expect("the other replica knows it");
+        assert_eq!(seen.token, "stk_tok");
+        assert_eq!(
+            seen.csrf, session.csrf,
+            "every replica derives the same CSRF token"
+        );
+        assert_eq!(session.csrf.len(), 64);
+
+        // Neither the store nor the cookie holds the token or the id in the clear.
+        let state = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+        let (id, sealed) = split(&cookie).unwrap();
+        assert!(!state.contains("stk_tok") && !state.contains(id), "{state}");
+        assert!(!cookie.contains("stk_tok"));
+
+        // A cookie with another session's sealed token, or a tampered one, opens nothing.
+        let (other, _) = a.create("stk_other".into()).await.unwrap();
+        let (other_id, other_sealed) = split(&other).unwrap();
         assert!(
-            short.lock().is_empty(),
-            "an expired session is dropped when seen"
+            a.get(&format!("{id}.{other_sealed}"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            a.get(&format!("{other_id}.{sealed}"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let mut tampered = sealed.to_owned().into_bytes();
+        let middle = tampered.len() / 2;
+        tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
+        let tampered = format!("{id}.{}", String::from_utf8(tampered).unwrap());
+        assert!(a.get(&tampered).await.unwrap().is_none());
+        for bad in [
+            "",
+            "nope",
+            ".",
+            "ab.cd",
+            &format!("{id}."),
+            &format!("{}.x", "z".repeat(64)),
+        ] {
+            assert!(a.get(bad).await.unwrap().is_none(), "{bad:?}");
+        }
+
+        // Sign-out on one replica ends it on the other; removing it twice is fine.
+        b.remove(&cookie).await.unwrap();
+        assert!(a.get(&cookie).await.unwrap().is_none());
+        b.remove(&cookie).await.unwrap();
+        assert!(
+            a.get(&other).await.unwrap().is_some(),
+            "the other session lives on"
+        );
+    }
+
+    #[tokio::test]
+    async fn sessions_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = sessions(&dir, Duration::ZERO);
+        let (cookie, _) = short.create("stk_tok".into()).await.unwrap();
+        assert!(
+            short.get(&cookie).await.unwrap().is_none(),
+            "expired at once"
         );
     }
 
     #[test]
     fn csrf_compare() {
-        let sessions = Sessions::new(Duration::from_secs(60));
-        let (_, session) = sessions.create("tok".into()).unwrap();
+        let session = Session {
+            token: "t".into(),
+            csrf: csrf_of(&[7; 32]),
+        };
+        assert_ne!(session.csrf, csrf_of(&[8; 32]));
         assert!(session.csrf_matches(&session.csrf.clone()));
         assert!(!session.csrf_matches(""));
         assert!(!session.csrf_matches(&session.csrf[1..]));
@@ -193,11 +346,11 @@ mod tests {
     #[test]
     fn cookies() {
         assert_eq!(
-            id_from_cookies("a=b; __Host-statiko-console=abc; c=d"),
+            from_cookies("a=b; __Host-statiko-console=abc; c=d"),
             Some("abc")
         );
-        assert_eq!(id_from_cookies("__Host-statiko-console="), None);
-        assert_eq!(id_from_cookies("x-statiko-console=abc"), None);
+        assert_eq!(from_cookies("__Host-statiko-console="), None);
+        assert_eq!(from_cookies("x-statiko-console=abc"), None);
         let set = set_cookie("abc", Duration::from_secs(3600));
         for part in [
             "HttpOnly",
