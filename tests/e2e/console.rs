@@ -285,8 +285,10 @@ async fn console_in_a_browser() -> Result<()> {
     page.click("#confirm").await?;
     // The site page again, which shows the new live version once the leader's cutover is done,
     // without a reload: its script refreshes it.
-    page.wait_text(".flash", secs(10), |t| t.starts_with("Rollback started"))
-        .await?;
+    page.wait_text(".flash", secs(10), |t| {
+        t.starts_with("Rollback started") || t.starts_with("Rolled back")
+    })
+    .await?;
     page.wait_text("#live-version", secs(60), |t| t == "web@1")
         .await
         .with_context(|| format!("confirmation said {target:?}\n{}", cluster.logs()))?;
@@ -295,6 +297,11 @@ async fn console_in_a_browser() -> Result<()> {
         secs(30),
         |t| t == "live",
     )
+    .await?;
+    // Once live, the refreshed flash says so.
+    page.wait_text(".flash", secs(10), |t| {
+        t.starts_with("Rolled back: deployment") && t.ends_with("is live.")
+    })
     .await?;
     page.screenshot(&shots.join("site-rolled-back.png")).await?;
     let after = deployments(&cluster, domain).await?;
@@ -716,7 +723,10 @@ async fn console_promotes_previews() -> Result<()> {
     assert!(
         flash
             .text()
-            .contains(&format!("Promotion started: deployment {new_id}")),
+            .contains(&format!("Promotion started: deployment {new_id}."))
+            || flash
+                .text()
+                .contains(&format!("Promoted: deployment {new_id} is live.")),
         "{}",
         flash.text()
     );
@@ -732,6 +742,14 @@ async fn console_promotes_previews() -> Result<()> {
     .with_context(|| cluster.logs())?;
     assert_eq!(live.promoted_from, preview.id);
     assert_eq!(live.app.map(|a| a.version).as_deref(), Some("2"));
+    let flash = http.get(&location, &admin).await?;
+    assert!(
+        flash
+            .text()
+            .contains(&format!("Promoted: deployment {new_id} is live.")),
+        "{}",
+        flash.text()
+    );
     let served = fixtures::site_bundle_index("web@2");
     for edge in &cluster.edges {
         wait_until(secs(20), async || {

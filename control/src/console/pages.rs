@@ -391,15 +391,48 @@ pub(crate) async fn sites(calls: &Calls<'_>, csrf: &str) -> Result<Sites, Status
     })
 }
 
+/// What a site's page says after an action started a deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Flash {
+    pub(crate) deployment: String,
+    /// "Rolled back", "Promoted": once the deployment is live.
+    pub(crate) done: &'static str,
+    /// "Rollback started", "Promotion started": until then.
+    pub(crate) started: &'static str,
+}
+
+impl Flash {
+    pub(crate) fn text(&self, live: bool) -> String {
+        let Flash {
+            deployment,
+            done,
+            started,
+        } = self;
+        if live {
+            format!("{done}: deployment {deployment} is live.")
+        } else {
+            format!(
+                "{started}: deployment {deployment}. The live version changes once every edge has staged it."
+            )
+        }
+    }
+}
+
 /// A site's page: `GetSite` and `ListDeployments`, with the edges and certificates when
 /// allowed.
 pub(crate) async fn site(
     calls: &Calls<'_>,
     csrf: &str,
     domain: &str,
-    flash: Option<String>,
+    flash: Option<Flash>,
 ) -> Result<Site, Status> {
     let (site, deployments) = site_deployments(calls, domain).await?;
+    let flash = flash.map(|flash| {
+        let live = deployments
+            .iter()
+            .any(|d| d.id == flash.deployment && d.state == pb::DeploymentState::Live as i32);
+        flash.text(live)
+    });
     let context = context(calls).await?;
     let now = SystemTime::now();
     let mut rows: Vec<DeploymentRow> = deployments.iter().map(|d| deployment_row(d, now)).collect();

@@ -249,14 +249,16 @@ impl Action {
         }
     }
 
-    fn flash(self, deployment: &str) -> String {
-        let started = match self {
-            Action::Rollback => "Rollback started",
-            Action::Promote => "Promotion started",
+    fn flash(self, deployment: &str) -> pages::Flash {
+        let (done, started) = match self {
+            Action::Rollback => ("Rolled back", "Rollback started"),
+            Action::Promote => ("Promoted", "Promotion started"),
         };
-        format!(
-            "{started}: deployment {deployment}. The live version changes once every edge has staged it."
-        )
+        pages::Flash {
+            deployment: deployment.to_owned(),
+            done,
+            started,
+        }
     }
 }
 
@@ -605,10 +607,15 @@ mod tests {
             site_route("/sites/a.test/promote"),
             Some(("a.test".into(), Some(Action::Promote)))
         );
-        assert!(
-            Action::Promote
-                .flash("d1")
-                .starts_with("Promotion started: deployment d1")
+        let flash = Action::Promote.flash("d1");
+        assert_eq!(flash.deployment, "d1");
+        assert_eq!(
+            flash.text(false),
+            "Promotion started: deployment d1. The live version changes once every edge has staged it."
+        );
+        assert_eq!(
+            Action::Rollback.flash("d2").text(true),
+            "Rolled back: deployment d2 is live."
         );
         assert_eq!(site_route("/sites/a.test/other"), None);
         assert_eq!(site_route("/sites/"), None);
