@@ -21,7 +21,8 @@
 //!   an expired preview has no Promote link and its form gets the API's FAILED_PRECONDITION.
 //! - `console_sessions_span_replicas`: two control replicas on one etcd; a session made on one
 //!   opens pages on the other with the same CSRF token, outlives a restart of the replica it was
-//!   made on, and a sign-out on the other ends it on both; etcd holds neither the token nor the
+//!   made on, answers 503 (keeping the cookie) while etcd is down and works again once it is
+//!   back, and a sign-out on the other ends it on both; etcd holds neither the token nor the
 //!   session id, and the cookie does not hold the token in the clear.
 
 use std::collections::HashMap;
@@ -580,6 +581,24 @@ async fn console_sessions_span_replicas() -> Result<()> {
     a.restart().await?;
     let http_a = ConsoleHttp::new(&a)?;
     assert_eq!(http_a.get("/apps", &session).await?.status, StatusCode::OK);
+
+    // While the store cannot say whether the session is live: 503, and the cookie is kept.
+    let mut etcd = etcd;
+    etcd.stop().await?;
+    let down = http_b.get("/apps", &session).await?;
+    assert_eq!(
+        down.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        down.text()
+    );
+    assert!(down.header("set-cookie").is_none(), "the cookie is kept");
+    etcd.restart().await?;
+    wait_until(secs(20), async || {
+        anyhow::Ok(http_b.get("/apps", &session).await?.status == StatusCode::OK)
+    })
+    .await
+    .context("the session works again once etcd is back")?;
 
     // Sign-out on b ends the session on a too.
     let csrf = csrf_of(&http_b.get("/apps", &session).await?.text())?;

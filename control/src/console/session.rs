@@ -75,6 +75,8 @@ pub(crate) struct Sessions {
     lifetime: Duration,
     store: Store,
     keys: KeySchema,
+    /// [`MAX_SESSIONS`] (smaller in tests).
+    max: usize,
 }
 
 impl Sessions {
@@ -83,6 +85,7 @@ impl Sessions {
             lifetime,
             store,
             keys,
+            max: MAX_SESSIONS,
         }
     }
 
@@ -102,7 +105,7 @@ impl Sessions {
             .filter_map(|kv| model::decode::<ConsoleSessionRecord>(&kv.value).ok())
             .filter(|record| record.expires_at > now)
             .count();
-        if live >= MAX_SESSIONS {
+        if live >= self.max {
             return Err(CreateError::Full);
         }
 
@@ -315,6 +318,21 @@ mod tests {
             a.get(&other).await.unwrap().is_some(),
             "the other session lives on"
         );
+    }
+
+    #[tokio::test]
+    async fn sign_ins_beyond_the_cap_are_refused_until_one_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut two = sessions(&dir, Duration::from_secs(60));
+        two.max = 2;
+        let (first, _) = two.create("a".into()).await.unwrap();
+        two.create("b".into()).await.unwrap();
+        assert!(matches!(
+            two.create("c".into()).await,
+            Err(CreateError::Full)
+        ));
+        two.remove(&first).await.unwrap();
+        two.create("c".into()).await.unwrap();
     }
 
     #[tokio::test]
