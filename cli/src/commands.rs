@@ -339,7 +339,7 @@ async fn cluster_status(api: &Api, printer: Printer) -> anyhow::Result<()> {
             );
             let mut nodes =
                 Table::new(&["name", "leader", "version", "applied", "behind", "updated"]);
-            let mut sites = Table::new(&["node", "domain", "app", "health", "error"]);
+            let mut sites = Table::new(&["node", "domain", "app", "health", "retained", "error"]);
             let mut certs = Table::new(&["node", "certificate", "expires"]);
             let (mut site_rows, mut cert_rows) = (0, 0);
             for node in &response.nodes {
@@ -365,6 +365,7 @@ async fn cluster_status(api: &Api, printer: Printer) -> anyhow::Result<()> {
                         site.domain.clone(),
                         output::app_ref(site.app.as_ref()),
                         if site.healthy { "healthy" } else { "unhealthy" }.to_owned(),
+                        output::list(&site.retained),
                         output::or_dash(&site.error),
                     ]);
                 }

@@ -373,6 +373,7 @@ fn node_site_json(site: &NodeSiteStatus) -> Value {
         "app": app_ref_json(site.app.as_ref()),
         "healthy": site.healthy,
         "error": site.error,
+        "retained": site.retained,
     })
 }
 

@@ -237,6 +237,7 @@ pub(crate) fn node_to_proto(node: &NodeStatusRecord) -> pb::Node {
                 app: s.app.as_ref().map(app_ref_to_proto),
                 healthy: s.healthy,
                 error: s.error.clone().unwrap_or_default(),
+                retained: s.retained.clone(),
             })
             .collect(),
         certificates: node

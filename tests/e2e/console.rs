@@ -274,6 +274,13 @@ async fn console_in_a_browser() -> Result<()> {
         .await?;
     let states = page.texts("#site-edges tbody tr td:last-child").await?;
     assert_eq!(states.len(), 3, "three edges report the site: {states:?}");
+    // web@1 is kept staged on every edge (their node records say so): an instant rollback.
+    page.wait_text(
+        "#deployments tbody tr:last-child td:nth-child(6)",
+        secs(15),
+        |t| t == "kept staged on every edge (3): rolling back to it is instant",
+    )
+    .await?;
     page.screenshot(&shots.join("site.png")).await?;
 
     // Roll back through the confirmation page.

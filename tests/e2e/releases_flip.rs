@@ -1,4 +1,5 @@
 //! Rollback as a pure flip on a real cluster (etcd, control, three edges on loopback):
+//! - every edge's retained deployments are listed by `stk cluster status` (ListNodes);
 //! - when every live edge's node record says it retains the target's bundle, `Rollback`
 //!   switches the site in the call itself: the deployment it returns is already `live` (no
 //!   staging report, no leader cutover), every edge serves it, and none downloads it (the
@@ -12,7 +13,7 @@ use statiko_proto::v1::{
     DeploymentState, GetDeploymentRequest, GetSiteRequest, ListDeploymentsRequest, RollbackRequest,
 };
 use statiko_tests::cluster::Cluster;
-use statiko_tests::{require_tool, secs, wait_until};
+use statiko_tests::{OutputExt, require_tool, secs, wait_until};
 
 use crate::releases::{all_serve, deploy_atomic, digest_of, serving_v1};
 
@@ -45,9 +46,50 @@ async fn rollback_flips_when_every_edge_retains_the_bundle_and_stages_otherwise(
         .context("web@1 deployed")?
         .id
         .clone();
-    deploy_atomic(&cluster, SITE, "2", true).await?;
+    let second = deploy_atomic(&cluster, SITE, "2", true)
+        .await?
+        .deployment
+        .context("a deployment")?
+        .id;
     deploy_atomic(&cluster, SITE, "3", true).await?;
     all_serve(&cluster.edge_refs(), SITE, "3").await?;
+
+    // `stk cluster status` shows what each edge keeps: web@2's deployment, not web@1's.
+    let listed = wait_until(secs(10), async || {
+        let status = cluster
+            .control
+            .stk(["--output", "json", "cluster", "status"])
+            .await?;
+        status.assert_success();
+        let json: serde_json::Value = serde_json::from_str(&status.stdout_text())?;
+        let retained: Vec<serde_json::Value> = json["nodes"]
+            .as_array()
+            .context("nodes")?
+            .iter()
+            .filter_map(|node| {
+                let sites = node["sites"].as_array()?;
+                let site = sites.iter().find(|s| s["domain"] == SITE)?;
+                Some(site["retained"].clone())
+            })
+            .collect();
+        anyhow::Ok(
+            (retained.len() == 3 && retained.iter().all(|r| *r == json!([second])))
+                .then_some(retained),
+        )
+    })
+    .await
+    .context("every edge lists web@2's deployment as retained")?;
+    ensure!(
+        !listed.iter().any(|r| r.to_string().contains(&first)),
+        "{listed:?}"
+    );
+    let table = cluster.control.stk(["cluster", "status"]).await?;
+    table.assert_success();
+    ensure!(
+        table.stdout_text().contains("RETAINED") && table.stdout_text().contains(&second),
+        "{}",
+        table.stdout_text()
+    );
 
     // Every edge retains web@2 (and no longer web@1). web@2 leaves the repository: a flip
     // needs no download.

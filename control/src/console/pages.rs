@@ -435,7 +435,19 @@ pub(crate) async fn site(
     });
     let context = context(calls).await?;
     let now = SystemTime::now();
-    let mut rows: Vec<DeploymentRow> = deployments.iter().map(|d| deployment_row(d, now)).collect();
+    // What the edges serving the site keep staged: a rollback every one of them keeps is a flip.
+    let edges: Vec<&pb::NodeSiteStatus> = context
+        .nodes
+        .iter()
+        .filter_map(|n| n.sites.iter().find(|s| s.domain == site.domain))
+        .collect();
+    let mut rows: Vec<DeploymentRow> = deployments
+        .iter()
+        .map(|d| {
+            let kept = edges.iter().filter(|s| s.retained.contains(&d.id)).count();
+            deployment_row(d, (kept, edges.len()), now)
+        })
+        .collect();
     // Newest first (ids sort by creation).
     rows.sort_by(|a, b| b.id.cmp(&a.id));
     let has_previous = rows.iter().any(|d| d.can_return);
@@ -490,7 +502,7 @@ pub(crate) async fn confirm_promote(
     let target = deployments.iter().find(|d| d.id == id).map_or_else(
         || format!("deployment {id}"),
         |d| {
-            let row = deployment_row(d, now);
+            let row = deployment_row(d, (0, 0), now);
             if row.preview_url.is_empty() {
                 format!("{} (deployment {})", row.app, row.id)
             } else {
@@ -726,7 +738,8 @@ fn site_row(site: &pb::Site, context: &Context, now: SystemTime) -> SiteRow {
     }
 }
 
-fn deployment_row(d: &pb::Deployment, now: SystemTime) -> DeploymentRow {
+/// `kept`: on how many of the site's edges the deployment's bundle is kept staged, of how many.
+fn deployment_row(d: &pb::Deployment, kept: (usize, usize), now: SystemTime) -> DeploymentRow {
     let state = pb::DeploymentState::try_from(d.state).unwrap_or_default();
     let (label, class) = match state {
         pb::DeploymentState::Staging => ("staging", "warn"),
@@ -748,6 +761,15 @@ fn deployment_row(d: &pb::Deployment, now: SystemTime) -> DeploymentRow {
     }
     if !d.failed_nodes.is_empty() {
         notes.push(format!("failed on {}", d.failed_nodes.join(", ")));
+    }
+    if state == pb::DeploymentState::Superseded {
+        match kept {
+            (0, _) => {}
+            (k, n) if k == n => notes.push(format!(
+                "kept staged on every edge ({n}): rolling back to it is instant"
+            )),
+            (k, n) => notes.push(format!("kept staged on {k} of {n} edges")),
+        }
     }
     let created = to_time(d.created_at.as_ref());
     let preview = d

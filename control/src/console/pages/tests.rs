@@ -35,3 +35,32 @@ fn confirmations_post_their_action() {
     assert!(html.contains("name=\"to\" value=\"\""), "{html}");
     assert!(html.contains("<strong>web@0</strong> again"), "{html}");
 }
+
+#[test]
+fn superseded_deployments_say_where_they_are_kept_staged() {
+    let superseded = pb::Deployment {
+        id: "d1".into(),
+        state: pb::DeploymentState::Superseded as i32,
+        ..pb::Deployment::default()
+    };
+    let now = SystemTime::now();
+    let every = deployment_row(&superseded, (3, 3), now);
+    assert_eq!(
+        every.notes,
+        "kept staged on every edge (3): rolling back to it is instant"
+    );
+    assert_eq!(
+        deployment_row(&superseded, (1, 3), now).notes,
+        "kept staged on 1 of 3 edges"
+    );
+    assert_eq!(deployment_row(&superseded, (0, 3), now).notes, "");
+    let live = pb::Deployment {
+        state: pb::DeploymentState::Live as i32,
+        ..superseded
+    };
+    assert_eq!(
+        deployment_row(&live, (3, 3), now).notes,
+        "",
+        "the live one is served, not kept for a rollback"
+    );
+}
