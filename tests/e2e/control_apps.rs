@@ -319,9 +319,7 @@ async fn upload_with_stk() -> Result<()> {
             );
         }
     }
-    let listed = control.stk(["--output", "json", "app", "list"]).await?;
-    listed.assert_success();
-    let listed: Value = serde_json::from_str(&listed.stdout_text())?;
+    let listed = control.stk_json(["app", "list"]).await?;
     let apps = listed["apps"].as_array().context("apps array")?;
     let versions: Vec<&str> = apps
         .iter()

@@ -51,10 +51,8 @@ async fn stk_sites_apps_and_errors() -> Result<()> {
         got.stdout_text()
     );
     let got = control
-        .stk(["--output", "json", "site", "get", "www.cli.example.com"])
+        .stk_json(["site", "get", "www.cli.example.com"])
         .await?;
-    got.assert_success();
-    let got: Value = serde_json::from_str(&got.stdout_text())?;
     assert_eq!(got["site"]["domain"], "cli.example.com", "{got}");
 
     control
@@ -67,10 +65,7 @@ async fn stk_sites_apps_and_errors() -> Result<()> {
         ])
         .await?
         .assert_success();
-    let listed = control.stk(["--output", "json", "site", "list"]).await?;
-    listed.assert_success();
-    let listed: Value = serde_json::from_str(&listed.stdout_text())
-        .with_context(|| format!("not JSON: {}", listed.stdout_text()))?;
+    let listed = control.stk_json(["site", "list"]).await?;
     let sites = listed["sites"].as_array().context("sites array")?;
     let domains: Vec<&str> = sites.iter().filter_map(|s| s["domain"].as_str()).collect();
     assert_eq!(domains, ["b.example.com", "cli.example.com"]);
@@ -112,9 +107,7 @@ async fn stk_sites_apps_and_errors() -> Result<()> {
         ])
         .await?
         .assert_success();
-    let apps = control.stk(["--output", "json", "app", "list"]).await?;
-    apps.assert_success();
-    let apps: Value = serde_json::from_str(&apps.stdout_text())?;
+    let apps = control.stk_json(["app", "list"]).await?;
     assert_eq!(apps["apps"][0]["name"], "web", "{apps}");
     assert_eq!(apps["apps"][0]["version"], "1.0.0", "{apps}");
     control

@@ -6,7 +6,7 @@
 //! history.
 
 use anyhow::{Context, Result};
-use serde_json::{Value, json};
+use serde_json::json;
 use statiko_proto::v1::{
     DeployStrategy, Deployment, DeploymentState, GetDeploymentRequest, ListDeploymentsRequest,
     RollbackRequest,
@@ -288,11 +288,9 @@ async fn history_rollback_and_bad_input() -> Result<()> {
     );
     // Four kept, plus the one rolled back to (never collected while a newer record links it).
     assert_eq!(lines.len(), 6, "{text}");
-    let json = control
-        .stk(["--output", "json", "deploy", "history", "rel.example.com"])
+    let parsed = control
+        .stk_json(["deploy", "history", "rel.example.com"])
         .await?;
-    json.assert_success();
-    let parsed: Value = serde_json::from_str(&json.stdout_text())?;
     let deployments = parsed["deployments"].as_array().context("an array")?;
     assert_eq!(deployments.len(), 5, "{parsed}");
     assert_eq!(deployments[0]["id"], to_two.id.as_str());

@@ -28,11 +28,9 @@ const SCOPE_TEXT: &str = r#"token "ci-team-a" (deployer, scope *.team-a.test)"#;
 
 /// `stk --output json token create ...` as admin: the parsed document.
 async fn stk_create(control: &Control, args: &[&str]) -> Result<Value> {
-    let mut full = vec!["--output", "json", "token", "create"];
+    let mut full = vec!["token", "create"];
     full.extend_from_slice(args);
-    let output = control.stk(&full).await?;
-    output.assert_success();
-    serde_json::from_slice(&output.stdout).context("stk token create --output json")
+    control.stk_json(&full).await
 }
 
 /// Creates `www.team-a.test` and `team-b.test`, and a deployer token `ci-team-a` scoped to

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use anyhow::{Context, Result, ensure};
 use statiko_tests::cluster::Cluster;
 use statiko_tests::fixtures::{self, digest_of, site, site_bundle};
-use statiko_tests::{Control, Edge, Etcd, OutputExt, require_tool, secs, wait_until};
+use statiko_tests::{Control, Edge, Etcd, require_tool, secs, wait_until};
 
 /// etcd, a control and `n` edges (the shared [`Cluster`]), every edge registered.
 pub(crate) async fn cluster(n: usize) -> Result<Cluster> {
@@ -75,12 +75,7 @@ async fn deploy_reaches_every_edge() -> Result<()> {
     }
 
     // `stk cluster status` shows every edge with the applied revision and what it serves.
-    let status = cluster
-        .control
-        .stk(["--output", "json", "cluster", "status"])
-        .await?;
-    status.assert_success();
-    let json: serde_json::Value = serde_json::from_str(&status.stdout_text())?;
+    let json = cluster.control.stk_json(["cluster", "status"]).await?;
     let nodes = json["nodes"].as_array().context("nodes array")?;
     assert_eq!(nodes.len(), 3, "{json}");
     for node in nodes {

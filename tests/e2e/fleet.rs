@@ -7,7 +7,7 @@ use anyhow::{Context, Result, ensure};
 use statiko_proto::v1::{DeployRequest, DeployStrategy, ListNodesRequest};
 use statiko_tests::cluster::assert_converged_at;
 use statiko_tests::fixtures::{self, site};
-use statiko_tests::{Edge, Fleet, OutputExt, require_tool, secs, wait_until};
+use statiko_tests::{Edge, Fleet, require_tool, secs, wait_until};
 
 const EDGES: usize = 20;
 const SITE: &str = "a.fleet";
@@ -61,13 +61,10 @@ async fn twenty_edges_converge_on_every_deploy() -> Result<()> {
         serves_everywhere(&edges, version, deployed.revision).await?;
     }
 
-    let output = fleet
+    let reply = fleet
         .control
-        .stk(["--output", "json", "deploy", SITE, "app@3", "--wait"])
+        .stk_json(["deploy", SITE, "app@3", "--wait"])
         .await?;
-    output.assert_success();
-    let reply: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("stk deploy --output json")?;
     let revision = reply["revision"].as_i64().unwrap_or_default();
     serves_everywhere(&edges, "3", revision).await
 }

@@ -56,12 +56,7 @@ async fn rollback_flips_when_every_edge_retains_the_bundle_and_stages_otherwise(
 
     // `stk cluster status` shows what each edge keeps: web@2's deployment, not web@1's.
     let listed = wait_until(secs(10), async || {
-        let status = cluster
-            .control
-            .stk(["--output", "json", "cluster", "status"])
-            .await?;
-        status.assert_success();
-        let json: serde_json::Value = serde_json::from_str(&status.stdout_text())?;
+        let json = cluster.control.stk_json(["cluster", "status"]).await?;
         let retained: Vec<serde_json::Value> = json["nodes"]
             .as_array()
             .context("nodes")?

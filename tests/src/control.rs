@@ -16,7 +16,7 @@ use tokio::process::Command;
 
 use crate::bins::bin_path;
 use crate::client::{Api, channel, plain_channel};
-use crate::cmd::{run_bin, scrub_statiko_env};
+use crate::cmd::{OutputExt as _, run_bin, scrub_statiko_env};
 use crate::etcd::Etcd;
 use crate::process::ChildProcess;
 
@@ -449,6 +449,20 @@ impl Control {
         A::Item: AsRef<OsStr>,
     {
         self.stk_as(ADMIN_TOKEN, args).await
+    }
+
+    /// Runs `stk --output json <args>` as admin, which must succeed: its parsed output.
+    pub async fn stk_json<A>(&self, args: A) -> Result<serde_json::Value>
+    where
+        A: IntoIterator,
+        A::Item: AsRef<OsStr>,
+    {
+        let mut full: Vec<std::ffi::OsString> = vec!["--output".into(), "json".into()];
+        full.extend(args.into_iter().map(|arg| arg.as_ref().to_owned()));
+        let output = self.stk(&full).await?;
+        output.assert_success();
+        serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("stk {full:?}: not JSON: {}", output.stdout_text()))
     }
 
     /// Like [`Control::stk`] with another token.
