@@ -30,16 +30,7 @@ rules 10000 > "$WORK/big/_redirects"
 awk 'BEGIN { for (i = 0; i < 1000; i++) printf "/section%d/*\n  X-Section: %d\n  Cache-Control: public, max-age=60\n", i, i }' \
   > "$WORK/big/_headers"
 
-cat > "$WORK/node/config.yaml" <<EOF
-nodeName: "bench"
-secretsEncryptionKey: "$(head -c 32 /dev/urandom | base64)"
-state: {store: "file", file: {path: "$WORK/node/state"}}
-repo: {type: "local", local: {path: "$WORK/node/repo"}}
-control: {listen: "$HOST:$CONTROL", tls: {enabled: false}, metrics: ""}
-auth: {tokens: [{name: "bench", token: "bench-admin-token-0123456789", role: "admin"}]}
-edge: {dataDir: "$WORK/node/data", http: "$HOST:$EDGE_HTTP", https: "$HOST:$EDGE_HTTPS", admin: "$HOST:$EDGE_ADMIN", limits: {perClient: {maxConnections: 0}}}
-log: {format: "text", level: "warn"}
-EOF
+write_node_config
 
 port_open() { ss -ltnH "( sport = :$1 )" 2>/dev/null | grep -q .; }
 wait_port() { local i; for i in $(seq 1 200); do port_open "$1" && return 0; sleep 0.05; done; log "port $1 never opened"; return 1; }
@@ -70,7 +61,7 @@ start_node() {
   wait_port $CONTROL; wait_port $EDGE_HTTPS
   local i
   for i in $(seq 1 600); do curl -sf "http://$HOST:$EDGE_ADMIN/readyz" >/dev/null && break; sleep 0.1; done
-  export STATIKO_ENDPOINT=http://$HOST:$CONTROL STATIKO_TOKEN=bench-admin-token-0123456789
+  use_node
   # A slow edge (under valgrind) registers its node record a little after it is ready.
   for i in $(seq 1 100); do "$BIN/stk" cluster status 2>/dev/null | grep -q bench && break; sleep 0.2; done
   for b in r10 r10k; do

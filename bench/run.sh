@@ -94,16 +94,7 @@ if [ ! -s "$CERT" ]; then
 fi
 RUN=$WORK/run
 rm -rf "$WORK/node"; mkdir -p "$WORK/node"
-cat > "$WORK/node/config.yaml" <<EOF
-nodeName: "bench"
-secretsEncryptionKey: "$(head -c 32 /dev/urandom | base64)"
-state: {store: "file", file: {path: "$WORK/node/state"}}
-repo: {type: "local", local: {path: "$WORK/node/repo"}}
-control: {listen: "$HOST:$CONTROL", tls: {enabled: false}, metrics: ""}
-auth: {tokens: [{name: "bench", token: "bench-admin-token-0123456789", role: "admin"}]}
-edge: {dataDir: "$WORK/node/data", http: "$HOST:$EDGE_HTTP", https: "$HOST:$EDGE_HTTPS", admin: "$HOST:$EDGE_ADMIN", redirectHttp: false, limits: {perClient: {maxConnections: 0}}}
-log: {format: "text", level: "warn"}
-EOF
+write_node_config "redirectHttp: false, "
 cat > "$RUN/nginx.conf" <<EOF
 pid $RUN/nginx.pid;
 error_log $RUN/nginx-error.log warn;
@@ -194,7 +185,7 @@ log "starting statiko-control and statiko-edge (single node, file store in $WORK
 env $EDGE_ENV "$BIN/statiko-edge" --config "$WORK/node/config.yaml" > "$WORK/logs/edge.log" 2>&1 & STARTED+=($!)
 EDGE_PID=${STARTED[1]}
 wait_port $CONTROL; wait_port $EDGE_HTTPS
-export STATIKO_ENDPOINT=http://$HOST:$CONTROL STATIKO_TOKEN=bench-admin-token-0123456789
+use_node
 "$BIN/stk" cert import bench --cert "$CERT" --key "$KEY" >/dev/null
 "$BIN/stk" site create localhost --tls imported:bench >/dev/null
 "$BIN/stk" app upload "$SITE" --name bench --version 1 >/dev/null
