@@ -2,8 +2,9 @@
 # Moves to the repository root (ROOT), sets the run-length knobs every script takes from the
 # environment (DURATION, REPS, WARMUP, THREADS, PROFILE) and HOST, and defines `log`,
 # `build_binaries` (the control, edge and CLI binaries of $PROFILE, or none when BIN_DIR names
-# prebuilt ones; sets BIN to their directory), `write_node_config` and `use_node` (the
-# single-node Statiko every bench runs, and stk's settings for it).
+# prebuilt ones; sets BIN to their directory and BUILD_LABEL to what the result lines call
+# them), `write_node_config` and `use_node` (the single-node Statiko every bench runs, and stk's
+# settings for it).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -20,8 +21,10 @@ log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 build_binaries() {
   if [ -n "${BIN_DIR:-}" ]; then
     BIN=$BIN_DIR # binaries built beforehand (statiko-control, statiko-edge, stk): no build
+    BUILD_LABEL="binaries from $BIN_DIR"
     return
   fi
+  BUILD_LABEL="profile $PROFILE"
   log "building the $PROFILE binaries"
   cargo build -j2 --profile "$PROFILE" --locked -p statiko-control -p statiko-edge -p statiko-cli >&2
   TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}

@@ -127,7 +127,7 @@ H3_CSV=${FIXED_CSV/fixed-/h3-}
 cp "$FIXED_CSV" "$H3_CSV"
 {
   echo "# bench/run.sh MODE=$MODE $DATE on $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), kernel $(uname -r)"
-  echo "# statiko $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo +dirty) ($PROFILE); $("$OHA_BIN" --version); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "# statiko $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo +dirty) ($BUILD_LABEL); $("$OHA_BIN" --version); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "# oha -c $CONNS; saturation ${SAT_DURATION}s, each fixed rate ${FIXED_DURATION}s with --latency-correction"
   echo
 } > "$WORK/fixed-report.head"

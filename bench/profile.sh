@@ -61,7 +61,7 @@ PY
 PROFILE_OUT=$WORK/profile-$(date -u +%Y%m%d-%H%M%S)
 mkdir -p "$PROFILE_OUT"
 {
-  echo "# bench/run.sh MODE=profile $DATE on $(nproc) cores, kernel $(uname -r); statiko $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) ($PROFILE)"
+  echo "# bench/run.sh MODE=profile $DATE on $(nproc) cores, kernel $(uname -r); statiko $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) ($BUILD_LABEL)"
   echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg); wrk -t$THREADS -c$CONNS ${DURATION}s; perf record -e cpu-clock -F 2000 on the edge"
   for c in $PROFILE_CASES; do
     wait_quiet

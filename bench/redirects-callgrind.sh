@@ -77,7 +77,7 @@ for case in no-match last-rule plain-file; do
 done
 
 echo
-echo "machine: $(nproc) cores, load now $(cut -d' ' -f1 /proc/loadavg); profile $PROFILE; commit $(git rev-parse --short HEAD); N1=$N1 N2=$N2"
+echo "machine: $(nproc) cores, load now $(cut -d' ' -f1 /proc/loadavg); $BUILD_LABEL; commit $(git rev-parse --short HEAD); N1=$N1 N2=$N2"
 echo "| case | status | 10 rules: instr/req | 10,000 rules: instr/req | 10,000 vs 10 |"
 echo "|---|---|---:|---:|---:|"
 python3 - "$CSV" <<'PY'

@@ -59,7 +59,7 @@ after=$(rss_kib "$EDGE_PID")
 big_status=$(curl -sk -o /dev/null -w '%{http_code}' -H "Host: big.localhost" "https://$HOST:$EDGE_HTTPS/last/x")
 
 echo
-echo "machine: $(nproc) cores, load now $(load); profile $PROFILE; commit $(git rev-parse --short HEAD)"
+echo "machine: $(nproc) cores, load now $(load); $BUILD_LABEL; commit $(git rev-parse --short HEAD)"
 echo "| case | rules | req/s | p50 / p99 ms | edge CPU/req µs | load1 |"
 echo "|---|---:|---:|---:|---:|---:|"
 python3 - "$CSV" <<'PY'

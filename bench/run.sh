@@ -316,7 +316,7 @@ done
 # --- report: medians per case and server, ratio edge / nginx -----------------------------------
 {
   echo "# bench/run.sh $DATE on $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), kernel $(uname -r)"
-  echo "# statiko $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo +dirty) ($PROFILE); $(nginx -v 2>&1 | sed 's/.*version: //'); wrk $(dpkg-query -W -f='${Version}' wrk 2>/dev/null); $(h2load --version 2>&1 | head -1); $(openssl version)"
+  echo "# statiko $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo +dirty) ($BUILD_LABEL); $(nginx -v 2>&1 | sed 's/.*version: //'); wrk $(dpkg-query -W -f='${Version}' wrk 2>/dev/null); $(h2load --version 2>&1 | head -1); $(openssl version)"
   echo "# ${REPS} x ${DURATION}s per case, ${CONNS} connections, medians; raw: $RAW"
   echo
   python3 - "$RAW" <<'PY'
