@@ -35,7 +35,7 @@ use http::{Method, StatusCode};
 use serde_json::json;
 use statiko_proto::v1::{
     CreateTokenRequest, DeployPreviewRequest, Deployment, DeploymentState, ListDeploymentsRequest,
-    RevokeTokenRequest, TokenRole,
+    ListTokensRequest, TokenRole,
 };
 use statiko_tests::browser::Browser;
 use statiko_tests::cluster::Cluster;
@@ -223,6 +223,33 @@ async fn console_in_a_browser() -> Result<()> {
         fixtures::upload_app(&api, "web", version).await?;
     }
     fixtures::upload_app(&api, "docs", "2026.12.1").await?;
+    // Two stored tokens for the tokens page: team A's pipeline and a read-only one for a week.
+    for (name, role, scope, expires_in) in [
+        (
+            "ci-team-a",
+            TokenRole::Deployer,
+            vec!["*.team-a.test".to_owned()],
+            None,
+        ),
+        (
+            "oncall",
+            TokenRole::Readonly,
+            vec![],
+            Some(prost_types::Duration {
+                seconds: 7 * 86_400,
+                nanos: 0,
+            }),
+        ),
+    ] {
+        api.tokens()
+            .create_token(CreateTokenRequest {
+                name: name.into(),
+                role: role as i32,
+                scope,
+                expires_in,
+            })
+            .await?;
+    }
     // Every edge listed and one leading before deploying (atomic rollbacks need a leader).
     let leader = cluster.settled().await?;
     fixtures::deploy(&api, domain, "web", "1", true, secs(30)).await?;
@@ -341,6 +368,11 @@ async fn console_in_a_browser() -> Result<()> {
         "docs, then web newest first"
     );
     page.screenshot(&shots.join("apps.png")).await?;
+    page.click("nav a[href='/tokens']").await?;
+    page.wait_path("/tokens", secs(10)).await?;
+    let names = page.texts("#tokens tbody tr td:first-child").await?;
+    assert_eq!(names, ["ci-team-a", "oncall"]);
+    page.screenshot(&shots.join("tokens.png")).await?;
 
     // Live refresh: a change made elsewhere (a deploy through the API) appears on the open
     // site page without a reload (the marker set in the page survives: the script swapped
@@ -509,12 +541,68 @@ async fn console_sessions_follow_the_api() -> Result<()> {
         cluster.text()
     );
 
-    // Revoking the token ends its session at the next page.
-    api.tokens()
-        .revoke_token(RevokeTokenRequest {
-            name: "ci-a".into(),
-        })
+    // The tokens page: admin only, as ListTokens is.
+    let denied = http.get("/tokens", &deployer).await?;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN, "{}", denied.text());
+    let admin = http.sign_in(ADMIN_TOKEN).await?;
+    let listed = http.get("/tokens", &admin).await?;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.text());
+    for shown in ["ci-a", "deployer", "*.a.test", "never"] {
+        assert!(listed.text().contains(shown), "{shown}: {}", listed.text());
+    }
+    assert!(
+        !listed.text().contains(&created.secret),
+        "the secret is shown"
+    );
+
+    // Revoking it from the console: a confirmation page, then a form with the CSRF token. A
+    // form without it, and a read-only session's, change nothing.
+    let confirm = http.get("/tokens/ci-a/revoke", &admin).await?;
+    assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.text());
+    assert!(
+        confirm.text().contains("Revoke ci-a?"),
+        "{}",
+        confirm.text()
+    );
+    let missing = http.get("/tokens/nope/revoke", &admin).await?;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND, "{}", missing.text());
+    let forged = http.post("/tokens/ci-a/revoke", &admin, &[]).await?;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN, "{}", forged.text());
+    let reader = http.sign_in(READONLY_TOKEN).await?;
+    let reader_csrf = csrf_of(&http.get("/apps", &reader).await?.text())?;
+    let refused = http
+        .post("/tokens/ci-a/revoke", &reader, &[("csrf", &reader_csrf)])
         .await?;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text());
+    assert!(
+        refused.text().contains("PERMISSION_DENIED"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(http.get("/sites", &deployer).await?.status, StatusCode::OK);
+    let csrf = csrf_of(&confirm.text())?;
+    let revoked = http
+        .post("/tokens/ci-a/revoke", &admin, &[("csrf", &csrf)])
+        .await?;
+    assert_eq!(revoked.status, StatusCode::SEE_OTHER, "{}", revoked.text());
+    assert_eq!(revoked.header("location"), Some("/tokens?revoked=ci%2Da"));
+    let after = http.get("/tokens?revoked=ci%2Da", &admin).await?;
+    assert!(
+        after.text().contains("Token ci-a revoked") && after.text().contains("No stored token"),
+        "{}",
+        after.text()
+    );
+    ensure!(
+        api.tokens()
+            .list_tokens(ListTokensRequest {})
+            .await?
+            .into_inner()
+            .tokens
+            .is_empty(),
+        "the token is still stored"
+    );
+
+    // Revoking the token ended its session: the next page signs it out.
     assert_sign_in_redirect(&http.get("/sites", &deployer).await?);
 
     // Sign-out ends the session (its cookie no longer opens anything).

@@ -83,4 +83,8 @@ impl Calls<'_> {
     pub(crate) fn cluster(&self) -> pb::cluster_service_client::ClusterServiceClient<Stack> {
         pb::cluster_service_client::ClusterServiceClient::new(self.stack.clone())
     }
+
+    pub(crate) fn tokens(&self) -> pb::token_service_client::TokenServiceClient<Stack> {
+        pb::token_service_client::TokenServiceClient::new(self.stack.clone())
+    }
 }

@@ -13,6 +13,11 @@ use tonic::{Code, Status};
 use super::format::{expiry, relative, size, timestamp, to_time};
 use super::grpc::Calls;
 
+mod actions;
+mod tokens;
+pub(crate) use actions::{Flash, Start, confirm, confirm_promote, start};
+pub(crate) use tokens::{confirm_revoke, revoke, tokens};
+
 /// Seconds between live refreshes (script or `<noscript>` meta refresh).
 const REFRESH_SECONDS: u32 = 3;
 
@@ -51,12 +56,13 @@ impl Layout {
         self.active == label
     }
 
-    pub(crate) fn nav(&self) -> [(&'static str, &'static str); 4] {
+    pub(crate) fn nav(&self) -> [(&'static str, &'static str); 5] {
         [
             ("/", "Cluster"),
             ("/sites", "Sites"),
             ("/certificates", "Certificates"),
             ("/apps", "Apps"),
+            ("/tokens", "Tokens"),
         ]
     }
 }
@@ -162,73 +168,6 @@ pub(crate) struct Site {
     has_previous: bool,
     flash: Option<String>,
     notes: Vec<String>,
-}
-
-/// A confirmation page (rollback or promotion): what serves now, what the action would bring
-/// live, and the form that POSTs it with the session's CSRF token.
-#[derive(Template)]
-#[template(path = "console/confirm.html")]
-pub(crate) struct Confirm {
-    layout: Layout,
-    kind: &'static ConfirmKind,
-    domain: String,
-    current: String,
-    target: String,
-    /// The deployment id the form sends in `kind.field`.
-    value: String,
-}
-
-/// What differs between the confirmation pages.
-#[derive(Debug)]
-pub(crate) struct ConfirmKind {
-    /// Before the domain in the title: "Roll back".
-    title: &'static str,
-    /// What the action does, after "serves X now.": "A rollback deploys".
-    verb: &'static str,
-    /// After the target: " again".
-    after: &'static str,
-    /// The path segment the form posts to.
-    action: &'static str,
-    /// The form's field naming the deployment.
-    field: &'static str,
-    button: &'static str,
-}
-
-const ROLLBACK: ConfirmKind = ConfirmKind {
-    title: "Roll back",
-    verb: "A rollback deploys",
-    after: " again",
-    action: "rollback",
-    field: "to",
-    button: "Roll back",
-};
-
-const PROMOTE: ConfirmKind = ConfirmKind {
-    title: "Promote a preview of",
-    verb: "Promoting deploys",
-    after: " as the live version",
-    action: "promote",
-    field: "id",
-    button: "Promote",
-};
-
-impl Confirm {
-    fn new(
-        kind: &'static ConfirmKind,
-        csrf: &str,
-        site: pb::Site,
-        target: String,
-        value: &str,
-    ) -> Self {
-        Self {
-            layout: Layout::new(format!("{} {}", kind.title, site.domain), "Sites", csrf),
-            kind,
-            current: app_ref(site.app.as_ref()),
-            domain: site.domain,
-            target,
-            value: value.to_owned(),
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -391,33 +330,6 @@ pub(crate) async fn sites(calls: &Calls<'_>, csrf: &str) -> Result<Sites, Status
     })
 }
 
-/// What a site's page says after an action started a deployment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Flash {
-    pub(crate) deployment: String,
-    /// "Rolled back", "Promoted": once the deployment is live.
-    pub(crate) done: &'static str,
-    /// "Rollback started", "Promotion started": until then.
-    pub(crate) started: &'static str,
-}
-
-impl Flash {
-    pub(crate) fn text(&self, live: bool) -> String {
-        let Flash {
-            deployment,
-            done,
-            started,
-        } = self;
-        if live {
-            format!("{done}: deployment {deployment} is live.")
-        } else {
-            format!(
-                "{started}: deployment {deployment}. The live version changes once every edge has staged it."
-            )
-        }
-    }
-}
-
 /// A site's page: `GetSite` and `ListDeployments`, with the edges and certificates when
 /// allowed.
 pub(crate) async fn site(
@@ -462,104 +374,6 @@ pub(crate) async fn site(
         flash,
         notes: context.notes,
     })
-}
-
-/// The rollback confirmation: what serves now and what the rollback would bring back.
-pub(crate) async fn confirm(
-    calls: &Calls<'_>,
-    csrf: &str,
-    domain: &str,
-    to: &str,
-) -> Result<Confirm, Status> {
-    let (site, deployments) = site_deployments(calls, domain).await?;
-    let superseded = |d: &&pb::Deployment| d.state == pb::DeploymentState::Superseded as i32;
-    let target = if to.is_empty() {
-        deployments.iter().filter(superseded).max_by(|a, b| {
-            // The newest superseded deployment is the previous live one.
-            to_time(a.superseded_at.as_ref()).cmp(&to_time(b.superseded_at.as_ref()))
-        })
-    } else {
-        deployments.iter().find(|d| d.id == to)
-    };
-    // No target: let the API say why when the form is sent (same messages as `stk rollback`).
-    let target = target.map_or_else(
-        || "the previous live version".to_owned(),
-        |d| format!("{} (deployment {})", app_ref(d.app.as_ref()), d.id),
-    );
-    Ok(Confirm::new(&ROLLBACK, csrf, site, target, to))
-}
-
-/// The promotion confirmation: what serves now and the preview that would go live.
-pub(crate) async fn confirm_promote(
-    calls: &Calls<'_>,
-    csrf: &str,
-    domain: &str,
-    id: &str,
-) -> Result<Confirm, Status> {
-    let (site, deployments) = site_deployments(calls, domain).await?;
-    let now = SystemTime::now();
-    // Not a preview (or unknown): let the API say why when the form is sent.
-    let target = deployments.iter().find(|d| d.id == id).map_or_else(
-        || format!("deployment {id}"),
-        |d| {
-            let row = deployment_row(d, (0, 0), now);
-            if row.preview_url.is_empty() {
-                format!("{} (deployment {})", row.app, row.id)
-            } else {
-                format!(
-                    "{} (preview {}, served at {}, {})",
-                    row.app, row.id, row.preview_url, row.preview_expires
-                )
-            }
-        },
-    );
-    Ok(Confirm::new(&PROMOTE, csrf, site, target, id))
-}
-
-/// A deployment a confirmed form starts.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Start<'a> {
-    /// `Rollback` to this deployment id (empty: the previous live one).
-    Rollback(&'a str),
-    /// `PromotePreview` of this preview id.
-    Promote(&'a str),
-}
-
-/// Starts a rollback or a promotion, not waiting (the site page shows its progress): the new
-/// deployment.
-pub(crate) async fn start(
-    calls: &Calls<'_>,
-    domain: &str,
-    start: Start<'_>,
-) -> Result<pb::Deployment, Status> {
-    let mut client = calls.deployments();
-    let domain = domain.to_owned();
-    let deployment = match start {
-        Start::Rollback(to) => {
-            let request = pb::RollbackRequest {
-                domain,
-                to: to.to_owned(),
-                wait: false,
-                wait_timeout: None,
-            };
-            client
-                .rollback(calls.request(request))
-                .await?
-                .into_inner()
-                .deployment
-        }
-        Start::Promote(id) => {
-            let request = pb::PromotePreviewRequest {
-                domain,
-                id: id.to_owned(),
-                wait: false,
-                wait_timeout: None,
-            };
-            let response = client.promote_preview(calls.request(request)).await?;
-            response.into_inner().deployment
-        }
-    };
-    deployment.ok_or_else(|| Status::internal("the API answered without a deployment"))
 }
 
 /// The certificates page: `ListCertificates`, soonest expiry first.

@@ -13,6 +13,9 @@
 //! | `GET /sites/{domain}/promote?id=id` | the promotion confirmation page |
 //! | `POST /sites/{domain}/promote` | `PromotePreview` (form: `csrf`, `id`) |
 //! | `GET /certificates`, `GET /apps` | certificates by expiry; apps and versions |
+//! | `GET /tokens[?revoked=name]` | the stored API tokens |
+//! | `GET /tokens/{name}/revoke` | the revocation confirmation page |
+//! | `POST /tokens/{name}/revoke` | `RevokeToken` (form: `csrf`) |
 //! | `GET /static/console.css`, `GET /static/console.js` | the stylesheet and the refresh script |
 
 use std::collections::HashMap;
@@ -134,6 +137,18 @@ async fn get(
         "/sites" => pages::sites(&calls, csrf).await.map(|p| render(&p)),
         "/certificates" => pages::certificates(&calls, csrf).await.map(|p| render(&p)),
         "/apps" => pages::apps(&calls, csrf).await.map(|p| render(&p)),
+        "/tokens" => {
+            let revoked = query.get("revoked").map(String::as_str);
+            pages::tokens(&calls, csrf, revoked)
+                .await
+                .map(|p| render(&p))
+        }
+        _ if token_route(path).is_some() => {
+            let name = token_route(path).unwrap_or_default();
+            pages::confirm_revoke(&calls, csrf, &name)
+                .await
+                .map(|p| render(&p))
+        }
         _ => match site_route(path) {
             Some((domain, None)) => {
                 let flash = Action::ALL
@@ -190,6 +205,16 @@ async fn post(
                 &format!("The session could not be ended in the store ({err}). Try again."),
                 "/",
             ),
+        };
+    }
+    if let Some(name) = token_route(path) {
+        let calls = console.grpc.as_token(&session.token);
+        return match pages::revoke(&calls, &name).await {
+            Ok(()) => {
+                tracing::info!(token = %name, "token revoked from the console");
+                redirect(&format!("/tokens?revoked={}", encode(&name)))
+            }
+            Err(status) => api_error(console, id, session, &status, "/tokens").await,
         };
     }
     let Some((domain, Some(action))) = site_route(path) else {
@@ -359,6 +384,12 @@ fn site_route(path: &str) -> Option<(String, Option<Action>)> {
     };
     let domain = decode(domain);
     (!domain.is_empty()).then_some((domain, action))
+}
+
+/// `/tokens/{name}/revoke` → `name`.
+fn token_route(path: &str) -> Option<String> {
+    let name = decode(path.strip_prefix("/tokens/")?.strip_suffix("/revoke")?);
+    (!name.is_empty() && !name.contains('/')).then_some(name)
 }
 
 /// Whether a form post comes from the console's own pages as far as the browser says
@@ -618,6 +649,16 @@ mod tests {
             "Rolled back: deployment d2 is live."
         );
         assert_eq!(site_route("/sites/a.test/other"), None);
+        assert_eq!(token_route("/tokens/ci-a/revoke"), Some("ci-a".into()));
+        assert_eq!(token_route("/tokens/ci%2Da/revoke"), Some("ci-a".into()));
+        for other in [
+            "/tokens",
+            "/tokens//revoke",
+            "/tokens/a/b/revoke",
+            "/tokens/a",
+        ] {
+            assert_eq!(token_route(other), None, "{other}");
+        }
         assert_eq!(site_route("/sites/"), None);
         let form = parse_form("csrf=ab%2Bc&to=&token=a+b&csrf=second");
         assert_eq!(form["csrf"], "ab+c", "the first value wins");

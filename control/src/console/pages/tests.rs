@@ -14,29 +14,6 @@ fn templates_escape_html() {
 }
 
 #[test]
-fn confirmations_post_their_action() {
-    let site = pb::Site {
-        domain: "a.test".into(),
-        app: Some(pb::AppRef {
-            name: "web".into(),
-            version: "1".into(),
-        }),
-        ..pb::Site::default()
-    };
-    let page = Confirm::new(&PROMOTE, "tok", site.clone(), "web@2".into(), "d1");
-    let html = page.render().unwrap();
-    assert!(html.contains("action=\"/sites/a.test/promote\""), "{html}");
-    assert!(html.contains("name=\"id\" value=\"d1\""), "{html}");
-    assert!(html.contains("name=\"csrf\" value=\"tok\""), "{html}");
-    assert!(html.contains("serves <strong>web@1</strong> now"), "{html}");
-    let page = Confirm::new(&ROLLBACK, "tok", site, "web@0".into(), "");
-    let html = page.render().unwrap();
-    assert!(html.contains("action=\"/sites/a.test/rollback\""), "{html}");
-    assert!(html.contains("name=\"to\" value=\"\""), "{html}");
-    assert!(html.contains("<strong>web@0</strong> again"), "{html}");
-}
-
-#[test]
 fn superseded_deployments_say_where_they_are_kept_staged() {
     let superseded = pb::Deployment {
         id: "d1".into(),
