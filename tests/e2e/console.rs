@@ -316,6 +316,12 @@ async fn console_in_a_browser() -> Result<()> {
     page.wait_text("h1", secs(10), |t| t.starts_with("Roll back"))
         .await?;
     let target = page.text("form.confirm").await?;
+    // web@1 is kept staged on every edge (the site page said so): the switch is instant.
+    let summary = page.text("#summary").await?.unwrap_or_default();
+    assert!(
+        summary.contains("web@1") && summary.contains("every edge keeps it staged"),
+        "{summary}"
+    );
     page.screenshot(&shots.join("rollback-confirm.png")).await?;
     page.click("#confirm").await?;
     // The site page again, which shows the new live version once the leader's cutover is done,

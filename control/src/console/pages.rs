@@ -274,18 +274,7 @@ struct Context {
 
 async fn context(calls: &Calls<'_>) -> Result<Context, Status> {
     let mut notes = Vec::new();
-    let nodes = match calls
-        .cluster()
-        .list_nodes(calls.request(pb::ListNodesRequest {}))
-        .await
-    {
-        Ok(response) => response.into_inner().nodes,
-        Err(status) if status.code() == Code::Unauthenticated => return Err(status),
-        Err(status) => {
-            notes.push(format!("Edge states not shown: {}", status.message()));
-            Vec::new()
-        }
-    };
+    let nodes = nodes(calls, &mut notes).await?;
     let certificates = match calls
         .certificates()
         .list_certificates(calls.request(pb::ListCertificatesRequest {}))
@@ -306,6 +295,22 @@ async fn context(calls: &Calls<'_>) -> Result<Context, Status> {
         certificates,
         notes,
     })
+}
+
+/// `ListNodes`; none, with a note saying why, when the token may not list the edges.
+async fn nodes(calls: &Calls<'_>, notes: &mut Vec<String>) -> Result<Vec<pb::Node>, Status> {
+    match calls
+        .cluster()
+        .list_nodes(calls.request(pb::ListNodesRequest {}))
+        .await
+    {
+        Ok(response) => Ok(response.into_inner().nodes),
+        Err(status) if status.code() == Code::Unauthenticated => Err(status),
+        Err(status) => {
+            notes.push(format!("Edge states not shown: {}", status.message()));
+            Ok(Vec::new())
+        }
+    }
 }
 
 /// The sites page: `ListSites`, with `ListNodes` and `ListCertificates` when allowed.
@@ -347,18 +352,9 @@ pub(crate) async fn site(
     });
     let context = context(calls).await?;
     let now = SystemTime::now();
-    // What the edges serving the site keep staged: a rollback every one of them keeps is a flip.
-    let edges: Vec<&pb::NodeSiteStatus> = context
-        .nodes
-        .iter()
-        .filter_map(|n| n.sites.iter().find(|s| s.domain == site.domain))
-        .collect();
     let mut rows: Vec<DeploymentRow> = deployments
         .iter()
-        .map(|d| {
-            let kept = edges.iter().filter(|s| s.retained.contains(&d.id)).count();
-            deployment_row(d, (kept, edges.len()), now)
-        })
+        .map(|d| deployment_row(d, kept(&context.nodes, &site.domain, &d.id), now))
         .collect();
     // Newest first (ids sort by creation).
     rows.sort_by(|a, b| b.id.cmp(&a.id));
@@ -550,6 +546,17 @@ fn site_row(site: &pb::Site, context: &Context, now: SystemTime) -> SiteRow {
         tls_class,
         edges: edges.into_values().collect(),
     }
+}
+
+/// On how many of the edges serving `domain` the bundle of deployment `id` is kept staged, of
+/// how many (their node records' `retained`): a rollback every one of them keeps is a flip.
+fn kept(nodes: &[pb::Node], domain: &str, id: &str) -> (usize, usize) {
+    let edges: Vec<&pb::NodeSiteStatus> = nodes
+        .iter()
+        .filter_map(|n| n.sites.iter().find(|s| s.domain == domain))
+        .collect();
+    let keeping = edges.iter().filter(|s| s.retained.iter().any(|r| r == id));
+    (keeping.count(), edges.len())
 }
 
 /// `kept`: on how many of the site's edges the deployment's bundle is kept staged, of how many.

@@ -7,7 +7,7 @@ use askama::Template;
 use statiko_proto::v1 as pb;
 use tonic::Status;
 
-use super::{Calls, Layout, app_ref, deployment_row, site_deployments, to_time};
+use super::{Calls, Layout, app_ref, deployment_row, kept, nodes, site_deployments, to_time};
 
 /// A confirmation page (rollback or promotion): what serves now, what the action would bring
 /// live, and the form that POSTs it with the session's CSRF token.
@@ -21,6 +21,8 @@ pub(crate) struct Confirm {
     target: String,
     /// The deployment id the form sends in `kind.field`.
     value: String,
+    /// Every edge keeps the target staged: the switch is a flip, at once.
+    instant: bool,
 }
 
 /// What differs between the confirmation pages.
@@ -72,6 +74,7 @@ impl Confirm {
             domain: site.domain,
             target,
             value: value.to_owned(),
+            instant: false,
         }
     }
 }
@@ -120,12 +123,20 @@ pub(crate) async fn confirm(
     } else {
         deployments.iter().find(|d| d.id == to)
     };
+    // Whether every edge keeps it staged (ListNodes; a token that may not list the edges is
+    // simply not told).
+    let nodes = nodes(calls, &mut Vec::new()).await?;
+    let instant = target
+        .is_some_and(|d| matches!(kept(&nodes, &site.domain, &d.id), (k, n) if k == n && n > 0));
     // No target: let the API say why when the form is sent (same messages as `stk rollback`).
     let target = target.map_or_else(
         || "the previous live version".to_owned(),
         |d| format!("{} (deployment {})", app_ref(d.app.as_ref()), d.id),
     );
-    Ok(Confirm::new(&ROLLBACK, csrf, site, target, to))
+    Ok(Confirm {
+        instant,
+        ..Confirm::new(&ROLLBACK, csrf, site, target, to)
+    })
 }
 
 /// The promotion confirmation: what serves now and the preview that would go live.
@@ -226,5 +237,16 @@ mod tests {
         assert!(html.contains("action=\"/sites/a.test/rollback\""), "{html}");
         assert!(html.contains("name=\"to\" value=\"\""), "{html}");
         assert!(html.contains("<strong>web@0</strong> again"), "{html}");
+        assert!(html.contains("every edge stages it"), "{html}");
+        let site = pb::Site {
+            domain: "a.test".into(),
+            ..pb::Site::default()
+        };
+        let page = Confirm {
+            instant: true,
+            ..Confirm::new(&ROLLBACK, "tok", site, "web@0".into(), "")
+        };
+        let html = page.render().unwrap();
+        assert!(html.contains("every edge keeps it staged"), "{html}");
     }
 }
