@@ -772,6 +772,49 @@ async fn etcd_a_dead_member_costs_at_most_one_failed_call() -> TestResult {
     Ok(())
 }
 
+/// A watch whose member dies breaks with a transport error after its response began; the next
+/// call must go to another member at once, not dial the dead one again (where a dead address
+/// does not even refuse, that costs the whole connect timeout: a lease TTL's worth).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_a_broken_watch_moves_calls_to_the_next_member() -> TestResult {
+    let Some(bin) = etcd_bin() else { return Ok(()) };
+    // Two single-member clusters, each holding its own name under /t/who: a read says which
+    // member answered.
+    let mut members = [
+        EtcdServer::start(&bin, None).await?,
+        EtcdServer::start(&bin, None).await?,
+    ];
+    for (i, member) in members.iter().enumerate() {
+        let alone = Store::Etcd(EtcdStore::connect(&member.config()).await?);
+        put(&alone, "/t/who", &i.to_string()).await?;
+    }
+    let mut config = members[0].config();
+    config.address = format!("{},{}", members[0].endpoint, members[1].endpoint);
+    config.timeout = Duration::from_millis(2000);
+    let store = Store::Etcd(EtcdStore::connect(&config).await?);
+    let current: usize = value(&store, "/t/who")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no /t/who"))?
+        .parse()?;
+    let mut watch = store.watch(P, 1).await?;
+    assert!(next_batch(&mut watch).await.is_ok(), "the watch delivers");
+
+    members[current].kill().await?;
+    let broken = next_batch(&mut watch).await;
+    assert!(
+        broken.is_err(),
+        "the watch on the killed member ends: {broken:?}"
+    );
+    // The very next call is answered, by the other member.
+    let answered = value(&store, "/t/who").await;
+    assert_eq!(
+        answered.ok().flatten(),
+        Some((1 - current).to_string()),
+        "the first call after the broken watch went to the dead member"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_down_is_unavailable_within_timeout() -> TestResult {
     let Some(bin) = etcd_bin() else { return Ok(()) };

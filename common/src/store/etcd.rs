@@ -582,6 +582,12 @@ fn endpoint_channel(
 /// that channel fails (or gives no response before the caller gives up), so one dead etcd node
 /// costs one failed call rather than a share of all of them. A request is never replayed: its
 /// body may be a stream, and the caller's retry goes to the next endpoint.
+///
+/// A stream that breaks after its response began (a watch or a lease keep-alive whose member
+/// died: the body fails with a transport error) moves on too. Otherwise the caller's retry
+/// would dial the dead member again and, where its address no longer answers at all (a killed
+/// container, a lost host), wait out the connect timeout: about a lease TTL, which is enough
+/// for an edge to lose its lease over one member's death.
 #[derive(Clone)]
 struct Failover {
     channels: Arc<[tonic::transport::Channel]>,
@@ -613,10 +619,65 @@ impl Service<http::Request<Body>> for Failover {
             let Some(channel) = channel else {
                 return Err("no etcd endpoint".into());
             };
-            let result = channel.oneshot(request).await;
-            guard.armed = result.is_err();
-            result.map_err(Into::into)
+            let response = channel.oneshot(request).await?;
+            guard.armed = false;
+            let rotate = Some(guard.rotation());
+            Ok(response.map(|body| Body::new(FailoverBody { body, rotate })))
         })
+    }
+}
+
+/// A response body that moves the failover on when it fails (see [`Failover`]).
+struct FailoverBody {
+    body: Body,
+    /// Taken at the first error: one broken stream moves on once.
+    rotate: Option<Rotation>,
+}
+
+impl hyper::body::Body for FailoverBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled
+            && let Some(rotation) = self.rotate.take()
+        {
+            rotation.rotate();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Moves the failover from the endpoint `index` to the next, unless another failure on it
+/// already did.
+struct Rotation {
+    current: Arc<AtomicUsize>,
+    index: usize,
+    len: usize,
+}
+
+impl Rotation {
+    fn rotate(&self) {
+        if self.len > 1 {
+            let _ = self.current.compare_exchange(
+                self.index,
+                (self.index + 1) % self.len,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
     }
 }
 
@@ -629,16 +690,21 @@ struct FailoverGuard {
     armed: bool,
 }
 
+impl FailoverGuard {
+    fn rotation(&self) -> Rotation {
+        Rotation {
+            current: self.current.clone(),
+            index: self.index,
+            len: self.len,
+        }
+    }
+}
+
 impl Drop for FailoverGuard {
     fn drop(&mut self) {
-        if self.armed && self.len > 1 {
+        if self.armed {
             // Only the first of several concurrent failures on this endpoint moves on.
-            let _ = self.current.compare_exchange(
-                self.index,
-                (self.index + 1) % self.len,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+            self.rotation().rotate();
         }
     }
 }
