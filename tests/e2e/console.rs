@@ -46,6 +46,7 @@ use statiko_tests::{
 };
 
 use crate::control_common::etcd_dump;
+use crate::previews::{deploy_preview, preview_request, with_previews};
 
 /// `control.console` for a test control: any free port.
 fn console_on(options: ControlOptions) -> ControlOptions {
@@ -726,9 +727,7 @@ async fn console_promotes_previews() -> Result<()> {
     if !require_tool("etcd") {
         return Ok(());
     }
-    let with_previews = |options: ControlOptions| {
-        console_on(options).config(json!({"previews": {"domain": "preview.statiko.test"}}))
-    };
+    let with_previews = |options: ControlOptions| console_on(with_previews(options));
     let cluster = Cluster::start_with_control(2, with_previews, |edge| edge).await?;
     let api = cluster.control.admin().await?;
     let domain = "shop.statiko.test";
@@ -738,22 +737,7 @@ async fn console_promotes_previews() -> Result<()> {
     }
     cluster.settled().await?;
     fixtures::deploy(&api, domain, "web", "1", true, secs(30)).await?;
-    let preview = api
-        .deployments()
-        .deploy_preview(DeployPreviewRequest {
-            domain: domain.to_owned(),
-            app: Some(fixtures::app_ref("web", "2")),
-            wait: true,
-            wait_timeout: Some(prost_types::Duration {
-                seconds: 30,
-                nanos: 0,
-            }),
-            ..DeployPreviewRequest::default()
-        })
-        .await?
-        .into_inner()
-        .deployment
-        .context("the preview")?;
+    let preview = deploy_preview(&api, preview_request(domain, "2")).await?;
     let url = preview
         .preview
         .as_ref()

@@ -30,7 +30,7 @@ use statiko_tests::fixtures::{self, assert_status, site};
 use statiko_tests::{ControlOptions, Edge, Etcd, require_tool, secs, wait_until};
 use tonic::Code;
 
-const PREVIEWS: &str = "preview.statiko.test";
+pub(crate) const PREVIEWS: &str = "preview.statiko.test";
 
 fn page(version: &str) -> String {
     format!("<!doctype html><title>web@{version}</title><h1>web@{version}</h1>\n")
@@ -43,7 +43,7 @@ fn duration(d: Duration) -> Option<prost_types::Duration> {
     })
 }
 
-fn with_previews(options: ControlOptions) -> ControlOptions {
+pub(crate) fn with_previews(options: ControlOptions) -> ControlOptions {
     options.config(json!({ "previews": { "domain": PREVIEWS } }))
 }
 
@@ -52,12 +52,7 @@ fn with_previews(options: ControlOptions) -> ControlOptions {
 async fn cluster(domain: &str) -> Result<(Cluster, Api)> {
     let cluster = Cluster::start_with_control(2, with_previews, |o| o).await?;
     let api = cluster.control.admin().await?;
-    wait_until(secs(30), async || {
-        let nodes = api.cluster().list_nodes(ListNodesRequest {}).await?;
-        anyhow::Ok(nodes.into_inner().nodes.len() == 2 && cluster.leaders().await.len() == 1)
-    })
-    .await
-    .with_context(|| cluster.logs())?;
+    cluster.settled().await?;
     api.sites().create_site(site(domain, &[])).await?;
     for version in ["1", "2", "3"] {
         fixtures::upload_app(&api, "web", version).await?;
@@ -74,7 +69,7 @@ async fn cluster(domain: &str) -> Result<(Cluster, Api)> {
     Ok((cluster, api))
 }
 
-fn preview_request(domain: &str, version: &str) -> DeployPreviewRequest {
+pub(crate) fn preview_request(domain: &str, version: &str) -> DeployPreviewRequest {
     DeployPreviewRequest {
         domain: domain.to_owned(),
         app: Some(fixtures::app_ref("web", version)),
@@ -84,7 +79,7 @@ fn preview_request(domain: &str, version: &str) -> DeployPreviewRequest {
     }
 }
 
-async fn deploy_preview(api: &Api, request: DeployPreviewRequest) -> Result<Deployment> {
+pub(crate) async fn deploy_preview(api: &Api, request: DeployPreviewRequest) -> Result<Deployment> {
     let response = api
         .deployments()
         .deploy_preview(request)

@@ -10,9 +10,7 @@ use http::Method;
 use serde_json::json;
 use statiko_common::crypto::{format_digest, sha256};
 use statiko_common::model::{self, CertificateKind, CertificateRecord};
-use statiko_proto::v1::{
-    DeployPreviewRequest, Deployment, ImportCertificateRequest, ListNodesRequest, TlsType,
-};
+use statiko_proto::v1::{Deployment, ImportCertificateRequest, TlsType};
 use statiko_tests::certs::{CertUsage, Pki};
 use statiko_tests::client::Api;
 use statiko_tests::cluster::Cluster;
@@ -20,7 +18,7 @@ use statiko_tests::fixtures::{self, site, tls};
 use statiko_tests::net::{TlsTarget, http_request};
 use statiko_tests::{Edge, Pebble, free_port, require_tool, secs, wait_until};
 
-const PREVIEWS: &str = "preview.statiko.test";
+use crate::previews::{PREVIEWS, deploy_preview, preview_request, with_previews};
 
 fn body(version: &str) -> String {
     format!("<!doctype html><title>web@{version}</title><h1>web@{version}</h1>\n")
@@ -38,10 +36,7 @@ async fn cluster(
     let mut first = true;
     let cluster = Cluster::start_with_control(
         2,
-        |o| {
-            o.config(json!({ "previews": { "domain": PREVIEWS } }))
-                .config(extra)
-        },
+        |o| with_previews(o).config(extra),
         |o| {
             let o = o.config(edge_config.clone());
             if std::mem::take(&mut first) {
@@ -53,12 +48,7 @@ async fn cluster(
     )
     .await?;
     let api = cluster.control.admin().await?;
-    wait_until(secs(30), async || {
-        let nodes = api.cluster().list_nodes(ListNodesRequest {}).await?;
-        anyhow::Ok(nodes.into_inner().nodes.len() == 2 && cluster.leaders().await.len() == 1)
-    })
-    .await
-    .with_context(|| cluster.logs())?;
+    cluster.settled().await?;
     let mut request = site(domain, &[]);
     request.tls = Some(tls(tls_type));
     api.sites().create_site(request).await?;
@@ -68,28 +58,9 @@ async fn cluster(
     Ok((cluster, api))
 }
 
-/// A preview of `web@version` staged on both edges.
+/// A preview of `web@version` staged on both edges, and its host.
 async fn preview(api: &Api, domain: &str, version: &str) -> Result<(Deployment, String)> {
-    let response = api
-        .deployments()
-        .deploy_preview(DeployPreviewRequest {
-            domain: domain.to_owned(),
-            app: Some(fixtures::app_ref("web", version)),
-            wait: true,
-            wait_timeout: Some(prost_types::Duration {
-                seconds: 30,
-                nanos: 0,
-            }),
-            ..DeployPreviewRequest::default()
-        })
-        .await?
-        .into_inner();
-    ensure!(
-        response.ready_nodes.len() == 2,
-        "{:?}",
-        response.ready_nodes
-    );
-    let deployment = response.deployment.context("a deployment")?;
+    let deployment = deploy_preview(api, preview_request(domain, version)).await?;
     let host = deployment.preview.as_ref().context("preview")?.host.clone();
     Ok((deployment, host))
 }
