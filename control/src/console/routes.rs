@@ -143,12 +143,6 @@ async fn get(
                 .await
                 .map(|p| render(&p))
         }
-        _ if token_route(path).is_some() => {
-            let name = token_route(path).unwrap_or_default();
-            pages::confirm_revoke(&calls, csrf, &name)
-                .await
-                .map(|p| render(&p))
-        }
         _ => match site_route(path) {
             Some((domain, None)) => {
                 let flash = Action::ALL
@@ -170,15 +164,20 @@ async fn get(
                     .await
                     .map(|p| render(&p))
             }
-            None => {
-                return error_page(
-                    StatusCode::NOT_FOUND,
-                    session,
-                    "Not found",
-                    "The console has no such page.",
-                    "/",
-                );
-            }
+            None => match token_route(path) {
+                Some(name) => pages::confirm_revoke(&calls, csrf, &name)
+                    .await
+                    .map(|p| render(&p)),
+                None => {
+                    return error_page(
+                        StatusCode::NOT_FOUND,
+                        session,
+                        "Not found",
+                        "The console has no such page.",
+                        "/",
+                    );
+                }
+            },
         },
     };
     match rendered {
