@@ -607,12 +607,11 @@ impl Service<http::Request<Body>> for Failover {
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let index = self.current.load(Ordering::Relaxed) % self.channels.len().max(1);
         let channel = self.channels.get(index).cloned();
-        let guard = FailoverGuard {
+        let guard = FailoverGuard(Some(Rotation {
             current: self.current.clone(),
             index,
             len: self.channels.len(),
-            armed: true,
-        };
+        }));
         Box::pin(async move {
             // Moved in whole, so it lives (and rotates on drop) as long as the call.
             let mut guard = guard;
@@ -620,8 +619,7 @@ impl Service<http::Request<Body>> for Failover {
                 return Err("no etcd endpoint".into());
             };
             let response = channel.oneshot(request).await?;
-            guard.armed = false;
-            let rotate = Some(guard.rotation());
+            let rotate = guard.0.take();
             Ok(response.map(|body| Body::new(FailoverBody { body, rotate })))
         })
     }
@@ -670,6 +668,7 @@ struct Rotation {
 
 impl Rotation {
     fn rotate(&self) {
+        // Only the first of several concurrent failures on this endpoint moves on.
         if self.len > 1 {
             let _ = self.current.compare_exchange(
                 self.index,
@@ -681,30 +680,14 @@ impl Rotation {
     }
 }
 
-/// Moves the failover to the next endpoint when dropped armed: the call failed, or was
-/// abandoned before a response.
-struct FailoverGuard {
-    current: Arc<AtomicUsize>,
-    index: usize,
-    len: usize,
-    armed: bool,
-}
-
-impl FailoverGuard {
-    fn rotation(&self) -> Rotation {
-        Rotation {
-            current: self.current.clone(),
-            index: self.index,
-            len: self.len,
-        }
-    }
-}
+/// Moves the failover to the next endpoint when dropped still holding its rotation: the call
+/// failed, or was abandoned before a response. A response takes the rotation on to its body.
+struct FailoverGuard(Option<Rotation>);
 
 impl Drop for FailoverGuard {
     fn drop(&mut self) {
-        if self.armed {
-            // Only the first of several concurrent failures on this endpoint moves on.
-            self.rotation().rotate();
+        if let Some(rotation) = self.0.take() {
+            rotation.rotate();
         }
     }
 }
